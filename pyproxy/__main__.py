@@ -1,0 +1,3 @@
+from pyproxy.cli import main
+
+raise SystemExit(main())
