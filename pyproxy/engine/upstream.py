@@ -1,0 +1,383 @@
+"""The upstream HTTP/1.1 client: one Protocol per connection and a keep-alive pool per endpoint.
+
+A connection carries one request at a time. The response head is awaited once; body chunks
+queue up to a high-water mark, after which reading from the upstream pauses until the
+pipeline has written them downstream (backpressure end to end). A connection goes back to
+the pool only when both messages ended cleanly; any error, early response, timeout or client
+abort closes it, so a half-used connection is never handed to another request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from collections import deque
+
+import httptools
+
+from pyproxy.errors import UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset
+
+READ_HIGH_WATER = 256 * 1024
+READ_LOW_WATER = 64 * 1024
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+MAX_IDLE_PER_ENDPOINT = 256
+
+
+class ResponseHead:
+    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive")
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
+                 content_length: int | None, chunked: bool, keep_alive: bool):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # lower-case names, as received
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "pool", "loop", "transport", "parser", "_headers", "_reason", "_head", "_head_waiter",
+        "_chunks", "_buffered", "_complete", "_error", "_body_waiter", "_reading_paused",
+        "_write_paused", "_drain_waiter", "_closed", "request_complete", "no_body_expected",
+        "upgraded", "_idle_timer", "in_use",
+    )
+
+    def __init__(self, pool: "EndpointPool"):
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self._closed = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.in_use = True  # False while idle in the pool
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self._headers: list[tuple[str, str]] = []
+        self._reason = ""
+        self._head: ResponseHead | None = None
+        self._head_waiter: asyncio.Future | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._complete = False
+        self._error: BaseException | None = None
+        self._body_waiter: asyncio.Future | None = None
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+        self.request_complete = False
+        self.no_body_expected = False  # a HEAD request: the response has no body, whatever it says
+        self.upgraded = False
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+
+    def connection_lost(self, exc) -> None:
+        self._closed = True
+        self.pool.forget(self)
+        if self.upgraded:
+            self._complete = True
+        elif not self._complete and self._error is None:
+            if self._head is None:
+                self._error = UpstreamReset("upstream closed before the response")
+            elif self._head.content_length is None and not self._head.chunked:
+                self._complete = True  # a close-delimited body ends with the connection
+            else:
+                self._error = UpstreamReset("upstream closed mid-body", status=502)
+        self._wake_all()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            self._push(data)
+            return
+        if not self.in_use:
+            self._close()  # an idle connection must stay silent; bytes now would desync it
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # 101 Switching Protocols: what follows is the tunnel's first bytes.
+            self.upgraded = True
+            rest = data[upgrade.args[0]:]
+            if rest:
+                self._push(rest)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, UpstreamProtocolError)
+                       else UpstreamProtocolError(str(exc)))
+        except httptools.HttpParserError as exc:
+            if self._complete:
+                # Bytes after a complete response (longer than its Content-Length): the
+                # response stands, the connection is not reused.
+                self._close()
+            else:
+                self._fail(UpstreamProtocolError(f"malformed response: {exc}"))
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) >= 200:
+            raise UpstreamProtocolError("too many response headers")
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers = self._headers
+        self._headers = []
+        if 100 <= status < 200 and status != 101:
+            return  # interim responses (100, 103) are not forwarded: see docs/reliability.md
+        content_length = None
+        chunked = False
+        for name, value in headers:
+            if name == "content-length":
+                if content_length is not None:
+                    raise UpstreamProtocolError("duplicate content-length")
+                content_length = int(value)
+            elif name == "transfer-encoding":
+                if chunked or value.strip().lower() != "chunked":
+                    raise UpstreamProtocolError("unsupported transfer-encoding")
+                chunked = True
+        if status in (204, 304) or self.no_body_expected:
+            chunked = False
+        self._head = ResponseHead(status, self._reason, headers, content_length, chunked,
+                                  self.parser.should_keep_alive())
+        if self.no_body_expected:
+            # llhttp cannot be told a response answers HEAD: end it here and never reuse the
+            # connection, since a body may still follow on the wire.
+            self._complete = True
+            self._head.keep_alive = False
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._complete:
+            self._push(body)
+
+    def on_message_complete(self) -> None:
+        if self._head is not None:
+            self._complete = True
+            self._wake_body()
+
+    # ------------------------------------------------------------------ used by the pipeline
+
+    def send(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    async def drain(self) -> None:
+        if self._write_paused and not self._closed:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self._error is not None:
+            raise self._error
+
+    async def response_head(self) -> ResponseHead:
+        if self._head is None:
+            if self._error is not None:
+                raise self._error
+            self._head_waiter = self.loop.create_future()
+            try:
+                await self._head_waiter
+            finally:
+                self._head_waiter = None
+            if self._head is None:
+                raise self._error or UpstreamReset("upstream closed before the response")
+        return self._head
+
+    @property
+    def response_complete(self) -> bool:
+        return self._complete and not self._chunks
+
+    async def read_body(self) -> bytes:
+        """The next response body chunk; b"" at the end. Raises UpstreamReset if cut short."""
+        while True:
+            if self._chunks:
+                data = self._chunks.popleft()
+                self._buffered -= len(data)
+                if self._reading_paused and self._buffered < READ_LOW_WATER:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                return data
+            if self._complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._body_waiter = self.loop.create_future()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+
+    def take_buffered(self) -> bytes:
+        """Everything already received, at once (the common small-response case)."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    @property
+    def reusable(self) -> bool:
+        head = self._head
+        return (not self._closed and self._complete and self.request_complete
+                and self._error is None and head is not None and head.keep_alive
+                and not self.upgraded and not self._chunks)
+
+    def release(self) -> None:
+        """Back to the pool if both messages ended cleanly, else closed."""
+        if self.reusable:
+            self._reset_exchange()
+            self.pool.put_back(self)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.close()
+        self._closed = True
+        self.pool.forget(self)
+
+    def abort(self) -> None:
+        """Close at once (timeouts, client aborts): the upstream sees the request cut short."""
+        if not self._closed and self.transport is not None:
+            self.transport.abort()
+        self._closed = True
+        self.pool.forget(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.transport is None or self.transport.is_closing()
+
+    # ------------------------------------------------------------------ internals
+
+    def _push(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_body()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._close()
+        self._wake_all()
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_all(self) -> None:
+        for waiter in (self._head_waiter, self._body_waiter, self._drain_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+
+class EndpointPool:
+    """Idle keep-alive connections to one endpoint, most recently used first (LIFO keeps
+    the hot ones warm and lets the rest reach their idle timeout)."""
+
+    def __init__(self, host: str, port: int, *, tls: bool = False,
+                 ssl_context: ssl_module.SSLContext | None = None):
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.ssl_context = ssl_context
+        self.idle: list[UpstreamConnection] = []
+        self.connect_timeout = 2.0
+        self.idle_timeout = 60.0
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A connection for one request, and whether it was reused from the pool."""
+        while self.idle:
+            conn = self.idle.pop()
+            if conn._idle_timer is not None:
+                conn._idle_timer.cancel()
+                conn._idle_timer = None
+            if not conn.closed:
+                conn.in_use = True
+                return conn, True
+        return await self.connect(), False
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        ssl = None
+        if self.tls:
+            ssl = self.ssl_context or ssl_module.create_default_context()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=ssl)
+        except TimeoutError:
+            raise UpstreamConnectFailure(f"connect timeout to {self.host}:{self.port}") from None
+        except OSError as exc:
+            raise UpstreamConnectFailure(f"connect to {self.host}:{self.port}: {exc}") from None
+        return conn
+
+    def put_back(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
+            conn._close()
+            return
+        conn.in_use = False
+        conn._idle_timer = conn.loop.call_later(self.idle_timeout, conn._close)
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn._idle_timer is not None:
+            conn._idle_timer.cancel()
+            conn._idle_timer = None
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn._close()
+        self.idle.clear()
+
+
+class UpstreamPools:
+    """One EndpointPool per (host, port, tls), shared across config reloads."""
+
+    def __init__(self):
+        self._pools: dict[tuple[str, int, bool], EndpointPool] = {}
+
+    def get(self, host: str, port: int, tls: bool = False) -> EndpointPool:
+        key = (host, port, tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = EndpointPool(host, port, tls=tls)
+        return pool
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()

@@ -1,0 +1,468 @@
+"""The request pipeline: route → filters → split → deadline → forward → retry → respond → account.
+
+``Proxy.handle`` is called by the engine once per request with a ``RequestHead`` and an
+``Exchange``. Every failure is a ``ProxyError`` that knows its status and flag, and
+``_respond_error`` is the one place that turns it into a response. Every request ends in
+exactly one ``RequestOutcome`` handed to metrics and the access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from contextlib import nullcontext
+
+from pyproxy.engine import wire
+from pyproxy.engine.upstream import ResponseHead, UpstreamConnection
+from pyproxy.errors import (
+    ClientDisconnected, DownstreamError, InjectedAbort, NoHealthyUpstream, NoRoute, ProxyError,
+    UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
+)
+from pyproxy.filters import fault as fault_filter
+from pyproxy.filters import headers as header_filter
+from pyproxy.filters.rewrite import redirect_location, rewrite_path
+from pyproxy.messages import Exchange, RequestHead
+from pyproxy.outcome import AttemptOutcome, RequestOutcome
+from pyproxy.resilience.retry import backoff, is_retryable
+from pyproxy.runtime import CompiledBackend, CompiledRoute, EndpointState, Runtime
+from pyproxy.traffic.sticky import set_cookie_header
+from pyproxy.upstream import forwarding
+
+_NO_BODY = b""
+_STREAM = None  # marker: the request body is streamed, not buffered (and so not replayable)
+
+
+class Proxy:
+    def __init__(self, runtime: Runtime, stats, access_log, *, rng: random.Random | None = None):
+        self.runtime = runtime
+        self.stats = stats
+        self.access_log = access_log
+        self.rng = rng or random.Random()
+
+    # ------------------------------------------------------------------ entry
+
+    async def handle(self, head: RequestHead, exchange: Exchange) -> None:
+        snapshot = self.runtime.snapshot  # this request finishes on this snapshot
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = RequestOutcome(start=time.time(), method=head.method, host=head.host,
+                                 path=head.path)
+        route = None
+        try:
+            route = snapshot.table.match(head)
+            if route is None:
+                raise NoRoute()
+            outcome.route = route.name
+            self.stats.request_started(route.name)
+            await self._serve_route(head, exchange, route, snapshot.config.debug_headers, outcome)
+        except ProxyError as error:
+            self._respond_error(head, exchange, error, outcome, snapshot.config.debug_headers)
+        except ClientDisconnected:
+            _add_flag(outcome, "DC")
+        except asyncio.CancelledError:
+            _add_flag(outcome, "DC")  # the client left mid-response
+            raise
+        finally:
+            outcome.duration = loop.time() - started
+            outcome.bytes_in = exchange.bytes_in
+            outcome.bytes_out = exchange.bytes_out
+            if route is not None:
+                self.stats.request_finished(route.name)
+            self.stats.record(outcome)
+            self.access_log.log(outcome)
+
+    def _respond_error(self, head: RequestHead, exchange: Exchange, error: ProxyError,
+                       outcome: RequestOutcome, debug: bool) -> None:
+        """The one place a failure becomes a response (SPEC §3)."""
+        if error.flag:
+            _add_flag(outcome, error.flag)
+        if exchange.response_started:
+            # Headers are out: the only honest signal left is a cut connection.
+            exchange.abort()
+            return
+        outcome.status = error.status
+        headers = [("content-type", "text/plain")]
+        if error.flag == "UO":
+            headers.append(("x-pyproxy-overloaded", "true"))
+        if debug:
+            headers.extend(_debug_headers(outcome))
+        exchange.start_response(error.status, headers, len(error.body))
+        exchange.write(error.body)
+        exchange.end_response()
+
+    # ------------------------------------------------------------------ route actions
+
+    async def _serve_route(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
+                           debug: bool, outcome: RequestOutcome) -> None:
+        if route.direct_response is not None:
+            body = route.direct_response.body.encode()
+            self._respond_local(exchange, route.direct_response.status,
+                                [("content-type", "text/plain")], body, outcome)
+            return
+        if route.redirect is not None:
+            location = redirect_location(route.redirect, head, route.matched_prefix(head.path))
+            self._respond_local(exchange, route.redirect.status, [("location", location)], b"",
+                                outcome)
+            return
+        fault = route.fault
+        if fault is not None and fault.scope == "request":
+            await self._inject(route, fault_filter.decide(fault, head, self.rng.random), outcome)
+        backend, cookie = self._pick_backend(head, route)
+        outcome.backend = backend.name
+        await self._forward(head, exchange, route, backend, cookie, debug, outcome)
+
+    def _respond_local(self, exchange: Exchange, status: int, headers, body: bytes,
+                       outcome: RequestOutcome) -> None:
+        outcome.status = status
+        exchange.start_response(status, headers, len(body))
+        exchange.write(body)
+        exchange.end_response()
+
+    async def _inject(self, route: CompiledRoute, decision, outcome: RequestOutcome) -> None:
+        """Apply a fault decision: wait, then maybe abort with the configured status."""
+        if decision.delay:
+            self.stats.record_fault(route.name, "delay")
+            _add_flag(outcome, "DI")
+            await asyncio.sleep(decision.delay)
+        if decision.abort:
+            self.stats.record_fault(route.name, "abort")
+            raise InjectedAbort(status=decision.abort)
+
+    def _pick_backend(self, head: RequestHead, route: CompiledRoute
+                      ) -> tuple[CompiledBackend, tuple[str, str] | None]:
+        """The weighted draw, honouring a sticky pin while its backend's weight is > 0."""
+        split = route.split
+        sticky = route.sticky
+        key = None
+        if sticky is not None:
+            if sticky.cookie is not None:
+                pinned = head.cookie(sticky.cookie.name)
+            else:
+                key = head.header(sticky.header)
+                pinned = route.sticky_table.get(key) if key is not None else None
+            if pinned is not None:
+                backend = route.backend_named(pinned)
+                if backend is not None and split.weights[backend.index] > 0:
+                    return backend, None
+        backend = split.pick(self.rng.random())
+        if backend is None:
+            raise NoHealthyUpstream("every backend weight is 0")
+        cookie = None
+        if sticky is not None:
+            if sticky.cookie is not None:
+                cookie = set_cookie_header(sticky.cookie.name, backend.name, sticky.cookie.ttl)
+            elif key is not None:
+                route.sticky_table.pin(key, backend.name)
+        return backend, cookie
+
+    def _pick_endpoint(self, head: RequestHead, backend: CompiledBackend,
+                       tried: list[EndpointState]) -> EndpointState:
+        endpoints = backend.endpoints
+        if not endpoints:
+            raise NoHealthyUpstream(f"{backend.name} has no endpoints")
+        if tried and len(endpoints) > len(tried):
+            # A retry goes to an endpoint not tried yet when one exists.
+            endpoints = tuple(ep for ep in endpoints if ep not in tried) or endpoints
+        key = None
+        hash_on = backend.hash_on
+        if hash_on is not None:
+            if hash_on.header:
+                key = head.header(hash_on.header)
+            elif hash_on.cookie:
+                key = head.cookie(hash_on.cookie)
+            elif hash_on.source_ip:
+                key = head.client_ip
+        return backend.balancer.pick(endpoints, self.rng, key)
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def _forward(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
+                       backend: CompiledBackend, cookie, debug: bool,
+                       outcome: RequestOutcome) -> None:
+        loop = asyncio.get_running_loop()
+        policy = route.retries
+        deadline = loop.time() + route.timeout if route.timeout else None
+        body = await self._prepare_body(exchange, policy)
+        replayable = body is not _STREAM
+        max_attempts = 1 + policy.attempts if policy is not None and replayable else 1
+        per_try = policy.per_try_timeout if policy is not None else None
+        attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
+            else None
+        websocket = exchange.is_websocket and route.route.websocket
+        request_head = self._request_head(head, route, backend, websocket)
+        tried: list[EndpointState] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome.attempts = attempt
+            failure = None
+            status = 0
+            error: ProxyError | None = None
+            conn = None
+            response = None
+            pump = None
+            if attempt_fault is not None:
+                decision = fault_filter.decide(attempt_fault, head, self.rng.random)
+                if decision.delay:
+                    await self._inject(route, fault_filter.FaultDecision(delay=decision.delay),
+                                       outcome)
+                if decision.abort:
+                    self.stats.record_fault(route.name, "abort")
+                    error, failure, status = InjectedAbort(status=decision.abort), "status", \
+                        decision.abort
+            if error is None:
+                endpoint = self._pick_endpoint(head, backend, tried)
+                tried.append(endpoint)
+                outcome.endpoint = endpoint.address
+                try:
+                    conn, response, pump = await self._attempt(
+                        exchange, endpoint, request_head, body,
+                        _attempt_deadline(loop, deadline, per_try), head.method == "HEAD")
+                except UpstreamConnectFailure as exc:
+                    error, failure = exc, "connect-failure"
+                except UpstreamReset as exc:
+                    error, failure = exc, "reset"
+                except UpstreamTimeout as exc:
+                    error, failure = exc, "timeout"
+                status = response.status if response is not None else 0
+                self.stats.record_attempt(AttemptOutcome(backend.service.name, endpoint.address,
+                                                         status))
+                if response is not None:
+                    failure = "status"
+            if (failure is not None and attempt < max_attempts
+                    and is_retryable(policy, failure, status)
+                    and (deadline is None or loop.time() < deadline)):
+                if conn is not None:
+                    conn.abort()  # discard the failed response; never reuse its connection
+                self.stats.record_retry(route.name, backend.name)
+                await asyncio.sleep(backoff(policy, attempt, self.rng.random()))
+                continue
+            exhausted = attempt > 1 and failure is not None and is_retryable(policy, failure, status)
+            if error is not None:
+                if exhausted:
+                    _add_flag(outcome, "URX")
+                raise error
+            if exhausted:
+                _add_flag(outcome, "URX")
+            try:
+                await self._relay(head, exchange, route, backend, conn, response, cookie, debug,
+                                  outcome, websocket)
+            finally:
+                _stop(pump)  # an early response: the rest of the body is not wanted
+            return
+
+    async def _prepare_body(self, exchange: Exchange, policy) -> bytes | None:
+        """Buffer a small body so it can be replayed on retry; stream anything larger."""
+        if not exchange.body_expected:
+            return _NO_BODY
+        limit = policy.buffer_bytes if policy is not None else 0
+        length = exchange.content_length
+        if policy is None or length is None or length > limit:
+            return _STREAM
+        parts = []
+        while chunk := await exchange.read_body():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _request_head(self, head: RequestHead, route: CompiledRoute, backend: CompiledBackend,
+                      websocket: bool) -> bytes:
+        """Request line and headers for the upstream, without framing (added per attempt)."""
+        host = head.header("host") or head.host
+        path = head.path
+        rewrite = route.rewrite
+        if rewrite is not None:
+            host = rewrite.host or host
+            path = rewrite_path(rewrite, path, route.matched_prefix(path), route.rewrite_regex)
+        headers, _ = forwarding.request_headers(head, host, None, websocket=websocket)
+        if route.headers is not None:
+            headers = header_filter.apply(headers, route.headers.request)
+        if backend.headers is not None:
+            headers = header_filter.apply(headers, backend.headers)
+        target = f"{path}?{head.query}" if head.query else path
+        return f"{head.method} {target} HTTP/1.1\r\n".encode("latin-1") + wire.header_block(headers)
+
+    async def _attempt(self, exchange: Exchange, endpoint: EndpointState, request_head: bytes,
+                       body: bytes | None, deadline: float | None, is_head: bool
+                       ) -> tuple[UpstreamConnection, ResponseHead, asyncio.Task | None]:
+        """Send the request to one endpoint and wait for its response head.
+
+        Returns the connection, the response head and the body pump (for a streamed body,
+        still running while the response is relayed)."""
+        endpoint.active += 1
+        conn = None
+        pump = None
+        try:
+            async with asyncio.timeout_at(deadline) if deadline is not None else nullcontext():
+                conn, reused = await endpoint.pool.acquire()
+                pump = self._send(conn, exchange, request_head, body, is_head)
+                try:
+                    response = await conn.response_head()
+                except UpstreamReset:
+                    if not reused or pump is not None:
+                        raise
+                    # The pooled connection was closed by the upstream as we picked it up
+                    # (keep-alive race): one fresh connection, not counted as a retry.
+                    conn = await endpoint.pool.connect()
+                    self._send(conn, exchange, request_head, body, is_head)
+                    response = await conn.response_head()
+            return conn, response, pump
+        except TimeoutError:
+            if conn is not None:
+                conn.abort()
+            _stop(pump)
+            raise UpstreamTimeout("upstream did not answer in time") from None
+        except BaseException as exc:
+            if conn is not None:
+                conn.abort()
+            client_fault = _stop(pump)
+            if client_fault is not None and isinstance(exc, ProxyError):
+                raise client_fault from None  # the client cut its body short, not the upstream
+            raise
+        finally:
+            endpoint.active -= 1
+
+    def _send(self, conn: UpstreamConnection, exchange: Exchange, request_head: bytes,
+              body: bytes | None, is_head: bool) -> asyncio.Task | None:
+        """Write the request; a streamed body gets a pump task that runs alongside."""
+        conn.no_body_expected = is_head
+        if body is _STREAM:
+            if exchange.content_length is not None:
+                framing = b"content-length: %d\r\n\r\n" % exchange.content_length
+            else:
+                framing = b"transfer-encoding: chunked\r\n\r\n"
+            conn.send(request_head + framing)
+            pump = asyncio.get_running_loop().create_task(self._pump_body(conn, exchange))
+            pump.add_done_callback(_retrieve)
+            return pump
+        if body or exchange.content_length is not None:
+            conn.send(request_head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        else:
+            conn.send(request_head + b"\r\n")
+        conn.request_complete = True
+        return None
+
+    async def _pump_body(self, conn: UpstreamConnection, exchange: Exchange) -> None:
+        """Stream the client's body upstream. If the client stops short, the upstream
+        connection is aborted: a truncated request must never look complete (FR-7)."""
+        chunked = exchange.content_length is None
+        try:
+            while chunk := await exchange.read_body():
+                conn.send(wire.chunk(chunk) if chunked else chunk)
+                if conn.write_paused:
+                    await conn.drain()
+            if chunked:
+                conn.send(wire.LAST_CHUNK)
+            conn.request_complete = True
+        except (ClientDisconnected, DownstreamError):
+            conn.abort()
+            raise
+
+    # ------------------------------------------------------------------ response
+
+    async def _relay(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
+                     backend: CompiledBackend, conn: UpstreamConnection, response: ResponseHead,
+                     cookie, debug: bool, outcome: RequestOutcome, websocket: bool) -> None:
+        status = response.status
+        outcome.status = status
+        headers = forwarding.response_headers(response.headers)
+        if route.headers is not None:
+            headers = header_filter.apply(headers, route.headers.response)
+        if cookie is not None:
+            headers.append(cookie)
+        if debug:
+            headers.extend(_debug_headers(outcome))
+        try:
+            if status == 101:
+                if not websocket:
+                    raise UpstreamProtocolError("101 without a WebSocket request")
+                headers += [("connection", "upgrade"), ("upgrade", "websocket")]
+                exchange.start_response(101, headers, None, reason=response.reason)
+                await self._tunnel(exchange.upgrade(), conn)
+                return
+            length = None if response.chunked else response.content_length
+            exchange.start_response(status, headers, length, reason=response.reason)
+            if conn.response_complete:
+                exchange.write(conn.take_buffered())  # small responses: one write, no waiting
+            else:
+                idle = self.runtime.snapshot.config.timeouts.body_idle
+                while True:
+                    try:
+                        async with asyncio.timeout(idle):
+                            chunk = await conn.read_body()
+                    except TimeoutError:
+                        raise UpstreamTimeout("upstream body stalled") from None
+                    if not chunk:
+                        break
+                    exchange.write(chunk)
+                    if exchange.write_paused:
+                        await exchange.drain()
+            exchange.end_response()
+        except BaseException:
+            conn.abort()
+            raise
+        conn.release()
+
+    async def _tunnel(self, tunnel, conn: UpstreamConnection) -> None:
+        """Copy bytes both ways after a 101 until either side closes."""
+
+        async def client_to_upstream():
+            while data := await tunnel.read():
+                conn.send(data)
+                if conn.write_paused:
+                    await conn.drain()
+
+        async def upstream_to_client():
+            while data := await conn.read_body():
+                tunnel.write(data)
+                await tunnel.drain()
+
+        tasks = [asyncio.ensure_future(client_to_upstream()),
+                 asyncio.ensure_future(upstream_to_client())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            conn.abort()
+            tunnel.close()
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Mark a pump's failure as seen: ``_stop`` reports it where it matters."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _stop(pump: asyncio.Task | None) -> BaseException | None:
+    """Cancel a body pump that is still running; return the client's fault if that is
+    why it ended (a stalled, oversized or abandoned body), which then explains the failure."""
+    if pump is None:
+        return None
+    if not pump.done():
+        pump.cancel()
+        return None
+    if not pump.cancelled():
+        exc = pump.exception()
+        if isinstance(exc, (ClientDisconnected, DownstreamError)):
+            return exc
+    return None
+
+
+def _attempt_deadline(loop, deadline: float | None, per_try: float | None) -> float | None:
+    if per_try is None:
+        return deadline
+    try_deadline = loop.time() + per_try
+    return try_deadline if deadline is None else min(deadline, try_deadline)
+
+
+def _add_flag(outcome: RequestOutcome, flag: str) -> None:
+    outcome.flags = f"{outcome.flags},{flag}" if outcome.flags else flag
+
+
+def _debug_headers(outcome: RequestOutcome) -> list[tuple[str, str]]:
+    return [("x-pyproxy-route", outcome.route or "-"),
+            ("x-pyproxy-backend", outcome.backend or "-"),
+            ("x-pyproxy-endpoint", outcome.endpoint or "-"),
+            ("x-pyproxy-attempts", str(outcome.attempts)),
+            ("x-pyproxy-flags", outcome.flags or "-")]

@@ -1,0 +1,70 @@
+"""Watch config files and trigger reloads: watchfiles on the directories, plus polling.
+
+Directory-level watching sees editors that replace files, bind mounts and Kubernetes
+ConfigMap symlink swaps (``..data`` flips), which file-level watches miss. Some filesystems
+deliver no events at all, so a cheap stat-based poll runs too; a reload of unchanged
+content is skipped by the caller's digest check, so double triggers cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+import watchfiles
+
+logger = logging.getLogger("pyproxy.reload")
+
+
+def _watch_dirs(paths: Sequence[str]) -> list[str]:
+    dirs = set()
+    for p in paths:
+        path = Path(p).resolve() if not Path(p).is_symlink() else Path(p).absolute()
+        dirs.add(str(path if path.is_dir() else path.parent))
+    return sorted(d for d in dirs if os.path.isdir(d))
+
+
+def _fingerprint(paths: Sequence[str]) -> tuple:
+    """Names, sizes and mtimes of the YAML files behind ``paths`` (follows symlinks)."""
+    seen = []
+    for p in paths:
+        path = Path(p)
+        files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path]
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                seen.append((str(f), None))
+                continue
+            seen.append((str(f), st.st_size, st.st_mtime_ns))
+    return tuple(seen)
+
+
+async def watch(paths: Sequence[str], reload: Callable[[], Awaitable[object]],
+                poll_interval: float = 2.0) -> None:
+    """Run until cancelled, calling ``reload`` after each change."""
+    dirs = _watch_dirs(paths)
+    last = _fingerprint(paths)
+
+    async def on_change(reason: str) -> None:
+        nonlocal last
+        last = _fingerprint(paths)
+        logger.info("config change seen (%s): reloading", reason)
+        await reload()
+
+    async def events() -> None:
+        if not dirs:
+            return
+        async for _ in watchfiles.awatch(*dirs, debounce=200, step=50, recursive=False):
+            await on_change("file event")
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(poll_interval)
+            if _fingerprint(paths) != last:
+                await on_change("poll")
+
+    await asyncio.gather(events(), poll())

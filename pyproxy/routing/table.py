@@ -1,0 +1,71 @@
+"""The route table: which route handles a request (first match in file order wins).
+
+A route answers for its ``hosts`` (exact names, ``*.suffix`` wildcards, or every host when
+it lists none) and its match block. Kubernetes short names work both ways: a route for
+``stockmanager`` also answers ``stockmanager.NS``, ``stockmanager.NS.svc`` and
+``stockmanager.NS.svc.cluster.local``. A host that no route names but that is the name of a
+known service goes straight to that service (SPEC §2).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Sequence, TypeVar
+
+from pyproxy.messages import RequestHead
+
+R = TypeVar("R")  # the compiled route type; the table only needs .hosts and .matches(head)
+
+_CACHE_LIMIT = 4096
+
+
+def kubernetes_short_name(host: str) -> str | None:
+    """``name`` for ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local``."""
+    labels = host.split(".")
+    if len(labels) == 2 or (len(labels) == 3 and labels[2] == "svc") or (
+            len(labels) == 5 and labels[2:] == ["svc", "cluster", "local"]):
+        return labels[0]
+    return None
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    if pattern == host:
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    if "." not in pattern:
+        return kubernetes_short_name(host) == pattern
+    return False
+
+
+class RouteTable(Generic[R]):
+    """Routes in order plus the implicit per-service routes, with a per-host candidate cache."""
+
+    def __init__(self, routes: Sequence[R], implicit: dict[str, R]):
+        self.routes = tuple(routes)
+        self._implicit = implicit  # service name → its implicit route
+        self._named_hosts = {h for r in self.routes for h in r.hosts}
+        self._candidates: dict[str, tuple[R, ...]] = {}
+
+    def candidates(self, host: str) -> tuple[R, ...]:
+        """The routes that answer for ``host``, in precedence order."""
+        found = self._candidates.get(host)
+        if found is None:
+            found = tuple(r for r in self.routes
+                          if not r.hosts or any(host_matches(p, host) for p in r.hosts))
+            if not any(r.hosts for r in found):
+                # No route names this host: a known service's name reaches that service
+                # before any catch-all route does.
+                service = self._implicit.get(host) or self._implicit.get(
+                    kubernetes_short_name(host) or "")
+                if service is not None:
+                    found = (service,) + found
+            if len(self._candidates) >= _CACHE_LIMIT:
+                self._candidates.clear()  # unbounded Host values must not grow memory
+            self._candidates[host] = found
+        return found
+
+    def match(self, head: RequestHead) -> R | None:
+        for route in self.candidates(head.host):
+            if route.matches(head):
+                return route
+        return None

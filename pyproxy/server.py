@@ -1,0 +1,220 @@
+"""Composition root: load the config, start the listener and the admin, handle signals.
+
+``run_server`` is what ``pyproxy run`` calls. Lifecycle (SPEC §7): SIGTERM turns /readyz
+503 at once, keeps serving for ``drain_delay`` so load balancers notice, then stops
+accepting, lets in-flight requests finish for up to ``drain_timeout`` and exits 0. SIGHUP,
+``POST /api/v1/reload`` and file changes reload the config; an invalid one is rejected whole
+and the last good one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import signal
+import sys
+import time
+from typing import Sequence
+
+import uvloop
+
+from pyproxy.access_log import AccessLog
+from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
+from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
+from pyproxy.config.model import Address, Config
+from pyproxy.engine.downstream import Listener
+from pyproxy.metrics import Stats
+from pyproxy.proxy import Proxy
+from pyproxy.reload import watch
+from pyproxy.runtime import Runtime
+from pyproxy.tasks import TaskGroup
+
+logger = logging.getLogger("pyproxy")
+
+
+def _parse_address(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    return Address(host.strip("[]") or "0.0.0.0", int(port))
+
+
+class ProxyControl:
+    """The running proxy as the admin API sees it: readiness, config and reloads."""
+
+    def __init__(self, paths: Sequence[str], loaded: LoadedConfig, runtime: Runtime,
+                 stats: Stats, listener: Listener, overrides: dict):
+        self.paths = list(paths)
+        self.loaded = loaded
+        self.runtime = runtime
+        self.stats = stats
+        self.listener = listener
+        self.overrides = overrides
+        self.serving = False
+        self.last_reload = {"result": "success", "generation": runtime.generation,
+                            "time": time.time(), "errors": []}
+        self._reload_lock = asyncio.Lock()
+
+    def is_ready(self) -> bool:
+        return self.serving and not self.listener.draining
+
+    def effective(self, loaded: LoadedConfig) -> Config:
+        return dataclasses.replace(loaded.config, **self.overrides) if self.overrides \
+            else loaded.config
+
+    def config_view(self) -> dict:
+        view = _plain(self.runtime.snapshot.config)
+        view["generation"] = self.runtime.generation
+        view["files"] = list(self.loaded.files)
+        view["warnings"] = [str(w) for w in self.loaded.warnings]
+        view["last_reload"] = self.last_reload
+        return view
+
+    async def reload(self) -> dict:
+        """parse → validate → compile → swap; the last good config stays on any error."""
+        async with self._reload_lock:
+            try:
+                # YAML parsing is the slow part: keep it off the event loop.
+                loaded = await asyncio.to_thread(load_config, self.paths)
+            except ConfigInvalid as invalid:
+                errors = [str(issue) for issue in invalid.issues]
+                for line in errors:
+                    logger.error("config reload rejected: %s", line)
+                self.stats.record_reload(False, self.runtime.generation)
+                self.last_reload = {"result": "failure", "generation": self.runtime.generation,
+                                    "time": time.time(), "errors": errors}
+                return self.last_reload
+            if loaded.digest == self.loaded.digest:
+                return {"result": "unchanged", "generation": self.runtime.generation,
+                        "errors": []}
+            config = self.effective(loaded)
+            if config.listen != self.runtime.snapshot.config.listen:
+                logger.warning("listen address changes need a restart; still on %s",
+                               self.runtime.snapshot.config.listen)
+                config = dataclasses.replace(config, listen=self.runtime.snapshot.config.listen)
+            self.runtime.swap(self.runtime.compile(config))
+            self.listener.timeouts = config.timeouts
+            self.listener.limits = config.limits
+            self.loaded = loaded
+            self.stats.record_reload(True, self.runtime.generation)
+            for warning in loaded.warnings:
+                logger.warning("config: %s", warning)
+            logger.info("config reloaded: generation %d", self.runtime.generation)
+            self.last_reload = {"result": "success", "generation": self.runtime.generation,
+                                "time": time.time(), "errors": []}
+            return self.last_reload
+
+
+def _plain(value):
+    """Dataclasses → JSON-able dicts (tuples of pairs stay lists)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
+                started: asyncio.Future | None = None, rng: random.Random | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code."""
+    try:
+        loaded = load_config(paths)
+    except ConfigInvalid as invalid:
+        print("pyproxy: invalid configuration:", file=sys.stderr)
+        for issue in invalid.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    for warning in loaded.warnings:
+        logger.warning("config: %s", warning)
+
+    overrides: dict = {}
+    if listen:
+        overrides["listen"] = _parse_address(listen)
+    if admin:
+        overrides["admin"] = dataclasses.replace(loaded.config.admin, listen=_parse_address(admin))
+    config = dataclasses.replace(loaded.config, **overrides) if overrides else loaded.config
+    try:
+        check_admin_binding(config.admin.listen.host, config.admin.token)
+    except ValueError as exc:
+        print(f"pyproxy: {exc}", file=sys.stderr)
+        return 2
+
+    loop = asyncio.get_running_loop()
+    runtime = Runtime()
+    runtime.swap(runtime.compile(config))
+    stats = Stats()
+    stats.weights_provider = runtime.backend_weights
+    stats.record_reload(True, runtime.generation)
+    access_log = AccessLog(config.access_log.format)
+    proxy = Proxy(runtime, stats, access_log, rng=rng)
+    listener = Listener(proxy.handle, timeouts=config.timeouts, limits=config.limits)
+    control = ProxyControl(paths, loaded, runtime, stats, listener, overrides)
+    tasks = TaskGroup()
+
+    try:
+        server = await loop.create_server(listener.protocol_factory, config.listen.host,
+                                          config.listen.port, reuse_address=True, backlog=2048)
+    except OSError as exc:
+        print(f"pyproxy: cannot listen on {config.listen}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        admin_runner = await start_admin(build_admin_app(control, config.admin.token),
+                                         config.admin.listen.host, config.admin.listen.port)
+    except OSError as exc:
+        print(f"pyproxy: cannot listen on admin {config.admin.listen}: {exc}", file=sys.stderr)
+        server.close()
+        return 1
+
+    stop = loop.create_future()
+
+    def request_stop(signame: str) -> None:
+        if not stop.done():
+            logger.info("%s: draining", signame)
+            stop.set_result(signame)
+
+    for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+        loop.add_signal_handler(sig, request_stop, name)
+    loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(control.reload(), "sighup-reload"))
+    tasks.spawn(watch(paths, control.reload), "config-watch")
+
+    control.serving = True
+    bound = server.sockets[0].getsockname()
+    logger.info("pyproxy listening on %s:%s, admin on %s", bound[0], bound[1],
+                config.admin.listen)
+    if started is not None and not started.done():
+        started.set_result((bound, admin_runner.addresses[0] if admin_runner.addresses else None))
+    try:
+        await stop
+    except asyncio.CancelledError:
+        pass
+    await _drain(server, listener, runtime.snapshot.config)
+    await tasks.cancel_all()
+    await admin_runner.cleanup()
+    runtime.close()
+    access_log.close()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    return 0
+
+
+async def _drain(server: asyncio.AbstractServer, listener: Listener, config: Config) -> None:
+    """Not ready at once; keep accepting for drain_delay; then finish in-flight requests."""
+    listener.draining = True
+    await asyncio.sleep(config.timeouts.drain_delay)
+    server.close()
+    listener.close_idle()
+    deadline = asyncio.get_running_loop().time() + config.timeouts.drain_timeout
+    while listener.in_flight() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        listener.close_idle()
+    for conn in list(listener.connections):
+        conn.close()
+    logger.info("drained; %d requests still in flight were cut", listener.in_flight())
+
+
+def run_server(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return uvloop.run(serve(paths, listen=listen, admin=admin))

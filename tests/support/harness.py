@@ -1,0 +1,145 @@
+"""Run pyproxy for tests: in-process (fast, seeded RNG, direct reloads) or as a real
+``pyproxy run`` subprocess (signals, file reloads, RSS)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from pyproxy.access_log import AccessLog
+from pyproxy.config.model import Config, Endpoint, Service
+from pyproxy.engine.downstream import Listener
+from pyproxy.metrics import Stats
+from pyproxy.proxy import Proxy
+from pyproxy.runtime import Runtime
+
+from tests.support.backends import free_port
+
+
+def service(name: str, *backends, subsets: dict | None = None, **policies) -> Service:
+    """A Service over running test backends; ``(backend, {labels})`` pairs set labels."""
+    endpoints = []
+    for item in backends:
+        backend, labels = item if isinstance(item, tuple) else (item, {})
+        endpoints.append(Endpoint("127.0.0.1", backend.port, labels))
+    return Service(name, tuple(endpoints), subsets=subsets or {}, **policies)
+
+
+class InProcessProxy:
+    """The real pipeline and engine on a loopback port, in the test's event loop."""
+
+    def __init__(self, config: Config, seed: int = 1):
+        self.config = config
+        self.runtime = Runtime()
+        self.stats = Stats()
+        self.rng = random.Random(seed)
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> "InProcessProxy":
+        self.runtime.swap(self.runtime.compile(self.config))
+        self.stats.weights_provider = self.runtime.backend_weights
+        proxy = Proxy(self.runtime, self.stats, AccessLog("off"), rng=self.rng)
+        self.listener = Listener(proxy.handle, timeouts=self.config.timeouts,
+                                 limits=self.config.limits)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self.listener.protocol_factory, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reload(self, config: Config) -> None:
+        self.config = config
+        self.runtime.swap(self.runtime.compile(config))
+        self.listener.timeouts = config.timeouts
+        self.listener.limits = config.limits
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for conn in list(self.listener.connections):
+                conn.close()
+        self.runtime.close()
+
+
+class ProxyProcess:
+    """``python -m pyproxy run`` on free ports; waits for /readyz."""
+
+    def __init__(self, *config_paths: str | Path, env: dict | None = None):
+        self.config_paths = [str(p) for p in config_paths]
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, timeout: float = 15.0) -> "ProxyProcess":
+        args = [sys.executable, "-m", "pyproxy", "run"]
+        for path in self.config_paths:
+            args += ["-c", path]
+        args += ["--listen", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}"]
+        self.proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        import urllib.request
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pyproxy exited {self.proc.returncode}: "
+                                   f"{self.proc.stderr.read().decode()}")
+            try:
+                with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=0.5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("pyproxy did not become ready")
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def stderr_text(self) -> str:
+        return self.proc.stderr.read().decode() if self.proc and self.proc.stderr else ""
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, **kwargs) -> tuple[int, dict, bytes]:
+    async with session.request(kwargs.pop("method", "GET"), url, **kwargs) as response:
+        return response.status, dict(response.headers), await response.read()
