@@ -1,0 +1,243 @@
+"""The admin API (SPEC §6): health, readiness, metrics, config, reload and live route stats.
+
+This is the control plane, so it runs on aiohttp — never on the request path. It reads and
+drives the proxy only through ``AdminControl``, which the runtime implements.
+
+Security, enforced by one middleware for every route:
+
+* Mutations (POST, PUT, PATCH, DELETE) need ``Authorization: Bearer <token>`` when a token
+  is configured; the comparison is constant-time and the 401 body constant.
+* CSRF: a mutation carrying an ``Origin`` must come from the admin's own origin, and a
+  mutation with a body must declare ``application/json`` — the content types an HTML form
+  can send are refused, so a page elsewhere cannot post to the admin.
+* DNS rebinding: without a token the admin may only listen on loopback
+  (``check_admin_binding``), and then it also refuses requests whose ``Host`` is not a
+  loopback name, so a hostile page whose domain was re-pointed to 127.0.0.1 cannot read it.
+
+Errors are JSON ``{"error": ...}`` with a fixed message: nothing from the request is echoed.
+New endpoints go into ``ROUTES``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from http import HTTPStatus
+from typing import Any, Awaitable, Callable, Protocol
+
+from aiohttp import web
+
+from pyproxy.metrics import Stats, render_metrics
+
+log = logging.getLogger(__name__)
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Keys whose values never leave the process (compared case-insensitively). Header names
+# appear as keys in header changes, so credentials set on upstream requests are hidden too.
+SECRET_KEYS = frozenset({"token", "secret", "password", "header_secret",
+                         "authorization", "proxy-authorization"})
+REDACTED = "***"
+# What an HTML form can post cross-site without a CORS preflight; refused even with an empty
+# body (an empty form post is still a form post). Bodiless clients may send any other type:
+# aiohttp's client adds application/octet-stream to every POST.
+FORM_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data",
+                                "text/plain"})
+
+
+class AdminControl(Protocol):
+    """What the admin needs from the running proxy (implemented by the runtime)."""
+
+    stats: Stats
+
+    def is_ready(self) -> bool:
+        """Config loaded, listener bound, not draining."""
+
+    def config_view(self) -> dict:
+        """The effective config as plain JSON values, with ``generation`` and the last reload
+        result. Secrets may be included: the admin redacts them."""
+
+    async def reload(self) -> dict:
+        """Reload from the config sources: ``{"result": "success"|"failure"|"unchanged",
+        "generation": int, "errors": [str]}``."""
+
+
+CONTROL = web.AppKey("control", AdminControl)
+TOKEN = web.AppKey("token", str)
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[CONTROL].is_ready():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready"}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = render_metrics(request.app[CONTROL].stats)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response(redact(request.app[CONTROL].config_view()))
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    """200 when the new config serves (or nothing changed), 422 when it was rejected
+    and the last good config keeps serving; the body says which and why."""
+    result = await request.app[CONTROL].reload()
+    return web.json_response(result, status=422 if result["result"] == "failure" else 200)
+
+
+async def get_routes(request: web.Request) -> web.Response:
+    stats = request.app[CONTROL].stats
+    return web.json_response({"window_seconds": stats.window, "routes": stats.snapshot_routes()})
+
+
+ROUTES = [
+    web.get("/healthz", healthz),
+    web.get("/readyz", readyz),
+    web.get("/metrics", metrics),
+    web.get("/api/v1/config", get_config),
+    web.post("/api/v1/reload", post_reload),
+    web.get("/api/v1/routes", get_routes),
+]
+
+
+# ---------------------------------------------------------------------- security
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[TOKEN]
+    # A missing Host is fine: browsers, the only rebinding vector, always send one.
+    host = request.headers.get("Host")
+    if not token and host is not None and not _is_loopback(_hostname(host)):
+        return _error(403, "forbidden")
+    if request.method in MUTATING_METHODS:
+        if token and not _bearer_matches(request.headers.get("Authorization", ""), token):
+            return _error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
+        origin = request.headers.get("Origin")
+        if origin is not None and not _same_origin(origin, host or ""):
+            return _error(403, "forbidden")
+        if request.content_type != "application/json" and (
+            request.body_exists or request.content_type in FORM_CONTENT_TYPES
+        ):
+            return _error(415, "content type must be application/json")
+    return await handler(request)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404/405/… and unexpected exceptions, as JSON with a fixed message."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        # The standard phrase, not exc.reason: a reason may carry request data.
+        return _error(exc.status, HTTPStatus(exc.status).phrase.lower(), headers)
+    except Exception:
+        log.exception("admin %s %s failed", request.method, request.path)
+        return _error(500, "internal error")
+
+
+def _bearer_matches(header: str, token: str) -> bool:
+    scheme, _, credentials = header.partition(" ")
+    # Compare even on a wrong scheme so a bad header costs the same time as a bad token.
+    matches = hmac.compare_digest(credentials.strip().encode("utf-8", "replace"),
+                                  token.encode("utf-8", "replace"))
+    return matches and scheme.lower() == "bearer"
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """``Origin: http://host:port`` must name the host the request was sent to; ``null``
+    (sandboxed frames, file:// pages) never matches."""
+    scheme, sep, netloc = origin.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and netloc.lower() == host.lower()
+
+
+def _hostname(host: str) -> str:
+    """``Host`` without its port: ``[::1]:9901`` → ``::1``, ``localhost:9901`` → ``localhost``."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_admin_binding(host: str, token: str) -> None:
+    """Refuse an admin listener reachable beyond this machine without a token (SPEC §6)."""
+    if token or _is_loopback(host.strip("[]")):
+        return
+    shown = host or "all interfaces"
+    raise ValueError(
+        f"refusing to serve the admin API on {shown} without a token: anyone who can reach it "
+        "could change routing. Set admin.token (e.g. token: \"${PYPROXY_ADMIN_TOKEN}\") or "
+        "listen on 127.0.0.1."
+    )
+
+
+def _is_secret(key: Any, value: Any) -> bool:
+    return isinstance(key, str) and key.lower() in SECRET_KEYS and value not in (None, "")
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with the values of ``SECRET_KEYS`` replaced by ``***`` at any depth.
+
+    Empty values stay as they are: "no token set" is not a secret, and showing it tells the
+    operator mutations are open.
+    """
+    if isinstance(value, dict):
+        return {key: REDACTED if _is_secret(key, item) else redact(item)
+                for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(item) for item in value]
+    return value
+
+
+# ---------------------------------------------------------------------- app
+
+
+def build_admin_app(control: AdminControl, token: str) -> web.Application:
+    # _json_errors is outermost so that errors raised by the guard's handler are shaped too.
+    app = web.Application(middlewares=[_json_errors, _guard])
+    app[CONTROL] = control
+    app[TOKEN] = token
+    app.add_routes(ROUTES)
+    return app
+
+
+async def start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` (port 0: any free port, see ``runner.addresses``).
+    The caller owns the runner and calls ``await runner.cleanup()``."""
+    # No aiohttp access log: scrapes every few seconds would drown the operational log.
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

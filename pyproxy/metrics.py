@@ -1,0 +1,359 @@
+"""Request accounting: Prometheus metrics (SPEC §4) and live per-backend windows.
+
+The request path only does plain Python bookkeeping — a dict increment, a bisect into
+fixed bucket bounds. Prometheus metric families are built from those numbers when
+``/metrics`` is scraped, by a custom collector on a private ``CollectorRegistry`` (no
+global registry, so every ``Stats`` — one per process, one per test — starts clean).
+This is the only module that imports ``prometheus_client``.
+
+Label conventions (bounded: route, backend, service and endpoint names come from config;
+never paths, client IPs or request ids):
+
+* ``code`` is the HTTP status as a string; ``"none"`` when there was no response at all
+  (the client went away first, or an upstream attempt failed to connect, was reset or
+  timed out before a status line).
+* ``flag`` is the request's flag string as recorded (``"URX"``, ``"DI,FI"``); ``""`` when
+  the proxy set no flag, so ``flag=""`` selects the requests the proxy did not interfere with.
+
+Besides the cumulative counters, ``Stats`` keeps a sliding window (default 30 s, in 1-s
+buckets) per (route, backend) for the dashboard, ``pyproxy status`` and the canary judge:
+request rate, success rate and latency percentiles over the last seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from pyproxy.outcome import AttemptOutcome, RequestOutcome
+
+# SPEC §4: the buckets of pyproxy_request_duration_seconds (seconds; +Inf is implied).
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Window percentiles need finer buckets than the exported histogram: a p99 judged against
+# "500ms" must not jump from 250 ms to 500 ms. Geometric bounds (×1.1 from 0.5 ms to ~65 s):
+# an interpolated percentile stays inside the bucket of the true one, so within 10 % of it.
+WINDOW_BUCKETS = tuple(0.0005 * 1.1**i for i in range(125))
+
+NO_RESPONSE = "none"  # the ``code`` label when no status line was received
+
+WeightsProvider = Callable[[], Iterable[tuple[str, str, float]]]
+EjectionsProvider = Callable[[], Iterable[tuple[str, str, bool]]]
+
+
+def _code(status: int) -> str:
+    return str(status) if status else NO_RESPONSE
+
+
+def _is_success(o: RequestOutcome) -> bool:
+    """Success for the windows: below 500 and no proxy flag other than an injected delay
+    (a delayed request still reached its backend and was answered normally)."""
+    return o.status < 500 and (not o.flags or o.flags == "DI")
+
+
+class _Histogram:
+    """Per-bucket (non-cumulative) counts and a sum; cumulated only when scraped."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # last slot: above the top bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (Prometheus `le`).
+        self.counts[bisect_left(DURATION_BUCKETS, value)] += 1
+        self.sum += value
+
+
+_LE = tuple(floatToGoString(b) for b in DURATION_BUCKETS) + ("+Inf",)
+
+
+class _Window:
+    """A ring of per-second buckets covering the last ``size`` seconds.
+
+    Slot ``s % size`` holds second ``s``; a slot still stamped with an older second is
+    stale and reset on first use, so nothing has to run on a timer.
+    """
+
+    __slots__ = ("size", "first", "second", "requests", "successes", "latency")
+
+    def __init__(self, size: int, now: int):
+        self.size = size
+        self.first = now  # the rate is averaged over the seconds since then, at most `size`
+        self.second = [-1] * size
+        self.requests = [0] * size
+        self.successes = [0] * size
+        self.latency = [[0] * (len(WINDOW_BUCKETS) + 1) for _ in range(size)]
+
+    def add(self, now: int, ok: bool, duration: float) -> None:
+        i = now % self.size
+        if self.second[i] != now:
+            self.second[i] = now
+            self.requests[i] = self.successes[i] = 0
+            self.latency[i] = [0] * (len(WINDOW_BUCKETS) + 1)
+        self.requests[i] += 1
+        self.successes[i] += ok
+        self.latency[i][bisect_left(WINDOW_BUCKETS, duration)] += 1
+
+    def summary(self, now: int) -> dict:
+        requests = successes = 0
+        latency = [0] * (len(WINDOW_BUCKETS) + 1)
+        for i, second in enumerate(self.second):
+            if now - self.size < second <= now:
+                requests += self.requests[i]
+                successes += self.successes[i]
+                latency = [a + b for a, b in zip(latency, self.latency[i])]
+        span = max(1, min(self.size, now - self.first + 1))
+        return _summarize(requests, successes, span, latency)
+
+
+def _idle() -> dict:
+    """The summary of a window without requests: rates and percentiles are None, because
+    no data is not 100 % — the canary must hold rather than judge an idle backend."""
+    return {"requests": 0, "rps": 0.0, "success_rate": None, "p50": None, "p95": None, "p99": None}
+
+
+def _summarize(requests: int, successes: int, span: int, latency: list[int]) -> dict:
+    if not requests:
+        return _idle()
+    return {
+        "requests": requests,
+        "rps": round(requests / span, 3),
+        "success_rate": round(100.0 * successes / requests, 3),  # percent, like the config
+        "p50": _percentile(latency, requests, 0.50),
+        "p95": _percentile(latency, requests, 0.95),
+        "p99": _percentile(latency, requests, 0.99),
+    }
+
+
+def _percentile(counts: list[int], total: int, q: float) -> float:
+    """Like PromQL ``histogram_quantile``: find the bucket holding rank ``q·total`` and
+    interpolate linearly inside it; ranks in the overflow bucket report the top bound."""
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if i == len(WINDOW_BUCKETS):
+                return WINDOW_BUCKETS[-1]
+            lower = WINDOW_BUCKETS[i - 1] if i else 0.0
+            upper = WINDOW_BUCKETS[i]
+            return round(lower + (upper - lower) * (rank - seen) / count, 6)
+        seen += count
+    return WINDOW_BUCKETS[-1]
+
+
+class Stats:
+    """Everything the proxy counts; one per process, carried over config reloads so
+    counters stay monotonic (only a restart resets them).
+
+    The ``record_*`` methods are called on the event loop and are cheap. ``weights_provider``
+    and ``ejections_provider`` are set by the runtime and read at scrape time, so gauges of
+    configured state never go stale.
+    """
+
+    def __init__(self, *, window: int = 30, clock: Callable[[], float] = time.monotonic):
+        self.window = window  # seconds covered by window_stats()
+        self._clock = clock
+        self.weights_provider: WeightsProvider | None = None
+        self.ejections_provider: EjectionsProvider | None = None
+
+        self._requests: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
+        self._durations: dict[tuple[str, str], _Histogram] = {}
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._upstream: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._retries: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._faults: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._mirrors: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._overflows: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._ejections: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._active: defaultdict[str, int] = defaultdict(int)
+        # Both results exist from the start so rate() and alerts see a 0, not a missing series.
+        self._reloads = {"success": 0, "failure": 0}
+        self.last_reload_ok = True  # the initial config is valid, or we would not be running
+        self.generation = 0
+
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(self))
+
+    # ------------------------------------------------------------------ recording
+
+    def record(self, o: RequestOutcome) -> None:
+        """A finished (or abandoned) downstream request."""
+        key = (o.route, o.backend)
+        self._requests[(o.route, o.backend, _code(o.status), o.flags)] += 1
+        histogram = self._durations.get(key)
+        if histogram is None:
+            histogram = self._durations[key] = _Histogram()
+        histogram.observe(o.duration)
+
+        now = int(self._clock())
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(self.window, now)
+        window.add(now, _is_success(o), o.duration)
+
+    def record_attempt(self, a: AttemptOutcome) -> None:
+        """One upstream attempt: first try, retry or mirror."""
+        self._upstream[(a.service, a.endpoint, _code(a.status))] += 1
+
+    def record_retry(self, route: str, backend: str) -> None:
+        self._retries[(route, backend)] += 1
+
+    def record_fault(self, route: str, kind: str) -> None:
+        """``kind`` is ``delay`` or ``abort``."""
+        self._faults[(route, kind)] += 1
+
+    def record_mirror(self, route: str, backend: str, result: str) -> None:
+        self._mirrors[(route, backend, result)] += 1
+
+    def record_overflow(self, service: str, limit: str) -> None:
+        """A circuit-breaker ``limit`` (a ConnectionPool field name) refused a request."""
+        self._overflows[(service, limit)] += 1
+
+    def record_ejection(self, service: str, endpoint: str, reason: str) -> None:
+        self._ejections[(service, endpoint, reason)] += 1
+
+    def request_started(self, route: str) -> None:
+        self._active[route] += 1
+
+    def request_finished(self, route: str) -> None:
+        self._active[route] -= 1
+
+    def record_reload(self, ok: bool, generation: int) -> None:
+        """A reload attempt; ``generation`` is the config generation now serving."""
+        self._reloads["success" if ok else "failure"] += 1
+        self.last_reload_ok = ok
+        self.generation = generation
+
+    # ------------------------------------------------------------------ windows
+
+    def window_stats(self, route: str, backend: str) -> dict:
+        """``requests``, ``rps``, ``success_rate`` (percent) and ``p50``/``p95``/``p99``
+        (seconds) over the last ``window`` seconds; ``rps`` is averaged over the whole
+        seconds covered (fewer right after start). Rates and percentiles are None
+        without requests."""
+        window = self._windows.get((route, backend))
+        if window is None:
+            return _idle()
+        return window.summary(int(self._clock()))
+
+    def snapshot_routes(self) -> dict[str, dict[str, dict]]:
+        """route → backend → window stats, plus ``weight`` (configured share 0–1, None for a
+        backend no longer configured) and ``share`` (observed share of the route's requests
+        in the window, None without traffic).
+
+        Every configured backend appears, idle or not; a backend that is no longer
+        configured appears while it still has requests in the window.
+        """
+        provided = self.weights_provider() if self.weights_provider else ()
+        weights = {(route, backend): share for route, backend, share in provided}
+        now = int(self._clock())
+        routes: dict[str, dict[str, dict]] = {}
+        for key, window in list(self._windows.items()):
+            summary = window.summary(now)
+            if summary["requests"] or key in weights:
+                routes.setdefault(key[0], {})[key[1]] = summary
+        for route, backend in weights:
+            routes.setdefault(route, {}).setdefault(backend, _idle())
+        for route, backends in routes.items():
+            total = sum(s["requests"] for s in backends.values())
+            for backend, summary in backends.items():
+                summary["weight"] = weights.get((route, backend))
+                summary["share"] = round(summary["requests"] / total, 4) if total else None
+        return routes
+
+
+class _Collector:
+    """Builds the SPEC §4 families from a ``Stats`` at scrape time.
+
+    Dicts are copied before iterating: a scrape from another thread must not trip over a
+    series added meanwhile. ``CounterMetricFamily`` appends ``_total`` itself.
+    """
+
+    def __init__(self, stats: Stats):
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        yield _counter("pyproxy_requests", "Downstream requests by route, backend, status code "
+                       "(\"none\": no response was sent) and response flags (\"\": none).",
+                       ["route", "backend", "code", "flag"], s._requests)
+        yield _histogram(s)
+        yield _counter("pyproxy_upstream_requests", "Upstream attempts (retries and mirrors "
+                       "included) by status code (\"none\": connect failure, reset or timeout).",
+                       ["service", "endpoint", "code"], s._upstream)
+        yield _counter("pyproxy_retries", "Retries of upstream requests.",
+                       ["route", "backend"], s._retries)
+        yield _counter("pyproxy_faults_injected", "Injected faults (kind: delay or abort).",
+                       ["route", "kind"], s._faults)
+        yield _counter("pyproxy_mirror_requests", "Mirrored (shadow) requests by result.",
+                       ["route", "backend", "result"], s._mirrors)
+
+        weights = GaugeMetricFamily("pyproxy_backend_weight",
+                                    "Configured share of the route's traffic (0-1).",
+                                    labels=["route", "backend"])
+        for route, backend, share in s.weights_provider() if s.weights_provider else ():
+            weights.add_metric([route, backend], share)
+        yield weights
+
+        ejected = GaugeMetricFamily("pyproxy_endpoint_ejected",
+                                    "1 while outlier detection has the endpoint ejected.",
+                                    labels=["service", "endpoint"])
+        for service, endpoint, is_ejected in s.ejections_provider() if s.ejections_provider else ():
+            ejected.add_metric([service, endpoint], 1.0 if is_ejected else 0.0)
+        yield ejected
+        yield _counter("pyproxy_endpoint_ejections", "Outlier ejections by reason.",
+                       ["service", "endpoint", "reason"], s._ejections)
+
+        yield _counter("pyproxy_circuit_breaker_overflows",
+                       "Requests refused by a circuit-breaker limit.",
+                       ["service", "limit"], s._overflows)
+        active = GaugeMetricFamily("pyproxy_active_requests", "Requests in flight.",
+                                   labels=["route"])
+        for route, count in list(s._active.items()):
+            active.add_metric([route], count)
+        yield active
+
+        yield _counter("pyproxy_config_reloads", "Config reload attempts by result.",
+                       ["result"], {(result,): n for result, n in s._reloads.items()})
+        yield GaugeMetricFamily("pyproxy_config_last_reload_success",
+                                "1 if the last config reload succeeded.",
+                                value=1.0 if s.last_reload_ok else 0.0)
+        yield GaugeMetricFamily("pyproxy_config_generation",
+                                "Generation of the config now serving.", value=s.generation)
+
+
+def _counter(name: str, help_text: str, labels: list[str],
+             data: dict[tuple[str, ...], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=labels)
+    for key, value in list(data.items()):
+        family.add_metric(key, value)
+    return family
+
+
+def _histogram(s: Stats) -> HistogramMetricFamily:
+    family = HistogramMetricFamily("pyproxy_request_duration_seconds",
+                                   "Downstream request duration in seconds.",
+                                   labels=["route", "backend"])
+    for (route, backend), histogram in list(s._durations.items()):
+        cumulative, buckets = 0, []
+        for le, count in zip(_LE, list(histogram.counts)):
+            cumulative += count
+            buckets.append((le, cumulative))
+        family.add_metric([route, backend], buckets, histogram.sum)
+    return family
+
+
+def render_metrics(stats: Stats) -> tuple[bytes, str]:
+    """``/metrics``: the body and its content type (the classic Prometheus text format,
+    which every scraper version reads)."""
+    return generate_latest(stats.registry), CONTENT_TYPE_PLAIN_0_0_4
