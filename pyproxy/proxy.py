@@ -44,10 +44,11 @@ class Proxy:
 
     async def handle(self, head: RequestHead, exchange: Exchange) -> None:
         snapshot = self.runtime.snapshot  # this request finishes on this snapshot
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.perf_counter()  # uvloop's loop.time() only has millisecond steps
         outcome = RequestOutcome(start=time.time(), method=head.method, host=head.host,
-                                 path=head.path)
+                                 path=head.path,
+                                 request_id=head.header("x-request-id")
+                                 or forwarding.new_request_id())
         route = None
         try:
             route = snapshot.table.match(head)
@@ -64,7 +65,7 @@ class Proxy:
             _add_flag(outcome, "DC")  # the client left mid-response
             raise
         finally:
-            outcome.duration = loop.time() - started
+            outcome.duration = time.perf_counter() - started
             outcome.bytes_in = exchange.bytes_in
             outcome.bytes_out = exchange.bytes_out
             if route is not None:
@@ -190,7 +191,7 @@ class Proxy:
         attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
             else None
         websocket = exchange.is_websocket and route.route.websocket
-        request_head = self._request_head(head, route, backend, websocket)
+        request_head = self._request_head(head, route, backend, websocket, outcome.request_id)
         tried: list[EndpointState] = []
         attempt = 0
         while True:
@@ -266,7 +267,7 @@ class Proxy:
         return b"".join(parts)
 
     def _request_head(self, head: RequestHead, route: CompiledRoute, backend: CompiledBackend,
-                      websocket: bool) -> bytes:
+                      websocket: bool, request_id: str) -> bytes:
         """Request line and headers for the upstream, without framing (added per attempt)."""
         host = head.header("host") or head.host
         path = head.path
@@ -274,7 +275,7 @@ class Proxy:
         if rewrite is not None:
             host = rewrite.host or host
             path = rewrite_path(rewrite, path, route.matched_prefix(path), route.rewrite_regex)
-        headers, _ = forwarding.request_headers(head, host, None, websocket=websocket)
+        headers = forwarding.request_headers(head, host, request_id, websocket=websocket)
         if route.headers is not None:
             headers = header_filter.apply(headers, route.headers.request)
         if backend.headers is not None:

@@ -111,8 +111,10 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            # 101 Switching Protocols: what follows is the tunnel's first bytes.
+            # 101 Switching Protocols: what follows is the tunnel's first bytes, and the
+            # stream only ends when the connection does (llhttp called the 101 complete).
             self.upgraded = True
+            self._complete = False
             rest = data[upgrade.args[0]:]
             if rest:
                 self._push(rest)

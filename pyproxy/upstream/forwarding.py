@@ -28,7 +28,8 @@ VIA = "1.1 pyproxy"
 def new_request_id() -> str:
     """A random 128-bit id in UUID text form (cheaper than uuid.uuid4())."""
     h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 def _connection_named(headers: list[tuple[str, str]]) -> frozenset[str]:
@@ -39,9 +40,9 @@ def _connection_named(headers: list[tuple[str, str]]) -> frozenset[str]:
     return frozenset(named)
 
 
-def request_headers(head: RequestHead, host: str, request_id: str | None,
-                    *, websocket: bool = False) -> tuple[list[tuple[str, str]], str]:
-    """The headers to send upstream (without framing), and the request id in force.
+def request_headers(head: RequestHead, host: str, request_id: str,
+                    *, websocket: bool = False) -> list[tuple[str, str]]:
+    """The headers to send upstream (without framing).
 
     ``host`` is the Host to send (after any rewrite). The original Host goes to
     X-Forwarded-Host; the client address is appended to X-Forwarded-For.
@@ -62,16 +63,12 @@ def request_headers(head: RequestHead, host: str, request_id: str | None,
             via = f"{via}, {value}" if via else value
             continue
         if name == "x-request-id":
-            if request_id is None:
-                request_id = value
-            continue
+            continue  # replaced by ``request_id`` (the client's own, when it sent one)
         out.append((name, value))
     if has_connection:
         named = _connection_named(head.headers)
         if named:
             out = [(n, v) for n, v in out if n not in named or n == "host"]
-    if request_id is None:
-        request_id = new_request_id()
     out.append(("x-request-id", request_id))
     client = head.client_ip
     out.append(("x-forwarded-for", f"{forwarded_for}, {client}" if forwarded_for else client))
@@ -83,7 +80,7 @@ def request_headers(head: RequestHead, host: str, request_id: str | None,
     if websocket:
         out.append(("connection", "upgrade"))
         out.append(("upgrade", "websocket"))
-    return out, request_id
+    return out
 
 
 def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

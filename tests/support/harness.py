@@ -17,11 +17,23 @@ import aiohttp
 from pyproxy.access_log import AccessLog
 from pyproxy.config.model import Config, Endpoint, Service
 from pyproxy.engine.downstream import Listener
-from pyproxy.metrics import Stats
+from pyproxy.metrics import Stats, render_metrics
 from pyproxy.proxy import Proxy
 from pyproxy.runtime import Runtime
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.backends import free_port
+
+
+def metric_value(text: str, metric: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and all(sample.labels.get(k) == v
+                                             for k, v in labels.items()):
+                total += sample.value
+    return total
 
 
 def service(name: str, *backends, subsets: dict | None = None, **policies) -> Service:
@@ -58,6 +70,11 @@ class InProcessProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def stats_value(self, metric: str, **labels: str) -> float:
+        """Sum of the samples of ``metric`` whose labels include ``labels``, read from the
+        rendered Prometheus text through prometheus_client's own parser."""
+        return metric_value(render_metrics(self.stats)[0].decode(), metric, **labels)
 
     def reload(self, config: Config) -> None:
         self.config = config
