@@ -1,0 +1,131 @@
+"""Matchers and the route table: every match kind, precedence and host forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyproxy.config.model import Match, PathMatch, StringMatch
+from pyproxy.messages import RequestHead
+from pyproxy.routing.matchers import compile_match, compile_matches, describe_match
+from pyproxy.routing.table import RouteTable, host_matches, kubernetes_short_name
+
+
+def head(path="/", method="GET", host="shop", headers=(), query=""):
+    return RequestHead(method, path, query, "1.1", [(k.lower(), v) for k, v in headers],
+                       host, "127.0.0.1")
+
+
+@pytest.mark.parametrize("kind,value,path,expected", [
+    ("exact", "/store", "/store", True),
+    ("exact", "/store", "/store/", False),
+    ("prefix", "/store", "/store/stocklevel", True),
+    ("prefix", "/store", "/stor", False),
+    ("regex", r"/store/\d+", "/store/42", True),
+    ("regex", r"/store/\d+", "/store/42/x", False),  # full match, not search
+])
+def test_path_kinds(kind, value, path, expected):
+    assert compile_match(Match(path=PathMatch(kind, value)))(head(path)) is expected
+
+
+def test_path_ignore_case():
+    predicate = compile_match(Match(path=PathMatch("prefix", "/Store", ignore_case=True)))
+    assert predicate(head("/STORE/x")) and not predicate(head("/shop"))
+
+
+@pytest.mark.parametrize("match,value,expected", [
+    (StringMatch("exact", "tester"), "tester", True),
+    (StringMatch("exact", "tester"), "Tester", False),
+    (StringMatch("exact", "tester", ignore_case=True), "TESTER", True),
+    (StringMatch("prefix", "test"), "tester", True),
+    (StringMatch("suffix", "ter"), "tester", True),
+    (StringMatch("suffix", "ter"), "testers", False),
+    (StringMatch("regex", "t.*r"), "tester", True),
+    (StringMatch("regex", "t.*r"), "testers", False),
+    (StringMatch("present"), "", True),
+    (StringMatch("present"), None, False),
+    (StringMatch("absent"), None, True),
+    (StringMatch("absent"), "x", False),
+    (StringMatch("exact", "x"), None, False),
+])
+def test_header_kinds(match, value, expected):
+    predicate = compile_match(Match(headers=(("end-user", match),)))
+    headers = [] if value is None else [("end-user", value)]
+    assert predicate(head(headers=headers)) is expected
+
+
+def test_query_and_cookie_matches():
+    predicate = compile_match(Match(query=(("debug", StringMatch("exact", "1")),),
+                                    cookies=(("canary", StringMatch("exact", "always")),)))
+    assert predicate(head(query="a=2&debug=1", headers=[("cookie", "x=y; canary=always")]))
+    assert not predicate(head(query="debug=0", headers=[("cookie", "canary=always")]))
+    assert not predicate(head(query="debug=1", headers=[("cookie", "canary=never")]))
+
+
+def test_and_within_or_across_entries():
+    entries = (Match(path=PathMatch("prefix", "/a"), methods=("POST",)),
+               Match(headers=(("x-v", StringMatch("exact", "2")),)))
+    predicate = compile_matches(entries)
+    assert predicate(head("/a/b", "POST"))
+    assert not predicate(head("/a/b", "GET"))  # AND within an entry
+    assert predicate(head("/zzz", "GET", headers=[("x-v", "2")]))  # OR across entries
+    assert compile_matches(())(head())  # no match block matches all
+
+
+def test_repeated_header_values_are_joined():
+    predicate = compile_match(Match(headers=(("x", StringMatch("exact", "a, b")),)))
+    assert predicate(head(headers=[("x", "a"), ("x", "b")]))
+
+
+def test_describe_match():
+    text = describe_match(Match(path=PathMatch("prefix", "/s"), methods=("GET",),
+                                headers=(("end-user", StringMatch("exact", "tester")),)))
+    assert text == "path prefix '/s' and method GET and header end-user exact 'tester'"
+
+
+class FakeRoute:
+    def __init__(self, name, hosts=(), matcher=lambda h: True):
+        self.name, self.hosts, self._m = name, tuple(hosts), matcher
+
+    def matches(self, h):
+        return self._m(h)
+
+    def __repr__(self):
+        return self.name
+
+
+def test_host_forms():
+    assert host_matches("shop.example", "shop.example")
+    assert host_matches("*.shop.example", "a.shop.example")
+    assert not host_matches("*.shop.example", "shop.example")
+    assert host_matches("stockmanager", "stockmanager.prod")
+    assert host_matches("stockmanager", "stockmanager.prod.svc")
+    assert host_matches("stockmanager", "stockmanager.prod.svc.cluster.local")
+    assert not host_matches("stockmanager", "stockmanager.a.b")
+    assert kubernetes_short_name("shop") is None
+
+
+def test_first_match_wins_in_file_order():
+    tester = FakeRoute("tester", ["stockmanager"], lambda h: h.header("end-user") == "tester")
+    everyone = FakeRoute("everyone", ["stockmanager"])
+    table = RouteTable([tester, everyone], {})
+    assert table.match(head(host="stockmanager", headers=[("end-user", "tester")])) is tester
+    assert table.match(head(host="stockmanager")) is everyone
+    assert table.match(head(host="other")) is None  # 404 NR
+
+
+def test_catch_all_routes_and_implicit_services():
+    catch_all = FakeRoute("catch-all")
+    named = FakeRoute("named", ["shop"])
+    implicit = FakeRoute("zipkin-implicit")
+    table = RouteTable([named, catch_all], {"zipkin": implicit})
+    assert table.match(head(host="shop")) is named
+    assert table.match(head(host="zipkin")) is implicit  # a known service beats the catch-all
+    assert table.match(head(host="zipkin.default.svc.cluster.local")) is implicit
+    assert table.match(head(host="unknown")) is catch_all
+
+
+def test_candidate_cache_is_bounded():
+    table = RouteTable([FakeRoute("any")], {})
+    for i in range(5000):
+        table.match(head(host=f"h{i}"))
+    assert len(table._candidates) <= 4096
