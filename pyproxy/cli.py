@@ -59,6 +59,40 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="call this URL on every request (repeatable)")
     fake.add_argument("--seed", type=int, default=None, help="seed the error draw (tests)")
 
+    admin_help = "admin URL (default $PYPROXY_ADMIN or http://127.0.0.1:9901)"
+    status = sub.add_parser("status", help="live per-route, per-backend stats")
+    status.add_argument("--admin", metavar="URL", help=admin_help)
+    status.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
+    status.add_argument("--json", action="store_true")
+
+    weight = sub.add_parser("set-weight", help="change a split at run time")
+    weight.add_argument("route")
+    weight.add_argument("weights", nargs="*", metavar="BACKEND=W",
+                        help="backends not named get 0")
+    weight.add_argument("--clear", action="store_true", help="back to the configured weights")
+    weight.add_argument("--admin", metavar="URL", help=admin_help)
+
+    fault = sub.add_parser("fault", help="time-boxed fault on a route (or: fault clear [ROUTE])")
+    fault.add_argument("route", help="route name, or 'clear' / 'list'")
+    fault.add_argument("clear_route", nargs="?", metavar="ROUTE", help="with 'clear': one route")
+    kind = fault.add_mutually_exclusive_group()
+    kind.add_argument("--abort", type=int, metavar="STATUS")
+    kind.add_argument("--delay", metavar="DUR")
+    fault.add_argument("--percent", type=float, default=100.0)
+    fault.add_argument("--for", dest="duration", metavar="DUR", default="60s",
+                       help="how long before the fault removes itself (default 60s)")
+    fault.add_argument("--admin", metavar="URL", help=admin_help)
+
+    explain = sub.add_parser("explain", help="which route takes a request, and why")
+    explain.add_argument("--host", required=True)
+    explain.add_argument("--path", default="/")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'K: V'")
+    source = explain.add_mutually_exclusive_group()
+    source.add_argument("-c", "--config", action="append", metavar="PATH")
+    source.add_argument("--admin", metavar="URL", help="ask a running proxy (live weights)")
+    explain.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="run the storefront → stockmanager → zipkin lab locally")
     demo.add_argument("--scenario", default="canary",
                       choices=["canary", "chaos", "dark-launch", "blue-green", "circuit-breaker"])
@@ -91,4 +125,141 @@ def main(argv: list[str] | None = None) -> int:
         from pyproxy.demo.runner import run_demo
 
         return run_demo(args)
-    raise AssertionError(args.command)  # argparse guarantees one of the above
+    if args.command == "explain" and not args.admin:
+        return _explain_offline(args)
+    from pyproxy.admin.client import AdminClient, AdminError
+
+    client = AdminClient(args.admin)
+    try:
+        return _ADMIN_COMMANDS[args.command](client, args)
+    except AdminError as exc:
+        print(f"pyproxy: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _status(client, args) -> int:
+    import json
+    import time
+
+    from pyproxy.admin.views import status_table
+
+    while True:
+        routes = client.get("/api/v1/routes")
+        services = client.get("/api/v1/services")
+        if args.json:
+            print(json.dumps({"routes": routes, "services": services}, indent=2))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")  # clear the screen between refreshes
+            print(status_table(routes, services))
+        if not args.watch:
+            return 0
+        time.sleep(2)
+
+
+def _set_weight(client, args) -> int:
+    from urllib.parse import quote
+
+    path = f"/api/v1/routes/{quote(args.route, safe='')}/weights"
+    if args.clear:
+        cleared = client.request("DELETE", path)["cleared"]
+        print(f"{args.route}: back to configured weights" if cleared
+              else f"{args.route}: had no override")
+        return 0
+    weights = {}
+    for item in args.weights:
+        name, sep, value = item.rpartition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            print(f"pyproxy: expected BACKEND=WEIGHT, e.g. stockmanager/v2=10", file=sys.stderr)
+            return 2
+    if not weights:
+        print("pyproxy: give BACKEND=WEIGHT pairs, or --clear", file=sys.stderr)
+        return 2
+    view = client.request("PUT", path, {"weights": weights, "source": "cli"})
+    route = next(r for r in view["routes"] if r["name"] == args.route)
+    shares = ", ".join(f"{b['backend']} {b['share'] * 100:.0f}%" for b in route["backends"])
+    print(f"{args.route}: {shares}")
+    return 0
+
+
+def _fault(client, args) -> int:
+    from urllib.parse import quote
+
+    from pyproxy.admin.views import faults_text
+
+    if args.route == "list":
+        print(faults_text(client.get("/api/v1/faults")))
+        return 0
+    if args.route == "clear":
+        path = "/api/v1/faults" + (f"/{quote(args.clear_route, safe='')}"
+                                   if args.clear_route else "")
+        cleared = client.request("DELETE", path)["cleared"]
+        print("cleared: " + (", ".join(cleared) if cleared else "nothing"))
+        return 0
+    if args.abort is None and args.delay is None:
+        print("pyproxy: give --abort STATUS or --delay DUR", file=sys.stderr)
+        return 2
+    body = {"route": args.route, "percent": args.percent, "duration": args.duration}
+    if args.abort is not None:
+        body["abort"] = {"status": args.abort}
+    else:
+        body["delay"] = {"fixed": args.delay}
+    fault = client.request("POST", "/api/v1/faults", body)
+    what = f"abort {args.abort}" if args.abort is not None else f"delay {args.delay}"
+    print(f"{args.route}: {what} on {args.percent:g}% of requests for "
+          f"{fault['remaining_s']:.0f}s (then it removes itself)")
+    return 0
+
+
+def _headers(items: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise SystemExit(f"pyproxy: header must look like 'name: value'")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _explain_remote(client, args) -> int:
+    import json
+
+    from pyproxy.admin.views import explain_text
+
+    result = client.request("POST", "/api/v1/explain", {
+        "host": args.host, "path": args.path, "method": args.method,
+        "headers": dict(_headers(args.header))})
+    print(json.dumps(result, indent=2) if args.json else explain_text(result))
+    return 0
+
+
+def _explain_offline(args) -> int:
+    import json
+
+    from pyproxy.admin.views import explain_text
+    from pyproxy.config.load import ConfigInvalid, load_config
+    from pyproxy.explain import explain, request_head
+    from pyproxy.runtime import Runtime
+
+    try:
+        loaded = load_config(_config_paths(args.config))
+    except ConfigInvalid as invalid:
+        for issue in invalid.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    runtime = Runtime()
+    runtime.swap(runtime.compile(loaded.config))
+    result = explain(runtime.snapshot, None,
+                     request_head(args.host, args.path, args.method, _headers(args.header)))
+    print(json.dumps(result, indent=2) if args.json else explain_text(result))
+    return 0
+
+
+_ADMIN_COMMANDS = {"status": _status, "set-weight": _set_weight, "fault": _fault,
+                   "explain": _explain_remote}

@@ -87,3 +87,8 @@ _GENERIC_BODIES = {
     501: b"not implemented\n",
     505: b"http version not supported\n",
 }
+
+
+class InvalidOverride(ValueError):
+    """A run-time change (weights, fault) the operator asked for and we refuse; the message
+    names config entities only, never echoes the request."""

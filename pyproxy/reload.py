@@ -27,6 +27,27 @@ def _watch_dirs(paths: Sequence[str]) -> list[str]:
     return sorted(d for d in dirs if os.path.isdir(d))
 
 
+def _relevant_filter(paths: Sequence[str]):
+    """Only changes to the config itself count: a log file or an editor's swap file written
+    next to the config must not trigger reloads (a log beside it would loop forever)."""
+    files = set()
+    dirs = set()
+    for p in paths:
+        path = Path(p).absolute()
+        (dirs if path.is_dir() else files).add(str(path))
+
+    def relevant(change, changed: str) -> bool:
+        changed_path = Path(changed)
+        name = changed_path.name
+        if name.startswith("..data"):
+            return True  # a Kubernetes ConfigMap's atomic symlink swap
+        if changed in files or str(changed_path.resolve()) in files:
+            return True
+        return str(changed_path.parent) in dirs and name.endswith((".yaml", ".yml"))
+
+    return relevant
+
+
 def _fingerprint(paths: Sequence[str]) -> tuple:
     """Names, sizes and mtimes of the YAML files behind ``paths`` (follows symlinks)."""
     seen = []
@@ -58,7 +79,8 @@ async def watch(paths: Sequence[str], reload: Callable[[], Awaitable[object]],
     async def events() -> None:
         if not dirs:
             return
-        async for _ in watchfiles.awatch(*dirs, debounce=200, step=50, recursive=False):
+        async for _ in watchfiles.awatch(*dirs, debounce=200, step=50, recursive=False,
+                                         watch_filter=_relevant_filter(paths)):
             await on_change("file event")
 
     async def poll() -> None:

@@ -9,19 +9,24 @@ requests finish on the snapshot they started with and new ones see the new one.
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 from pyproxy.config.model import (
     Backend, Config, Endpoint, Fault, HeaderRules, Mirror, Redirect, Retries, Rewrite, Route,
     Service, Sticky, DirectResponse,
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
+from pyproxy.errors import InvalidOverride
 from pyproxy.routing.matchers import compile_matches
 from pyproxy.routing.table import RouteTable
 from pyproxy.traffic.balancer import make_balancer
 from pyproxy.traffic.split import WeightedSplit
 from pyproxy.traffic.sticky import StickyTable
+
+logger = logging.getLogger("pyproxy.runtime")
 
 # Envoy's default route timeout: without one, a black-holed upstream would hold the client.
 DEFAULT_ROUTE_TIMEOUT = 15.0
@@ -100,6 +105,30 @@ class CompiledRoute:
         return None
 
 
+@dataclass
+class WeightOverride:
+    """Weights set at run time (CLI, admin API, canary): they replace the route's configured
+    split until cleared, and survive reloads while the route and its backends exist."""
+
+    weights: dict[str, float]  # backend name → weight; backends not named get 0
+    source: str = "api"
+    since: float = field(default_factory=time.time)
+
+
+@dataclass
+class ActiveFault:
+    """A time-boxed fault: it replaces the route's configured fault until ``expires``
+    (wall clock), then removes itself — a dead-man's switch for chaos experiments."""
+
+    route: str
+    fault: Fault
+    expires: float
+    since: float = field(default_factory=time.time)
+
+    def remaining(self, now: float | None = None) -> float:
+        return max(0.0, self.expires - (time.time() if now is None else now))
+
+
 @dataclass(eq=False)
 class Snapshot:
     generation: int
@@ -117,6 +146,8 @@ class Runtime:
         self._sticky_tables: dict[str, StickyTable] = {}
         self.snapshot: Snapshot | None = None
         self.generation = 0
+        self.weight_overrides: dict[str, WeightOverride] = {}
+        self.faults: dict[str, ActiveFault] = {}
 
     def compile(self, config: Config) -> Snapshot:
         """Build a snapshot for ``config`` (pure of side effects on the live snapshot)."""
@@ -133,6 +164,8 @@ class Runtime:
         """Make ``snapshot`` current; requests already running keep their own reference."""
         self.snapshot = snapshot
         self.generation = snapshot.generation
+        if self._prune_overrides(snapshot):
+            self.refresh()
         live = {(s.name, ep.address, ep.tls) for s in snapshot.config.services.values()
                 for ep in s.endpoints}
         for key in [k for k in self._endpoints if k not in live]:
@@ -143,6 +176,94 @@ class Runtime:
 
     def close(self) -> None:
         self.pools.close()
+
+    def endpoint_state(self, service: str, endpoint: Endpoint) -> EndpointState | None:
+        return self._endpoints.get((service, endpoint.address, endpoint.tls))
+
+    # ------------------------------------------------------------------ run-time overrides
+
+    def refresh(self) -> None:
+        """Recompile the current config with the current overrides (same generation)."""
+        snapshot = self.compile(self.snapshot.config)
+        snapshot.generation = self.generation
+        self.snapshot = snapshot
+
+    def set_weights(self, route: str, weights: dict[str, float], source: str = "api") -> None:
+        """Override a route's split; raises InvalidOverride naming what is wrong."""
+        compiled = self.snapshot.routes.get(route)
+        if compiled is None:
+            raise InvalidOverride(f"no such route; routes: {', '.join(self.snapshot.routes)}")
+        known = [b.name for b in compiled.backends]
+        for name, weight in weights.items():
+            if name not in known:
+                raise InvalidOverride(f"unknown backend for route {compiled.name}; "
+                                 f"its backends: {', '.join(known)}")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise InvalidOverride("weights must be non-negative numbers")
+        if not weights:
+            raise InvalidOverride("give at least one BACKEND=WEIGHT")
+        self.weight_overrides[route] = WeightOverride(dict(weights), source)
+        logger.info("weights of route %s set by %s: %s", route, source, weights)
+        self.refresh()
+
+    def clear_weights(self, route: str | None = None) -> list[str]:
+        cleared = [r for r in self.weight_overrides if route is None or r == route]
+        for r in cleared:
+            del self.weight_overrides[r]
+            logger.info("weight override of route %s cleared", r)
+        if cleared:
+            self.refresh()
+        return cleared
+
+    def add_fault(self, route: str, fault: Fault, duration: float) -> ActiveFault:
+        if route not in self.snapshot.routes:
+            raise InvalidOverride(f"no such route; routes: {', '.join(self.snapshot.routes)}")
+        if fault.delay is None and fault.abort is None:
+            raise InvalidOverride("a fault needs an abort or a delay")
+        if not 0 < duration <= 24 * 3600:
+            raise InvalidOverride("duration must be between 0 and 24h")
+        active = ActiveFault(route, fault, time.time() + duration)
+        self.faults[route] = active
+        logger.info("fault on route %s for %.1fs: %s", route, duration, fault)
+        self.refresh()
+        return active
+
+    def clear_faults(self, route: str | None = None) -> list[str]:
+        cleared = [r for r in self.faults if route is None or r == route]
+        for r in cleared:
+            del self.faults[r]
+            logger.info("fault on route %s cleared", r)
+        if cleared:
+            self.refresh()
+        return cleared
+
+    def expire_faults(self, now: float | None = None) -> list[str]:
+        """Remove faults whose time is up (called on a tick and at each deadline)."""
+        now = time.time() if now is None else now
+        expired = [r for r, f in self.faults.items() if f.expires <= now]
+        for r in expired:
+            del self.faults[r]
+            logger.info("fault on route %s expired", r)
+        if expired:
+            self.refresh()
+        return expired
+
+    def _prune_overrides(self, snapshot: Snapshot) -> bool:
+        """Overrides whose route or backends vanished in a reload go with them."""
+        pruned = False
+        for route, override in list(self.weight_overrides.items()):
+            compiled = snapshot.routes.get(route)
+            names = {b.name for b in compiled.backends} if compiled else set()
+            if not set(override.weights) <= names:
+                del self.weight_overrides[route]
+                pruned = True
+                logger.warning("weight override of route %s dropped: the route or a backend "
+                               "is gone from the config", route)
+        for route in [r for r in self.faults if r not in snapshot.routes]:
+            del self.faults[route]
+            pruned = True
+            logger.warning("fault on route %s dropped: the route is gone", route)
+        return pruned
 
     # ------------------------------------------------------------------ compile helpers
 
@@ -166,7 +287,11 @@ class Runtime:
             endpoints = tuple(self._endpoint_state(service, ep)
                               for ep in service.subset_endpoints(backend.subset))
             backends.append(CompiledBackend(backend, service, endpoints, index))
-        split = WeightedSplit(backends, [b.weight for b in route.backends])
+        override = None if implicit else self.weight_overrides.get(route.name)
+        weights = [b.weight for b in route.backends] if override is None else \
+            [override.weights.get(b.name, 0.0) for b in route.backends]
+        split = WeightedSplit(backends, weights)
+        active_fault = None if implicit else self.faults.get(route.name)
         sticky_table = None
         if route.sticky is not None and route.sticky.header:
             sticky_table = self._sticky_tables.setdefault(route.name, StickyTable())
@@ -179,7 +304,7 @@ class Runtime:
         return CompiledRoute(
             name=route.name, hosts=route.hosts, route=route, backends=tuple(backends),
             split=split, timeout=timeout, sticky=route.sticky, sticky_table=sticky_table,
-            fault=route.fault, retries=route.retries, headers=route.headers,
+            fault=active_fault.fault if active_fault else route.fault, retries=route.retries, headers=route.headers,
             rewrite=route.rewrite, rewrite_regex=rewrite_regex, redirect=route.redirect,
             direct_response=route.direct_response, mirrors=route.mirrors,
             path_prefixes=prefixes, implicit=implicit, _predicate=compile_matches(route.matches),

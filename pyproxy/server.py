@@ -15,15 +15,15 @@ import logging
 import random
 import signal
 import sys
-import time
 from typing import Sequence
 
 import uvloop
 
 from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
-from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
+from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.config.model import Address, Config
+from pyproxy.control import ProxyControl
 from pyproxy.engine.downstream import Listener
 from pyproxy.metrics import Stats
 from pyproxy.proxy import Proxy
@@ -37,83 +37,6 @@ logger = logging.getLogger("pyproxy")
 def _parse_address(text: str) -> Address:
     host, _, port = text.rpartition(":")
     return Address(host.strip("[]") or "0.0.0.0", int(port))
-
-
-class ProxyControl:
-    """The running proxy as the admin API sees it: readiness, config and reloads."""
-
-    def __init__(self, paths: Sequence[str], loaded: LoadedConfig, runtime: Runtime,
-                 stats: Stats, listener: Listener, overrides: dict):
-        self.paths = list(paths)
-        self.loaded = loaded
-        self.runtime = runtime
-        self.stats = stats
-        self.listener = listener
-        self.overrides = overrides
-        self.serving = False
-        self.last_reload = {"result": "success", "generation": runtime.generation,
-                            "time": time.time(), "errors": []}
-        self._reload_lock = asyncio.Lock()
-
-    def is_ready(self) -> bool:
-        return self.serving and not self.listener.draining
-
-    def effective(self, loaded: LoadedConfig) -> Config:
-        return dataclasses.replace(loaded.config, **self.overrides) if self.overrides \
-            else loaded.config
-
-    def config_view(self) -> dict:
-        view = _plain(self.runtime.snapshot.config)
-        view["generation"] = self.runtime.generation
-        view["files"] = list(self.loaded.files)
-        view["warnings"] = [str(w) for w in self.loaded.warnings]
-        view["last_reload"] = self.last_reload
-        return view
-
-    async def reload(self) -> dict:
-        """parse → validate → compile → swap; the last good config stays on any error."""
-        async with self._reload_lock:
-            try:
-                # YAML parsing is the slow part: keep it off the event loop.
-                loaded = await asyncio.to_thread(load_config, self.paths)
-            except ConfigInvalid as invalid:
-                errors = [str(issue) for issue in invalid.issues]
-                for line in errors:
-                    logger.error("config reload rejected: %s", line)
-                self.stats.record_reload(False, self.runtime.generation)
-                self.last_reload = {"result": "failure", "generation": self.runtime.generation,
-                                    "time": time.time(), "errors": errors}
-                return self.last_reload
-            if loaded.digest == self.loaded.digest:
-                return {"result": "unchanged", "generation": self.runtime.generation,
-                        "errors": []}
-            config = self.effective(loaded)
-            if config.listen != self.runtime.snapshot.config.listen:
-                logger.warning("listen address changes need a restart; still on %s",
-                               self.runtime.snapshot.config.listen)
-                config = dataclasses.replace(config, listen=self.runtime.snapshot.config.listen)
-            self.runtime.swap(self.runtime.compile(config))
-            self.listener.timeouts = config.timeouts
-            self.listener.limits = config.limits
-            self.loaded = loaded
-            self.stats.record_reload(True, self.runtime.generation)
-            for warning in loaded.warnings:
-                logger.warning("config: %s", warning)
-            logger.info("config reloaded: generation %d", self.runtime.generation)
-            self.last_reload = {"result": "success", "generation": self.runtime.generation,
-                                "time": time.time(), "errors": []}
-            return self.last_reload
-
-
-def _plain(value):
-    """Dataclasses → JSON-able dicts (tuples of pairs stay lists)."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,

@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
+from pyproxy.errors import InvalidOverride
 from pyproxy.metrics import Stats, render_metrics
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,87 @@ async def post_reload(request: web.Request) -> web.Response:
 
 
 async def get_routes(request: web.Request) -> web.Response:
-    stats = request.app[CONTROL].stats
-    return web.json_response({"window_seconds": stats.window, "routes": stats.snapshot_routes()})
+    return web.json_response(request.app[CONTROL].routes_view())
+
+
+async def get_services(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROL].services_view())
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise _BadRequest("body must be a JSON object")
+    return body
+
+
+class _BadRequest(Exception):
+    """A request the admin refuses with 400 and this (input-free) message."""
+
+
+async def put_weights(request: web.Request) -> web.Response:
+    """``{"weights": {"svc/v1": 50, "svc/v2": 50}}``: backends not named get 0."""
+    body = await _json_body(request)
+    weights = body.get("weights")
+    if not isinstance(weights, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in weights.values()):
+        raise _BadRequest("'weights' must map backend names to numbers")
+    request.app[CONTROL].set_weights(request.match_info["route"], weights,
+                                     source=str(body.get("source", "api"))[:32])
+    return web.json_response(request.app[CONTROL].routes_view())
+
+
+async def delete_weights(request: web.Request) -> web.Response:
+    cleared = request.app[CONTROL].clear_weights(request.match_info["route"])
+    return web.json_response({"cleared": cleared})
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROL].faults_view())
+
+
+async def post_fault(request: web.Request) -> web.Response:
+    """``{"route": R, "abort": {"status": 503} | "delay": {"fixed": "2s"}, "percent": 50,
+    "duration": "30s"}``: the fault removes itself when the duration is up."""
+    from pyproxy.config.parse import parse_duration
+
+    body = await _json_body(request)
+    route = body.get("route")
+    abort = body.get("abort") or {}
+    delay = body.get("delay") or {}
+    try:
+        duration = parse_duration(str(body.get("duration", "")))
+        delay_s = parse_duration(str(delay["fixed"])) if delay else None
+        status = int(abort["status"]) if abort else None
+        percent = float(body.get("percent", abort.get("percent", delay.get("percent", 100))))
+    except (KeyError, TypeError, ValueError):
+        raise _BadRequest("expected route, duration ('30s'), percent and abort.status "
+                          "or delay.fixed ('2s')") from None
+    if not isinstance(route, str):
+        raise _BadRequest("'route' must be a route name")
+    view = request.app[CONTROL].add_fault(route, duration, abort_status=status, delay=delay_s,
+                                          percent=percent)
+    return web.json_response(view, status=201)
+
+
+async def delete_faults(request: web.Request) -> web.Response:
+    cleared = request.app[CONTROL].clear_faults(request.match_info.get("route"))
+    return web.json_response({"cleared": cleared})
+
+
+async def post_explain(request: web.Request) -> web.Response:
+    """``{"host": H, "path": P, "method": M, "headers": {k: v}}`` → the routing decision."""
+    body = await _json_body(request)
+    host, path = body.get("host"), body.get("path", "/")
+    headers = body.get("headers") or {}
+    if not isinstance(host, str) or not isinstance(path, str) or not isinstance(headers, dict):
+        raise _BadRequest("expected host, path, optional method and headers")
+    return web.json_response(request.app[CONTROL].explain(
+        host, path, str(body.get("method", "GET")),
+        [(str(k), str(v)) for k, v in headers.items()]))
 
 
 ROUTES = [
@@ -107,6 +187,14 @@ ROUTES = [
     web.get("/api/v1/config", get_config),
     web.post("/api/v1/reload", post_reload),
     web.get("/api/v1/routes", get_routes),
+    web.put("/api/v1/routes/{route}/weights", put_weights),
+    web.delete("/api/v1/routes/{route}/weights", delete_weights),
+    web.get("/api/v1/services", get_services),
+    web.get("/api/v1/faults", get_faults),
+    web.post("/api/v1/faults", post_fault),
+    web.delete("/api/v1/faults", delete_faults),
+    web.delete("/api/v1/faults/{route}", delete_faults),
+    web.post("/api/v1/explain", post_explain),
 ]
 
 
@@ -145,6 +233,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     """aiohttp's own 404/405/… and unexpected exceptions, as JSON with a fixed message."""
     try:
         return await handler(request)
+    except (_BadRequest, InvalidOverride) as exc:
+        # Messages are ours (they name config entities, never request bytes).
+        return _error(400, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

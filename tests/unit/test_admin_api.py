@@ -38,6 +38,12 @@ class FakeControl:
         self.reloads += 1
         return self.reload_result
 
+    def set_weights(self, route, weights, source="api"):
+        from pyproxy.errors import InvalidOverride
+        if route != "shop":
+            raise InvalidOverride("no such route; routes: shop")
+        self.weights = weights
+
 
 @pytest.fixture
 def control():
@@ -128,19 +134,11 @@ def test_redact_keeps_empty_secrets_visible_and_walks_lists():
                             "Token": "***"}
 
 
-async def test_routes_reports_window_stats(serve, client, control):
-    weights = [("shop", "stock/v1", 0.75), ("shop", "stock/v2", 0.25)]
-    control.stats.weights_provider = lambda: weights
-    for status in (200, 200, 200, 503):
-        control.stats.record(RequestOutcome(start=0.0, route="shop", backend="stock/v1",
-                                            status=status, duration=0.01))
+async def test_routes_serves_the_controls_view(serve, client, control):
+    control.routes_view = lambda: {"window_seconds": 30, "routes": [{"name": "shop"}]}
     base = await serve()
     status, body, _ = await call(client, "GET", f"{base}/api/v1/routes")
-    assert status == 200
-    assert body["window_seconds"] == 30
-    v1, v2 = body["routes"]["shop"]["stock/v1"], body["routes"]["shop"]["stock/v2"]
-    assert (v1["requests"], v1["success_rate"], v1["weight"], v1["share"]) == (4, 75.0, 0.75, 1.0)
-    assert (v2["requests"], v2["success_rate"], v2["weight"], v2["share"]) == (0, None, 0.25, 0.0)
+    assert (status, body) == (200, {"window_seconds": 30, "routes": [{"name": "shop"}]})
 
 
 async def test_unknown_path_is_a_json_404_that_echoes_nothing(serve, client):
@@ -291,3 +289,18 @@ async def test_start_admin_fails_cleanly_on_a_taken_port(serve, control):
     port = int(base.rsplit(":", 1)[1])
     with pytest.raises(OSError):
         await start_admin(build_admin_app(control, TOKEN), "127.0.0.1", port)
+
+
+async def test_weights_need_the_token_and_bad_input_is_a_fixed_400(serve, client, control):
+    control.routes_view = lambda: {"routes": []}
+    base = await serve()
+    url = f"{base}/api/v1/routes/shop/weights"
+    status, _, _ = await call(client, "PUT", url, json={"weights": {"a": 1}})
+    assert status == 401
+    status, body, _ = await call(client, "PUT", url, json={"weights": {"a": 1}}, headers=AUTH)
+    assert status == 200 and control.weights == {"a": 1}
+    status, body, _ = await call(client, "PUT", f"{base}/api/v1/routes/<x>/weights",
+                                 json={"weights": {"a": 1}}, headers=AUTH)
+    assert (status, body) == (400, {"error": "no such route; routes: shop"})
+    status, body, _ = await call(client, "PUT", url, json={"weights": "<b>"}, headers=AUTH)
+    assert status == 400 and "<b>" not in str(body)

@@ -16,8 +16,8 @@ LAYERS = [
     ("logic", ["config", "routing", "traffic", "resilience", "upstream.forwarding", "filters",
                "canary.analysis"]),
     ("effects", ["engine", "upstream", "metrics", "access_log"]),
-    ("pipeline", ["proxy", "runtime"]),
-    ("edges", ["server", "admin", "reload", "canary", "demo"]),
+    ("pipeline", ["proxy", "runtime", "explain"]),
+    ("edges", ["server", "control", "admin", "reload", "canary", "demo"]),
     ("entry", ["cli", "__main__"]),
 ]
 

@@ -1,0 +1,103 @@
+"""Text renderings of admin API answers for the CLI (``status``, ``explain``, ``fault``)."""
+
+from __future__ import annotations
+
+import time
+
+
+def _pct(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}%"
+
+
+def _ms(seconds) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds >= 0.001 else f"{seconds * 1e6:.0f}µs"
+
+
+def status_table(routes: dict, services: dict | None = None) -> str:
+    """Like ``linkerd viz stat``: one row per route and backend."""
+    header = ["ROUTE", "BACKEND", "WEIGHT", "OBSERVED", "RPS", "SUCCESS", "P50", "P95", "P99"]
+    rows = [header]
+    notes = []
+    for route in routes.get("routes", []):
+        for backend in route["backends"]:
+            weight = _pct(backend["share"] * 100, 0)
+            if route.get("override"):
+                weight += "*"
+            observed = backend.get("observed_share")
+            rows.append([route["name"], backend["backend"], weight,
+                         _pct(None if observed is None else observed * 100, 0),
+                         "-" if backend.get("rps") is None else f"{backend['rps']:.1f}",
+                         _pct(backend.get("success_rate")), _ms(backend.get("p50")),
+                         _ms(backend.get("p95")), _ms(backend.get("p99"))])
+        if route.get("override"):
+            notes.append(f"* {route['name']}: weights overridden at run time by "
+                         f"{route['override']['source']} (clear with: pyproxy set-weight "
+                         f"{route['name']} --clear)")
+        fault = route.get("runtime_fault")
+        if fault:
+            what = (f"abort {fault['abort']['status']}" if fault.get("abort")
+                    else f"delay {fault['delay']['fixed_s']}s")
+            notes.append(f"! {route['name']}: fault {what} on {fault['abort' if fault.get('abort') else 'delay']['percent']}% "
+                         f"for {fault['remaining_s']:.0f}s more")
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+             for row in rows]
+    if services:
+        ejected = [f"{s['name']} {ep['address']}" for s in services.get("services", [])
+                   for ep in s["endpoints"] if ep.get("ejected")]
+        if ejected:
+            notes.append("ejected: " + ", ".join(ejected))
+    window = routes.get("window_seconds")
+    if window:
+        notes.append(f"(live stats over the last {window}s)")
+    return "\n".join(lines + [""] + notes) if notes else "\n".join(lines)
+
+
+def explain_text(result: dict) -> str:
+    req = result["request"]
+    lines = [f"{req['method']} {req['host']}{req['path']}"]
+    for item in result["considered"]:
+        lines.append(f"  {'✓' if item['matched'] else '✗'} {item['route']}: {item['why']}")
+    if result["route"] is None:
+        lines.append(f"→ {result['status']} {result['flag']}: {result['reason']}")
+        return "\n".join(lines)
+    lines.append(f"→ route {result['route']} ({result['reason']})")
+    lines.append(f"  action   {result['action']}")
+    for backend in result.get("backends", []):
+        lines.append(f"  backend  {backend['backend']:<28} {backend['probability'] * 100:6.2f}%"
+                     f"  (weight {backend['weight']:g})  {', '.join(backend['endpoints'])}")
+    if result.get("override"):
+        lines.append(f"  override {result['override']} (set at run time)")
+    fault = result.get("fault")
+    if fault:
+        if fault.get("delay"):
+            lines.append(f"  fault    delay {fault['delay']['fixed_s']}s on "
+                         f"{fault['delay']['percent']}% of requests")
+        if fault.get("abort"):
+            lines.append(f"  fault    abort {fault['abort']['status']} on "
+                         f"{fault['abort']['percent']}% of requests")
+    retries = result.get("retries")
+    if retries:
+        lines.append(f"  retries  {retries['attempts']} on {', '.join(retries['retry_on'])}"
+                     + (f", per try {retries['per_try_timeout_s']}s"
+                        if retries['per_try_timeout_s'] else ""))
+    lines.append(f"  timeout  {result['timeout_s']}s" if result.get("timeout_s")
+                 else "  timeout  none")
+    if result.get("sticky"):
+        lines.append(f"  sticky   by {result['sticky']}")
+    return "\n".join(lines)
+
+
+def faults_text(faults: dict) -> str:
+    if not faults.get("faults"):
+        return "no active faults"
+    now = time.time()
+    lines = []
+    for fault in faults["faults"]:
+        what = (f"abort {fault['abort']['status']} on {fault['abort']['percent']}%"
+                if fault.get("abort") else
+                f"delay {fault['delay']['fixed_s']}s on {fault['delay']['percent']}%")
+        lines.append(f"{fault['route']}: {what}, {max(0, fault['expires'] - now):.0f}s left")
+    return "\n".join(lines)
