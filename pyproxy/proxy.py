@@ -31,6 +31,11 @@ from pyproxy.upstream import forwarding
 
 _NO_BODY = b""
 _STREAM = None  # marker: the request body is streamed, not buffered (and so not replayable)
+# A body this small is buffered when a mirror needs a copy and no retry policy says otherwise.
+MIRROR_BUFFER_BYTES = 64 * 1024
+# Mirrored requests in flight at once, across routes: shadow traffic never piles up.
+MAX_MIRRORS_IN_FLIGHT = 64
+MIRROR_TIMEOUT = 5.0
 
 
 class Proxy:
@@ -39,6 +44,8 @@ class Proxy:
         self.stats = stats
         self.access_log = access_log
         self.rng = rng or random.Random()
+        self.mirrors_in_flight = 0
+        self._mirror_tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ entry
 
@@ -184,8 +191,10 @@ class Proxy:
         loop = asyncio.get_running_loop()
         policy = route.retries
         deadline = loop.time() + route.timeout if route.timeout else None
-        body = await self._prepare_body(exchange, policy)
+        body = await self._prepare_body(exchange, policy, bool(route.mirrors))
         replayable = body is not _STREAM
+        if route.mirrors:
+            self._mirror(head, route, body, outcome.request_id)
         max_attempts = 1 + policy.attempts if policy is not None and replayable else 1
         per_try = policy.per_try_timeout if policy is not None else None
         attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
@@ -253,13 +262,14 @@ class Proxy:
                 _stop(pump)  # an early response: the rest of the body is not wanted
             return
 
-    async def _prepare_body(self, exchange: Exchange, policy) -> bytes | None:
-        """Buffer a small body so it can be replayed on retry; stream anything larger."""
+    async def _prepare_body(self, exchange: Exchange, policy, mirrored: bool) -> bytes | None:
+        """Buffer a small body so it can be replayed (retries, mirrors); stream the rest."""
         if not exchange.body_expected:
             return _NO_BODY
-        limit = policy.buffer_bytes if policy is not None else 0
+        limit = policy.buffer_bytes if policy is not None else (
+            MIRROR_BUFFER_BYTES if mirrored else 0)
         length = exchange.content_length
-        if policy is None or length is None or length > limit:
+        if length is None or length > limit:
             return _STREAM
         parts = []
         while chunk := await exchange.read_body():
@@ -267,7 +277,7 @@ class Proxy:
         return b"".join(parts)
 
     def _request_head(self, head: RequestHead, route: CompiledRoute, backend: CompiledBackend,
-                      websocket: bool, request_id: str) -> bytes:
+                      websocket: bool, request_id: str, *, shadow: bool = False) -> bytes:
         """Request line and headers for the upstream, without framing (added per attempt)."""
         host = head.header("host") or head.host
         path = head.path
@@ -275,6 +285,10 @@ class Proxy:
         if rewrite is not None:
             host = rewrite.host or host
             path = rewrite_path(rewrite, path, route.matched_prefix(path), route.rewrite_regex)
+        if shadow:
+            # As Envoy and Istio do: the shadow can tell mirrored traffic from real traffic.
+            name, sep, port = host.partition(":")
+            host = f"{name}-shadow{sep}{port}"
         headers = forwarding.request_headers(head, host, request_id, websocket=websocket)
         if route.headers is not None:
             headers = header_filter.apply(headers, route.headers.request)
@@ -358,6 +372,58 @@ class Proxy:
         except (ClientDisconnected, DownstreamError):
             conn.abort()
             raise
+
+    # ------------------------------------------------------------------ mirroring
+
+    def _mirror(self, head: RequestHead, route: CompiledRoute, body: bytes | None,
+                request_id: str) -> None:
+        """Fire-and-forget copies: drawn per mirror, bounded in flight, never awaited by the
+        primary request, and never able to fail it."""
+        for mirror, backend in route.mirrors:
+            if mirror.percent < 100 and self.rng.random() * 100 >= mirror.percent:
+                continue
+            if body is _STREAM:
+                self.stats.record_mirror(route.name, backend.name, "skipped_body_too_large")
+                continue
+            if self.mirrors_in_flight >= MAX_MIRRORS_IN_FLIGHT or not backend.endpoints:
+                self.stats.record_mirror(route.name, backend.name, "dropped")
+                continue
+            self.mirrors_in_flight += 1
+            task = asyncio.get_running_loop().create_task(
+                self._send_mirror(head, route, backend, body, request_id))
+            self._mirror_tasks.add(task)
+            task.add_done_callback(self._mirror_tasks.discard)
+
+    async def _send_mirror(self, head: RequestHead, route: CompiledRoute,
+                           backend: CompiledBackend, body: bytes, request_id: str) -> None:
+        endpoint = self._pick_endpoint(head, backend, [])
+        request_head = self._request_head(head, route, backend, False, request_id,
+                                          shadow=True)
+        conn = None
+        status = 0
+        try:
+            async with asyncio.timeout(MIRROR_TIMEOUT):
+                conn, _ = await endpoint.pool.acquire()
+                conn.no_body_expected = head.method == "HEAD"
+                if body or head.header("content-length") is not None:
+                    conn.send(request_head + b"content-length: %d\r\n\r\n" % len(body) + body)
+                else:
+                    conn.send(request_head + b"\r\n")
+                conn.request_complete = True
+                response = await conn.response_head()
+                status = response.status
+                while await conn.read_body():
+                    pass  # the shadow's answer is read and dropped
+            conn.release()
+            result = "success" if status < 500 else "failure"
+        except (ProxyError, TimeoutError, OSError):
+            if conn is not None:
+                conn.abort()
+            result = "failure"
+        finally:
+            self.mirrors_in_flight -= 1
+        self.stats.record_attempt(AttemptOutcome(backend.service.name, endpoint.address, status))
+        self.stats.record_mirror(route.name, backend.name, result)
 
     # ------------------------------------------------------------------ response
 

@@ -84,7 +84,7 @@ class CompiledRoute:
     rewrite_regex: re.Pattern | None = None
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
-    mirrors: tuple[Mirror, ...] = ()
+    mirrors: tuple[tuple[Mirror, CompiledBackend], ...] = ()
     path_prefixes: tuple[str, ...] = ()
     implicit: bool = False
     _predicate: object = field(default=None, repr=False)
@@ -280,13 +280,15 @@ class Runtime:
         state.pool.idle_timeout = policy.idle_timeout
         return state
 
+    def _compile_backend(self, backend: Backend, config: Config, index: int) -> CompiledBackend:
+        service = config.services[backend.service]
+        endpoints = tuple(self._endpoint_state(service, ep)
+                          for ep in service.subset_endpoints(backend.subset))
+        return CompiledBackend(backend, service, endpoints, index)
+
     def _compile_route(self, route: Route, config: Config, implicit: bool = False) -> CompiledRoute:
-        backends = []
-        for index, backend in enumerate(route.backends):
-            service = config.services[backend.service]
-            endpoints = tuple(self._endpoint_state(service, ep)
-                              for ep in service.subset_endpoints(backend.subset))
-            backends.append(CompiledBackend(backend, service, endpoints, index))
+        backends = [self._compile_backend(backend, config, index)
+                    for index, backend in enumerate(route.backends)]
         override = None if implicit else self.weight_overrides.get(route.name)
         weights = [b.weight for b in route.backends] if override is None else \
             [override.weights.get(b.name, 0.0) for b in route.backends]
@@ -306,7 +308,9 @@ class Runtime:
             split=split, timeout=timeout, sticky=route.sticky, sticky_table=sticky_table,
             fault=active_fault.fault if active_fault else route.fault, retries=route.retries, headers=route.headers,
             rewrite=route.rewrite, rewrite_regex=rewrite_regex, redirect=route.redirect,
-            direct_response=route.direct_response, mirrors=route.mirrors,
+            direct_response=route.direct_response,
+            mirrors=tuple((m, self._compile_backend(Backend(m.service, m.subset), config, -1))
+                          for m in route.mirrors),
             path_prefixes=prefixes, implicit=implicit, _predicate=compile_matches(route.matches),
         )
 

@@ -20,6 +20,7 @@ class EchoBackend:
     def __init__(self, name: str):
         self.name = name
         self.requests = 0
+        self.hosts: list[str] = []  # the Host header of every request, in order
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -43,6 +44,7 @@ class EchoBackend:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.hosts.append(request.headers.get("Host", ""))
         path = request.path
         if path.startswith("/status/"):
             return web.Response(status=int(path.split("/")[2]), text=self.name)
