@@ -1,0 +1,1225 @@
+"""Plain values → the config model (SPEC §2), with every problem reported by key path.
+
+``config.load`` turns YAML files into :class:`Document` values (plain dicts, lists and
+scalars plus the line of each key path); this module checks and converts them. It does no
+I/O and knows nothing of YAML, so tests and the mesh importers can feed it plain values.
+
+Parsing never stops at the first problem: every key of every document is checked, and
+:class:`ConfigInvalid` carries all the errors at once. The rules of the format:
+
+- ``${VAR}`` and ``${VAR:-default}`` (default also when VAR is empty) are substituted in
+  every string value before it is read, so numbers, durations and booleans may come from
+  the environment too (``weight: "${CANARY_WEIGHT:-10}"``); ``$$`` is a literal ``$``.
+- A key whose value is null counts as absent (``timeout:`` means "not set").
+- Durations need a unit: ``250ms``, ``2.5s``, ``1m``, ``1h30m``. Percentages are numbers in
+  [0, 100] (``0.1`` is one in a thousand). Weights are relative non-negative numbers or
+  SMI milli-quantities (``500m`` = 0.5).
+- Status codes of responses pyproxy makes up (abort, direct_response) and retried status
+  codes are 200–599: a 1xx is not a final response. Redirects are 301/302/303/307/308.
+- Services are merged by name over all documents, routes and canaries concatenated in
+  file then document order; a top-level setting (``listen``, ``timeouts``...) may be given
+  by one document only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
+
+from pyproxy.config.model import (
+    AbortFault,
+    AccessLog,
+    Address,
+    AdminConfig,
+    Backend,
+    Backoff,
+    Canary,
+    CanaryChecks,
+    Config,
+    ConnectionPool,
+    ConsistentHash,
+    DelayFault,
+    DirectResponse,
+    Endpoint,
+    Fault,
+    HeaderChanges,
+    HeaderRules,
+    HealthCheck,
+    Limits,
+    LoadBalancer,
+    Match,
+    MetricsConfig,
+    Mirror,
+    OutlierDetection,
+    PathMatch,
+    Redirect,
+    Retries,
+    Rewrite,
+    Route,
+    Service,
+    Sticky,
+    StickyCookie,
+    StringMatch,
+    Timeouts,
+    Webhook,
+)
+
+__all__ = [
+    "ConfigInvalid",
+    "ConfigIssue",
+    "Document",
+    "item_path",
+    "key_path",
+    "parse_documents",
+]
+
+# ---------------------------------------------------------------------------- issues
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in the config, located by file, line and key path."""
+
+    file: str
+    line: int | None
+    path: str  # key path such as "routes[0].backends[1].weight"; "" for the file as a whole
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        what = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{where}: warning: {what}" if self.severity == "warning" else f"{where}: {what}"
+
+
+class ConfigInvalid(Exception):
+    """The config has errors: ``issues`` holds all of them, ``warnings`` any warnings."""
+
+    def __init__(self, issues: Iterable[ConfigIssue], warnings: Iterable[ConfigIssue] = ()):
+        self.issues = tuple(issues)
+        self.warnings = tuple(warnings)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+# ---------------------------------------------------------------------------- documents
+
+
+def key_path(parent: str, key: object) -> str:
+    """The path of ``key`` inside the mapping at ``parent``: ``routes[0].name``."""
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def item_path(parent: str, index: int) -> str:
+    """The path of item ``index`` of the list at ``parent``: ``routes[0]``."""
+    return f"{parent}[{index}]"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document as plain values, with the line of each key path (for messages)."""
+
+    source: str  # the file it came from
+    value: Any
+    lines: Mapping[str, int] = field(default_factory=dict)
+
+    def line(self, path: str) -> int | None:
+        """The line of ``path``, else of its nearest ancestor that has one."""
+        while path not in self.lines:
+            if not path:
+                return None
+            cut = path.rfind("[") if path.endswith("]") else path.rfind(".")
+            path = path[:max(cut, 0)]
+        return self.lines[path]
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a value sits: its document and key path."""
+
+    doc: Document
+    path: str = ""
+
+    def key(self, name: object) -> _At:
+        return _At(self.doc, key_path(self.path, name))
+
+    def item(self, index: int) -> _At:
+        return _At(self.doc, item_path(self.path, index))
+
+    @property
+    def where(self) -> str:
+        """``file:line``, for messages that point at a second place."""
+        line = self.doc.line(self.path)
+        return self.doc.source if line is None else f"{self.doc.source}:{line}"
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class _Reject(Exception):
+    """A value is unusable; the message says why (``_Context.read`` adds where)."""
+
+
+class _Reported(Exception):
+    """Issues were already recorded: unwind to the enclosing collection and carry on there."""
+
+
+Reader = Callable[["_Context", Any, _At], Any]
+
+
+class _Context:
+    """The issues found so far, the environment, and what later sections look up."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.issues: list[ConfigIssue] = []
+        self.services: dict[str, Service] = {}
+        # Every name a document declares, also those whose definition failed to parse, so a
+        # broken service or route is reported once and not again by each reference to it.
+        self.declared_services: set[str] = set()
+        self.routes: dict[str, Route] = {}
+        self.declared_routes: set[str] = set()
+
+    def error(self, at: _At, message: str) -> None:
+        self.issues.append(ConfigIssue(at.doc.source, at.doc.line(at.path), at.path, message))
+
+    def warn(self, at: _At, message: str) -> None:
+        self.issues.append(
+            ConfigIssue(at.doc.source, at.doc.line(at.path), at.path, message, "warning"))
+
+    def read(self, reader: Reader, value: Any, at: _At) -> Any:
+        """``reader(value)``, recording a rejection at ``at``."""
+        try:
+            return reader(self, value, at)
+        except _Reject as rejection:
+            self.error(at, str(rejection))
+            raise _Reported from None
+
+    def fields(
+        self,
+        value: Any,
+        at: _At,
+        readers: Mapping[str, Reader],
+        *,
+        required: Collection[str] = (),
+        one_of: Sequence[tuple[str, ...]] = (),
+        exclusive: Sequence[tuple[str, ...]] = (),
+    ) -> dict[str, Any]:
+        """Read a mapping whose keys are those of ``readers``.
+
+        Reports unknown and missing keys, reads every present key, and enforces the
+        ``one_of`` groups (exactly one key of each) and ``exclusive`` groups (at most one).
+        Returns the read values of the present keys; raises _Reported after recording
+        everything that is wrong.
+        """
+        if not isinstance(value, dict):
+            self.error(at, f"must be a mapping, got {_describe(value)}")
+            raise _Reported
+        failed = False
+        present = {}
+        for key, item in value.items():
+            if key not in readers:
+                self.error(at.key(key), _unknown_key(key, readers))
+                failed = True
+            elif item is not None:
+                present[key] = item
+        for key in required:
+            if key not in present:
+                self.error(at.key(key), "is required")
+                failed = True
+        for group in (*one_of, *exclusive):
+            given = [key for key in group if key in present]
+            if len(given) > 1:
+                how_many = "exactly" if group in one_of else "at most"
+                self.error(at.key(given[1]), f"cannot be combined with {given[0]!r}: give "
+                                             f"{how_many} one of {_alternatives(group)}")
+                failed = True
+            elif not given and group in one_of:
+                self.error(at, f"needs one of {_alternatives(group)}")
+                failed = True
+        result = {}
+        for key, item in present.items():
+            try:
+                result[key] = self.read(readers[key], item, at.key(key))
+            except _Reported:
+                failed = True
+        if failed:
+            raise _Reported
+        return result
+
+
+def _unknown_key(key: object, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(known)}"
+    return f"unknown key {key!r}; {hint}"
+
+
+def _alternatives(names: Sequence[str]) -> str:
+    quoted = [repr(name) for name in names]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _describe(value: Any) -> str:
+    """A value as the user wrote it, for "got ..." in messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"  # YAML timestamps and binary
+
+
+# ---------------------------------------------------------------------------- scalars
+
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+
+
+def _substitute(text: str, env: Mapping[str, str]) -> str:
+    """``${VAR}``, ``${VAR:-default}`` and ``$$`` in ``text``."""
+
+    def replace(found: re.Match[str]) -> str:
+        if found[0] == "$$":
+            return "$"
+        name, default = found[1], found[2]
+        if name is None:
+            raise _Reject("'${' must start ${NAME} or ${NAME:-default} (write $$ for a literal $)")
+        value = env.get(name)
+        if default is not None and not value:
+            return default
+        if value is None:
+            raise _Reject(f"environment variable {name} is not set "
+                          f"(write ${{{name}:-default}} to give a default)")
+        return value
+
+    return _VARIABLE.sub(replace, text)
+
+
+def _resolved(ctx: _Context, value: Any) -> Any:
+    """``value`` with variables substituted when it is a string."""
+    return _substitute(value, ctx.env) if isinstance(value, str) else value
+
+
+def _text(ctx: _Context, value: Any, at: _At) -> str:
+    """A string (an integer is taken as its digits)."""
+    if isinstance(value, str):
+        return _substitute(value, ctx.env)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    hint = " (put it in quotes)" if isinstance(value, (bool, float)) else ""
+    raise _Reject(f"must be a string, got {_describe(value)}{hint}")
+
+
+def _name(ctx: _Context, value: Any, at: _At) -> str:
+    return _checked_name(_text(ctx, value, at))
+
+
+def _checked_name(name: str) -> str:
+    # '/' separates service and subset in backend names, so no name may contain one.
+    if not name or "/" in name or any(c.isspace() for c in name):
+        raise _Reject(f"must be a non-empty name without '/' or spaces, got {name!r}")
+    return name
+
+
+def _name_key(ctx: _Context, key: Any, at: _At) -> str:
+    if not isinstance(key, str):
+        raise _Reject(f"names must be strings, got {_describe(key)}")
+    return _checked_name(key)
+
+
+def _bool(ctx: _Context, value: Any, at: _At) -> bool:
+    value = _resolved(ctx, value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _Reject(f"must be true or false, got {_describe(value)}")
+
+
+def _true(ctx: _Context, value: Any, at: _At) -> bool:
+    if _bool(ctx, value, at) is not True:
+        raise _Reject("must be true (leave the key out otherwise)")
+    return True
+
+
+def _choice(*choices: str) -> Reader:
+    def read(ctx: _Context, value: Any, at: _At) -> str:
+        value = _resolved(ctx, value)
+        if value in choices:
+            return value
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise _Reject(f"must be one of {', '.join(choices)}, got {_describe(value)}{hint}")
+
+    return read
+
+
+def _number(value: Any, expected: str) -> float:
+    """A finite number, from a number or a numeric string (already substituted)."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise _Reject(f"must be {expected}, got {_describe(value)}") from None
+    if not math.isfinite(number):
+        raise _Reject(f"must be {expected}, got {_describe(value)}")
+    return number
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Reader:
+    expected = (f"a whole number from {minimum} to {maximum}" if maximum is not None
+                else f"a whole number, {minimum} or more")
+
+    def read(ctx: _Context, value: Any, at: _At) -> int:
+        value = _resolved(ctx, value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+            number = int(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            raise _Reject(f"must be {expected}, got {_describe(value)}")
+        if number < minimum or (maximum is not None and number > maximum):
+            raise _Reject(f"must be {expected}, got {number}")
+        return number
+
+    return read
+
+
+def _percent(ctx: _Context, value: Any, at: _At) -> float:
+    expected = "a percentage from 0 to 100"
+    percent = _number(_resolved(ctx, value), expected)
+    if not 0 <= percent <= 100:
+        raise _Reject(f"must be {expected}, got {_describe(value)}")
+    return percent
+
+
+def _step_percent(ctx: _Context, value: Any, at: _At) -> float:
+    percent = _percent(ctx, value, at)
+    if percent == 0:
+        raise _Reject("must be more than 0")
+    return percent
+
+
+_MILLI = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)m\s*")
+
+
+def _weight(ctx: _Context, value: Any, at: _At) -> float:
+    expected = "a non-negative number (or a milli-quantity such as '500m')"
+    value = _resolved(ctx, value)
+    milli = _MILLI.fullmatch(value) if isinstance(value, str) else None
+    weight = float(milli[1]) / 1000 if milli else _number(value, expected)
+    if weight < 0:
+        raise _Reject(f"must be {expected}, got {_describe(value)}")
+    return weight
+
+
+_DURATION = re.compile(r"(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ms|h|m|s))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(ctx: _Context, value: Any, at: _At) -> float:
+    """Seconds, from a string with units: ``250ms``, ``2.5s``, ``1m``, ``1h30m``."""
+    value = _resolved(ctx, value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _DURATION.fullmatch(text):
+            seconds = sum(float(number) * _UNIT_SECONDS[unit]
+                          for number, unit in _DURATION_PART.findall(text))
+            if math.isfinite(seconds):
+                return seconds
+            raise _Reject(f"is too long, got {_describe(value)}")
+        try:
+            float(text)
+        except ValueError:
+            raise _Reject(f"must be a duration such as '250ms', '2.5s', '1m' or '1h30m', "
+                          f"got {_describe(value)}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Reject(f"must be a duration such as '2s', got {_describe(value)}")
+    raise _Reject(f"durations need a unit, e.g. '2s' or '250ms', got {_describe(value)}")
+
+
+def _timeout(ctx: _Context, value: Any, at: _At) -> float:
+    """A duration that must be more than zero (timeouts, intervals)."""
+    seconds = _duration(ctx, value, at)
+    if seconds <= 0:
+        raise _Reject(f"must be more than 0s, got {_describe(value)}")
+    return seconds
+
+
+_status = _integer(200, 599)
+_port = _integer(1, 65535)
+
+
+def _redirect_status(ctx: _Context, value: Any, at: _At) -> int:
+    status = _integer(300, 399)(ctx, value, at)
+    if status not in (301, 302, 303, 307, 308):
+        raise _Reject(f"must be one of 301, 302, 303, 307, 308, got {status}")
+    return status
+
+
+def _path(ctx: _Context, value: Any, at: _At) -> str:
+    path = _text(ctx, value, at)
+    if not path.startswith("/"):
+        raise _Reject(f"must start with '/', got {path!r}")
+    return path
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as problem:
+        raise _Reject(f"is not a valid regular expression: {problem}") from None
+
+
+def _regex(ctx: _Context, value: Any, at: _At) -> str:
+    pattern = _text(ctx, value, at)
+    _compile(pattern)
+    return pattern
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:/\[\]@]+)):(?P<port>[0-9]+)")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    found = _HOST_PORT.fullmatch(text)
+    if not found:
+        if text.isdigit():
+            raise _Reject(f"must be host:port, e.g. '0.0.0.0:{text}', got {text!r}")
+        if ":" not in text:
+            raise _Reject(f"needs a port: host:port, e.g. '{text or 'localhost'}:8080'")
+        raise _Reject(f"must be host:port, got {text!r}")
+    port = int(found["port"])
+    if not 1 <= port <= 65535:
+        raise _Reject(f"has port {port}; ports are 1 to 65535")
+    return found["ip6"] or found["host"], port
+
+
+def _listen(ctx: _Context, value: Any, at: _At) -> Address:
+    """``host:port``; ``:port`` listens on every interface."""
+    text = _text(ctx, value, at).strip()
+    return Address(*_host_port("0.0.0.0" + text if text.startswith(":") else text))
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: header names, methods
+
+
+def _header_key(ctx: _Context, key: Any, at: _At) -> str:
+    if not isinstance(key, str) or not _TOKEN.fullmatch(key):
+        raise _Reject(f"must be a header name, got {_describe(key)}")
+    return key.lower()
+
+
+def _header_name(ctx: _Context, value: Any, at: _At) -> str:
+    return _header_key(ctx, _text(ctx, value, at), at)
+
+
+def _header_value(ctx: _Context, value: Any, at: _At) -> str:
+    text = _text(ctx, value, at)
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise _Reject("header values must not contain line breaks or NUL")
+    return text
+
+
+def _plain_key(ctx: _Context, key: Any, at: _At) -> str:
+    if not isinstance(key, str) or not key:
+        raise _Reject(f"names must be non-empty strings, got {_describe(key)}")
+    return key
+
+
+# ---------------------------------------------------------------------------- collections
+
+
+def _list_of(reader: Reader, *, non_empty: bool = False) -> Reader:
+    def read(ctx: _Context, value: Any, at: _At) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Reject(f"must be a list, got {_describe(value)}")
+        if non_empty and not value:
+            raise _Reject("must not be empty")
+        items, failed = [], False
+        for index, item in enumerate(value):
+            try:
+                items.append(ctx.read(reader, item, at.item(index)))
+            except _Reported:
+                failed = True
+        if failed:
+            raise _Reported
+        return tuple(items)
+
+    return read
+
+
+def _map_of(key_reader: Reader, reader: Reader) -> Reader:
+    """A mapping from names the user chooses (headers, labels...) to values: (name, value) pairs."""
+
+    def read(ctx: _Context, value: Any, at: _At) -> tuple[tuple[str, Any], ...]:
+        if not isinstance(value, dict):
+            raise _Reject(f"must be a mapping, got {_describe(value)}")
+        pairs, failed = [], False
+        for key, item in value.items():
+            try:
+                pairs.append((ctx.read(key_reader, key, at.key(key)),
+                              ctx.read(reader, item, at.key(key))))
+            except _Reported:
+                failed = True
+        if failed:
+            raise _Reported
+        return tuple(pairs)
+
+    return read
+
+
+_label_pairs = _map_of(_plain_key, _text)
+
+
+def _labels(ctx: _Context, value: Any, at: _At) -> dict[str, str]:
+    return dict(_label_pairs(ctx, value, at))
+
+
+def _record(cls: type, readers: Mapping[str, Reader], required: Collection[str] = ()) -> Reader:
+    """A reader for a mapping of ``cls``'s fields; those left out keep the model's default."""
+
+    def read(ctx: _Context, value: Any, at: _At) -> Any:
+        return cls(**ctx.fields(value, at, readers, required=required))
+
+    return read
+
+
+def _any_of(fields: Mapping[str, Any], names: Sequence[str]) -> None:
+    if not any(name in fields for name in names):
+        raise _Reject(f"needs at least one of {_alternatives(names)}")
+
+
+# ---------------------------------------------------------------------------- services
+
+
+def _endpoint(ctx: _Context, value: Any, at: _At) -> Endpoint:
+    """``host:port``, ``http(s)://host:port`` or ``{address: ..., labels: {...}}``."""
+    if isinstance(value, dict):
+        fields = ctx.fields(value, at, {"address": _address, "labels": _labels},
+                            required=("address",))
+        return replace(fields["address"], labels=fields.get("labels", {}))
+    return _address(ctx, value, at)
+
+
+def _address(ctx: _Context, value: Any, at: _At) -> Endpoint:
+    text = _text(ctx, value, at).strip()
+    scheme, separator, rest = text.partition("://")
+    if separator and scheme not in ("http", "https"):
+        raise _Reject(f"only http:// and https:// endpoints are supported, got {text!r}")
+    host, port = _host_port(rest.removesuffix("/") if separator else text)
+    return Endpoint(host, port, tls=scheme == "https")
+
+
+def _consistent_hash(ctx: _Context, value: Any, at: _At) -> ConsistentHash:
+    fields = ctx.fields(value, at, {"header": _header_name, "cookie": _text, "source_ip": _true},
+                        one_of=[("header", "cookie", "source_ip")])
+    return ConsistentHash(**fields)
+
+
+def _load_balancer(ctx: _Context, value: Any, at: _At) -> LoadBalancer:
+    """``round_robin`` | ``least_request`` | ``random`` | ``{consistent_hash: {...}}``."""
+    if isinstance(value, dict):
+        fields = ctx.fields(value, at, {"consistent_hash": _consistent_hash},
+                            required=("consistent_hash",))
+        return LoadBalancer("consistent_hash", fields["consistent_hash"])
+    if _resolved(ctx, value) == "consistent_hash":
+        raise _Reject("consistent_hash needs a key: {consistent_hash: {header: NAME}} "
+                      "(or cookie: NAME, or source_ip: true)")
+    return LoadBalancer(_choice("round_robin", "least_request", "random")(ctx, value, at))
+
+
+def _subsets(ctx: _Context, value: Any, at: _At) -> dict[str, dict[str, str]]:
+    """Subset name → the labels its endpoints must have (as Istio)."""
+    return dict(_map_of(_name_key, _labels)(ctx, value, at))
+
+
+_SERVICE_FIELDS: dict[str, Reader] = {
+    "endpoints": _list_of(_endpoint, non_empty=True),
+    "subsets": _subsets,
+    "load_balancer": _load_balancer,
+    "connection_pool": _record(ConnectionPool, {
+        "max_connections": _integer(1),
+        "max_pending_requests": _integer(0),
+        "max_requests": _integer(1),
+        "max_retries": _integer(0),
+        "connect_timeout": _timeout,
+        "idle_timeout": _timeout,
+        "pending_timeout": _duration,
+    }),
+    "outlier_detection": _record(OutlierDetection, {
+        "consecutive_5xx": _integer(0),
+        "consecutive_gateway_errors": _integer(0),
+        "interval": _timeout,
+        "base_ejection_time": _timeout,
+        "max_ejection_time": _timeout,
+        "max_ejection_percent": _percent,
+        "min_healthy_endpoints": _integer(0),
+        "panic_threshold": _percent,
+    }),
+    "health_check": _record(HealthCheck, {
+        "path": _path,
+        "interval": _timeout,
+        "timeout": _timeout,
+        "healthy_threshold": _integer(1),
+        "unhealthy_threshold": _integer(1),
+        "jitter": _duration,
+    }),
+}
+
+
+def _service(ctx: _Context, name: str, value: Any, at: _At) -> Service:
+    fields = ctx.fields(value, at, _SERVICE_FIELDS, required=("endpoints",))
+    service = Service(name=name, **fields)
+    failed = False
+    seen: set[str] = set()
+    for index, endpoint in enumerate(service.endpoints):
+        if endpoint.address in seen:
+            ctx.error(at.key("endpoints").item(index),
+                      f"endpoint {endpoint.address} is listed twice")
+            failed = True
+        seen.add(endpoint.address)
+    for subset, selector in service.subsets.items():
+        if not service.subset_endpoints(subset):
+            wanted = ", ".join(f"{k}={v}" for k, v in selector.items())
+            ctx.error(at.key("subsets").key(subset),
+                      f"selects no endpoint: none has labels {wanted}")
+            failed = True
+    if failed:
+        raise _Reported
+    return service
+
+
+def _services(ctx: _Context, documents: Sequence[_At]) -> dict[str, Service]:
+    """``services`` of every document, merged by name."""
+    defined_at: dict[str, _At] = {}
+    for doc in documents:
+        section = doc.doc.value.get("services")
+        at = doc.key("services")
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            ctx.error(at, f"must be a mapping of service name to service, got {_describe(section)}")
+            continue
+        for name, value in section.items():
+            try:
+                name = ctx.read(_name_key, name, at.key(name))
+            except _Reported:
+                continue
+            if name in defined_at:
+                ctx.error(at.key(name),
+                          f"service {name!r} is already defined at {defined_at[name].where}")
+                continue
+            defined_at[name] = at.key(name)
+            ctx.declared_services.add(name)
+            try:
+                ctx.services[name] = _service(ctx, name, value, at.key(name))
+            except _Reported:
+                pass
+    return ctx.services
+
+
+# ---------------------------------------------------------------------------- routes
+
+_STRING_MATCH_KINDS = ("exact", "prefix", "suffix", "regex", "present", "absent")
+_PATH_MATCH_KINDS = ("exact", "prefix", "regex")
+
+
+def _string_match(ctx: _Context, value: Any, at: _At) -> StringMatch:
+    """A plain string (an exact match) or ``{exact|prefix|suffix|regex|present|absent: ...}``."""
+    if not isinstance(value, dict):
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return StringMatch("exact", _text(ctx, value, at))
+        raise _Reject(f"must be a string (an exact match) or a mapping with one of "
+                      f"{', '.join(_STRING_MATCH_KINDS)}; got {_describe(value)}")
+    fields = ctx.fields(value, at, {
+        "exact": _text, "prefix": _text, "suffix": _text, "regex": _regex,
+        "present": _true, "absent": _true, "ignore_case": _bool,
+    }, one_of=[_STRING_MATCH_KINDS])
+    kind = next(kind for kind in _STRING_MATCH_KINDS if kind in fields)
+    text = "" if kind in ("present", "absent") else fields[kind]
+    return StringMatch(kind, text, fields.get("ignore_case", False))
+
+
+def _path_match(ctx: _Context, value: Any, at: _At) -> PathMatch:
+    if isinstance(value, str):
+        raise _Reject(f"must be a mapping such as {{prefix: {value}}} or {{exact: {value}}}")
+    fields = ctx.fields(value, at, {"exact": _path, "prefix": _path, "regex": _regex,
+                                    "ignore_case": _bool}, one_of=[_PATH_MATCH_KINDS])
+    kind = next(kind for kind in _PATH_MATCH_KINDS if kind in fields)
+    return PathMatch(kind, fields[kind], fields.get("ignore_case", False))
+
+
+def _method(ctx: _Context, value: Any, at: _At) -> str:
+    method = _text(ctx, value, at).upper()
+    if not _TOKEN.fullmatch(method):
+        raise _Reject(f"must be an HTTP method such as GET, got {_describe(value)}")
+    return method
+
+
+def _methods(ctx: _Context, value: Any, at: _At) -> tuple[str, ...]:
+    """One method or a list of them."""
+    methods = _list_of(_method)(ctx, value, at) if isinstance(value, list) else (
+        _method(ctx, value, at),)
+    return tuple(dict.fromkeys(methods))
+
+
+def _match(ctx: _Context, value: Any, at: _At) -> Match:
+    fields = ctx.fields(value, at, {
+        "path": _path_match,
+        "method": _methods,
+        "headers": _map_of(_header_key, _string_match),
+        "query": _map_of(_plain_key, _string_match),
+        "cookies": _map_of(_plain_key, _string_match),
+    })
+    return Match(path=fields.get("path"), methods=fields.get("method", ()),
+                 headers=fields.get("headers", ()), query=fields.get("query", ()),
+                 cookies=fields.get("cookies", ()))
+
+
+_HOST = re.compile(r"(?:\*\.)?[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
+
+
+def _host(ctx: _Context, value: Any, at: _At) -> str:
+    host = _text(ctx, value, at).strip().lower()
+    if host != "*" and not _HOST.fullmatch(host):
+        raise _Reject(f"must be a host name (without port), optionally '*.' for any "
+                      f"subdomain, got {_describe(value)}")
+    return host
+
+
+def _hosts(ctx: _Context, value: Any, at: _At) -> tuple[str, ...]:
+    hosts = _list_of(_host)(ctx, value, at)
+    for index, host in enumerate(hosts):
+        if host in hosts[:index]:
+            ctx.warn(at.item(index), f"host {host!r} is listed twice")
+    # "*" is how Istio says "any host"; the model says it with no hosts at all.
+    return () if "*" in hosts else tuple(dict.fromkeys(hosts))
+
+
+def _service_name(ctx: _Context, name: str) -> str | None:
+    """The native service ``name`` refers to: ``NAME``, ``NAME.NS``, ``NAME.NS.svc`` or
+    ``NAME.NS.svc.cluster.local``."""
+    if name in ctx.declared_services:
+        return name
+    short, _, namespace = name.partition(".")
+    if short in ctx.declared_services and re.fullmatch(
+            r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.svc(\.cluster\.local)?)?", namespace):
+        return short
+    return None
+
+
+def _destination(ctx: _Context, fields: dict[str, Any], at: _At) -> tuple[str, str | None]:
+    """The (service, subset) a backend or mirror sends to, checked against ``services``."""
+    service, subset = _service_name(ctx, fields["service"]), fields.get("subset")
+    if service is None:
+        name = fields["service"]
+        close = difflib.get_close_matches(name, sorted(ctx.declared_services), n=1)
+        if name.partition(".")[0] in ctx.declared_services:
+            hint = "; a Kubernetes name is NAME.NS, NAME.NS.svc or NAME.NS.svc.cluster.local"
+        elif close:
+            hint = f"; did you mean {close[0]!r}?"
+        else:
+            hint = f"; services are: {', '.join(sorted(ctx.declared_services)) or 'none'}"
+        ctx.error(at.key("service"), f"unknown service {name!r}{hint}")
+        raise _Reported
+    known = ctx.services.get(service)
+    if subset is not None and known is not None and subset not in known.subsets:
+        subsets = ", ".join(known.subsets) or "none"
+        ctx.error(at.key("subset"),
+                  f"service {service!r} has no subset {subset!r} (subsets: {subsets})")
+        raise _Reported
+    return service, subset
+
+
+def _backend(ctx: _Context, value: Any, at: _At) -> Backend:
+    fields = ctx.fields(value, at, {"service": _text, "subset": _name, "weight": _weight},
+                        required=("service",))
+    service, subset = _destination(ctx, fields, at)
+    return Backend(service, subset, fields.get("weight", 1.0))
+
+
+def _backends(ctx: _Context, value: Any, at: _At) -> tuple[Backend, ...]:
+    backends = _list_of(_backend, non_empty=True)(ctx, value, at)
+    names = [backend.name for backend in backends]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            # Metrics, stickiness and set-weight address a backend by name: it must be unique.
+            ctx.error(at.item(index), f"backend {name!r} is listed twice; give it one weight")
+            raise _Reported
+    if all(backend.weight == 0 for backend in backends):
+        ctx.warn(at, "every backend has weight 0: the route answers 503 until a weight is raised")
+    return backends
+
+
+def _mirror(ctx: _Context, value: Any, at: _At) -> Mirror:
+    fields = ctx.fields(value, at, {"service": _text, "subset": _name, "percent": _percent},
+                        required=("service",))
+    service, subset = _destination(ctx, fields, at)
+    return Mirror(service, subset, fields.get("percent", 100.0))
+
+
+def _sticky(ctx: _Context, value: Any, at: _At) -> Sticky:
+    return Sticky(**ctx.fields(value, at, {
+        "cookie": _record(StickyCookie, {"name": _name, "ttl": _duration}, required=("name",)),
+        "header": _header_name,
+    }, one_of=[("cookie", "header")]))
+
+
+def _fault(ctx: _Context, value: Any, at: _At) -> Fault:
+    fields = ctx.fields(value, at, {
+        "delay": _record(DelayFault, {"fixed": _duration, "percent": _percent},
+                         required=("fixed",)),
+        "abort": _record(AbortFault, {"status": _status, "percent": _percent},
+                         required=("status",)),
+        "scope": _choice("request", "attempt"),
+        "header_secret": _text,
+    })
+    _any_of(fields, ("delay", "abort", "header_secret"))
+    return Fault(**fields)
+
+
+_RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes")
+
+
+def _retries(ctx: _Context, value: Any, at: _At) -> Retries:
+    fields = ctx.fields(value, at, {
+        "attempts": _integer(0),
+        "per_try_timeout": _timeout,
+        "retry_on": _list_of(_choice(*_RETRY_ON)),
+        "status_codes": _list_of(_status),
+        "backoff": _record(Backoff, {"base": _duration, "max": _duration}),
+        "buffer_bytes": _integer(0),
+    })
+    retries = Retries(**fields)
+    if retries.status_codes and "retriable-status-codes" not in retries.retry_on:
+        # Listing status codes is asking to retry on them; don't make users say it twice.
+        retries = replace(retries, retry_on=(*retries.retry_on, "retriable-status-codes"))
+    if "retriable-status-codes" in retries.retry_on and not retries.status_codes:
+        ctx.error(at.key("retry_on"), "retriable-status-codes needs status_codes, e.g. [503]")
+        raise _Reported
+    if retries.backoff.base > retries.backoff.max:
+        ctx.error(at.key("backoff"), "base must not be longer than max")
+        raise _Reported
+    return retries
+
+
+_header_changes = _record(HeaderChanges, {
+    "set": _map_of(_header_key, _header_value),
+    "add": _map_of(_header_key, _header_value),
+    "remove": _list_of(_header_name),
+})
+
+
+def _path_regex(ctx: _Context, value: Any, at: _At) -> tuple[str, str]:
+    fields = ctx.fields(value, at, {"pattern": _regex, "substitution": _text},
+                        required=("pattern", "substitution"))
+    pattern, substitution = _compile(fields["pattern"]), fields["substitution"]
+    # A bad group reference would only fail on the first matching request; catch it here.
+    for number, name in re.findall(r"\\(\d+)|\\g<([^>]*)>", substitution):
+        group = number or name
+        valid = (int(group) <= pattern.groups) if group.isdigit() else group in pattern.groupindex
+        if not valid:
+            ctx.error(at.key("substitution"),
+                      f"refers to group {group!r}, which the pattern does not have")
+            raise _Reported
+    return fields["pattern"], substitution
+
+
+def _rewrite(ctx: _Context, value: Any, at: _At) -> Rewrite:
+    fields = ctx.fields(value, at, {"path_prefix": _path, "path_full": _path,
+                                    "path_regex": _path_regex, "host": _host},
+                        exclusive=[("path_prefix", "path_full", "path_regex")])
+    _any_of(fields, ("path_prefix", "path_full", "path_regex", "host"))
+    return Rewrite(**fields)
+
+
+def _redirect(ctx: _Context, value: Any, at: _At) -> Redirect:
+    fields = ctx.fields(value, at, {
+        "scheme": _choice("http", "https"), "host": _host, "port": _port,
+        "path": _path, "path_prefix": _path, "status": _redirect_status,
+    }, exclusive=[("path", "path_prefix")])
+    _any_of(fields, ("scheme", "host", "port", "path", "path_prefix"))
+    return Redirect(**fields)
+
+
+_ROUTE_FIELDS: dict[str, Reader] = {
+    "name": _name,
+    "hosts": _hosts,
+    "match": _list_of(_match),
+    "backends": _backends,
+    "sticky": _sticky,
+    "fault": _fault,
+    "timeout": _timeout,
+    "retries": _retries,
+    "mirror": _mirror,
+    "mirrors": _list_of(_mirror),
+    "headers": _record(HeaderRules, {"request": _header_changes, "response": _header_changes}),
+    "rewrite": _rewrite,
+    "redirect": _redirect,
+    "direct_response": _record(DirectResponse, {"status": _status, "body": _text},
+                               required=("status",)),
+    "websocket": _bool,
+}
+
+
+def _route(ctx: _Context, value: Any, at: _At) -> Route:
+    fields = ctx.fields(value, at, _ROUTE_FIELDS, required=("name",),
+                        one_of=[("backends", "redirect", "direct_response")],
+                        exclusive=[("mirror", "mirrors")])
+    fields["matches"] = fields.pop("match", ())
+    if "mirror" in fields:
+        fields["mirrors"] = (fields.pop("mirror"),)
+    return Route(**fields)
+
+
+def _routes(ctx: _Context, documents: Sequence[_At]) -> tuple[Route, ...]:
+    """``routes`` of every document, in order; names must be unique."""
+    parsed: list[tuple[Route, _At]] = []
+    defined_at: dict[str, _At] = {}
+    for doc in documents:
+        section, at = doc.doc.value.get("routes"), doc.key("routes")
+        if section is None:
+            continue
+        if not isinstance(section, list):
+            ctx.error(at, f"must be a list of routes, got {_describe(section)}")
+            continue
+        for index, value in enumerate(section):
+            if isinstance(value, dict) and isinstance(value.get("name"), str):
+                ctx.declared_routes.add(value["name"])
+            try:
+                route = ctx.read(_route, value, at.item(index))
+            except _Reported:
+                continue
+            if route.name in defined_at:
+                ctx.error(at.item(index).key("name"), f"route {route.name!r} is already "
+                                                      f"defined at {defined_at[route.name].where}")
+                continue
+            defined_at[route.name] = at.item(index)
+            ctx.routes[route.name] = route
+            parsed.append((route, at.item(index)))
+    _warn_unreachable(ctx, parsed)
+    return tuple(route for route, _ in parsed)
+
+
+def _warn_unreachable(ctx: _Context, routes: Sequence[tuple[Route, _At]]) -> None:
+    """Warn about routes hidden behind an earlier catch-all route for the same hosts."""
+    for index, (route, at) in enumerate(routes):
+        for earlier, _ in routes[:index]:
+            catches_all = not earlier.matches or Match() in earlier.matches
+            same_hosts = not earlier.hosts or (
+                route.hosts and set(route.hosts) <= set(earlier.hosts))
+            if catches_all and same_hosts:
+                ctx.warn(at, f"never matches: route {earlier.name!r} before it matches every "
+                             "request for these hosts (first match wins)")
+                break
+
+
+# ---------------------------------------------------------------------------- canaries
+
+def _url(ctx: _Context, value: Any, at: _At) -> str:
+    url = _text(ctx, value, at)
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise _Reject(f"must be an http:// or https:// URL, got {_describe(value)}")
+    return url
+
+
+_CANARY_FIELDS: dict[str, Reader] = {
+    "name": _name,
+    "route": _text,
+    "primary": _text,
+    "candidate": _text,
+    "interval": _timeout,
+    "step_weight": _step_percent,
+    "step_weights": _list_of(_step_percent, non_empty=True),
+    "max_weight": _step_percent,
+    "threshold": _integer(1),
+    "min_requests": _integer(0),
+    "checks": _record(CanaryChecks, {"success_rate_min": _percent, "latency_p99_max": _timeout,
+                                     "relative_to_primary": _bool}),
+    "webhooks": _list_of(_record(Webhook, {
+        "type": _choice("pre-rollout", "rollout", "confirm-promotion", "post-rollout", "rollback"),
+        "url": _url,
+        "timeout": _timeout,
+    }, required=("type", "url"))),
+}
+
+
+def _canary(ctx: _Context, value: Any, at: _At) -> Canary:
+    fields = ctx.fields(value, at, _CANARY_FIELDS,
+                        required=("name", "route", "primary", "candidate"),
+                        exclusive=[("step_weight", "step_weights")])
+    canary = Canary(**fields)
+    steps = canary.step_weights
+    if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+        ctx.error(at.key("step_weights"), "must increase step by step, e.g. [5, 10, 25, 50]")
+        raise _Reported
+    route = ctx.routes.get(canary.route)
+    if route is None:
+        if canary.route not in ctx.declared_routes:  # else the route's own errors say it all
+            ctx.error(at.key("route"), f"unknown route {canary.route!r}")
+        raise _Reported
+    backends = [backend.name for backend in route.backends]
+    failed = False
+    for role in ("primary", "candidate"):
+        name = getattr(canary, role)
+        if name not in backends:
+            ctx.error(at.key(role), f"{name!r} is not a backend of route {route.name!r} "
+                                    f"(backends: {', '.join(backends) or 'none'})")
+            failed = True
+    if canary.primary == canary.candidate:
+        ctx.error(at.key("candidate"), "must differ from primary")
+        failed = True
+    if failed:
+        raise _Reported
+    return canary
+
+
+def _canaries(ctx: _Context, documents: Sequence[_At]) -> tuple[Canary, ...]:
+    canaries: list[Canary] = []
+    defined_at: dict[str, _At] = {}
+    for doc in documents:
+        section, at = doc.doc.value.get("canaries"), doc.key("canaries")
+        if section is None:
+            continue
+        if not isinstance(section, list):
+            ctx.error(at, f"must be a list of canaries, got {_describe(section)}")
+            continue
+        for index, value in enumerate(section):
+            try:
+                canary = ctx.read(_canary, value, at.item(index))
+            except _Reported:
+                continue
+            if canary.name in defined_at:
+                ctx.error(at.item(index).key("name"), f"canary {canary.name!r} is already "
+                                                      f"defined at {defined_at[canary.name].where}")
+                continue
+            defined_at[canary.name] = at.item(index)
+            canaries.append(canary)
+    return tuple(canaries)
+
+
+# ---------------------------------------------------------------------------- top level
+
+_SETTINGS: dict[str, Reader] = {
+    "listen": _listen,
+    "admin": _record(AdminConfig, {"listen": _listen, "token": _text}),
+    "debug_headers": _bool,
+    "timeouts": _record(Timeouts, {
+        "request_header": _timeout,
+        "body_idle": _timeout,
+        "keep_alive": _timeout,
+        "drain_delay": _duration,
+        "drain_timeout": _duration,
+    }),
+    "limits": _record(Limits, {
+        "max_request_line": _integer(1),
+        "max_header_bytes": _integer(1),
+        "max_headers": _integer(1),
+        "max_body_bytes": _integer(0),
+        "max_connections": _integer(1),
+    }),
+    "access_log": _record(AccessLog, {"format": _choice("json", "text", "off")}),
+    "metrics": _record(MetricsConfig, {"linkerd_compat": _bool}),
+}
+_SECTIONS = ("services", "routes", "canaries")
+_TOP_LEVEL_KEYS = (*_SETTINGS, *_SECTIONS)
+
+
+def _settings(ctx: _Context, documents: Sequence[_At]) -> dict[str, Any]:
+    """Top-level settings (Config keyword arguments); each may come from one document only."""
+    settings: dict[str, Any] = {}
+    set_at: dict[str, _At] = {}
+    for doc in documents:
+        for key, reader in _SETTINGS.items():
+            value = doc.doc.value.get(key)
+            if value is None:
+                continue
+            if key in set_at:
+                ctx.error(doc.key(key), f"{key!r} is already set at {set_at[key].where}; "
+                                        "set it in one document only")
+                continue
+            set_at[key] = doc.key(key)
+            try:
+                settings[key] = ctx.read(reader, value, doc.key(key))
+            except _Reported:
+                pass
+    admin = settings.get("admin")
+    if admin and not admin.token and not _is_loopback(admin.listen.host):
+        # SPEC §6: the server refuses this; only a warning here, as --admin may override it.
+        ctx.warn(set_at["admin"], f"the admin API on {admin.listen} is reachable from other "
+                                  "hosts but has no token; set admin.token")
+    return settings
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _is_manifest(value: dict[Any, Any]) -> bool:
+    return "apiVersion" in value and "kind" in value
+
+
+def _import_manifests(ctx: _Context, manifests: Sequence[_At]) -> None:
+    """Istio / SMI / Gateway API manifests found among the documents.
+
+    The mesh importers (``config.compat``) plug in here. Until they exist each manifest is
+    an error, so a mesh file is never silently ignored.
+    """
+    for at in manifests:
+        kind, api_version = at.doc.value["kind"], at.doc.value["apiVersion"]
+        ctx.error(at.key("kind"), f"kind {kind} ({api_version}) is not supported yet")
+
+
+def parse_documents(
+    documents: Sequence[Document], env: Mapping[str, str]
+) -> tuple[Config, tuple[ConfigIssue, ...]]:
+    """Merge and check ``documents`` into one Config; returns it with its warnings.
+
+    Raises ConfigInvalid with every error (and the warnings) when anything is wrong.
+    """
+    ctx = _Context(env)
+    native: list[_At] = []
+    manifests: list[_At] = []
+    for document in documents:
+        at = _At(document)
+        if document.value is None:  # an empty document, such as after a trailing '---'
+            continue
+        if not isinstance(document.value, dict):
+            ctx.error(at, "a config document must be a mapping with keys such as listen, "
+                          f"services and routes; got {_describe(document.value)}")
+        elif _is_manifest(document.value):
+            manifests.append(at)
+        else:
+            for key in document.value:
+                if key not in _TOP_LEVEL_KEYS:
+                    ctx.error(at.key(key), _unknown_key(key, _TOP_LEVEL_KEYS))
+            native.append(at)
+    _import_manifests(ctx, manifests)
+
+    # Sections in dependency order: backends name services, canaries name routes.
+    settings = _settings(ctx, native)
+    services = _services(ctx, native)
+    routes = _routes(ctx, native)
+    canaries = _canaries(ctx, native)
+    if native and not any(doc.doc.value.get("routes") or doc.doc.value.get("services")
+                          for doc in native):
+        ctx.warn(native[0], "no routes and no services: every request gets 404")
+
+    # Report in reading order (files, then lines), not in the order the sections were checked.
+    file_order = {doc.source: index for index, doc in reversed(list(enumerate(documents)))}
+    issues = sorted(ctx.issues, key=lambda issue: (file_order.get(issue.file, 0), issue.line or 0))
+    errors = [issue for issue in issues if issue.severity == "error"]
+    warnings = tuple(issue for issue in issues if issue.severity == "warning")
+    if errors:
+        raise ConfigInvalid(errors, warnings)
+    return Config(services=services, routes=routes, canaries=canaries, **settings), warnings

@@ -1,0 +1,184 @@
+"""``pyproxy validate``: the human summary, the JSON form and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyproxy.config.summary import format_duration, validate_command
+
+CONFIG = """\
+listen: 0.0.0.0:8080
+admin: {listen: 127.0.0.1:9901, token: hunter2}
+services:
+  shop:
+    endpoints:
+      - {address: 10.0.0.1:8080, labels: {version: v1}}
+      - {address: 10.0.0.2:8080, labels: {version: v1}}
+      - {address: "https://shop-v2:8443", labels: {version: v2}}
+    subsets: {v1: {version: v1}, v2: {version: v2}}
+    load_balancer: {consistent_hash: {header: x-user}}
+    connection_pool: {max_connections: 100}
+    outlier_detection: {consecutive_5xx: 3}
+    health_check: {path: /ready, interval: 2s}
+routes:
+  - name: shop
+    hosts: [shop.example]
+    match:
+      - path: {prefix: /api}
+        method: [GET, POST]
+        headers: {x-canary: "yes", x-debug: {present: true}}
+      - query: {v: {regex: "2.*"}}
+    backends:
+      - {service: shop, subset: v1, weight: 2}
+      - {service: shop, subset: v2, weight: 1}
+    sticky: {cookie: {name: shop-version, ttl: 1h30m}}
+    fault: {delay: {fixed: 250ms, percent: 0.1}, abort: {status: 503, percent: 5},
+            header_secret: sesame}
+    timeout: 15s
+    retries: {attempts: 2, per_try_timeout: 1s, status_codes: [503]}
+    mirror: {service: shop, subset: v2, percent: 10}
+  - name: old
+    redirect: {host: shop.example, status: 301}
+canaries:
+  - {name: shop, route: shop, primary: shop/v1, candidate: shop/v2, max_weight: 30}
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> str:
+    path = tmp_path / "pyproxy.yaml"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+@pytest.fixture
+def broken_file(tmp_path: Path) -> str:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen: 8080\nroutes:\n  - name: x\n    backends: [{service: nope}]\n")
+    return str(path)
+
+
+def section(text: str, title: str) -> str:
+    """The part of the summary under ``title``, up to the next title (an unindented line)."""
+    after = text.split(f"\n{title}\n", 1)[1]
+    return re.split(r"\n\n(?=\S)", after, maxsplit=1)[0]
+
+
+def test_summary_shows_routes_with_shares_and_policies(config_file, capsys):
+    assert validate_command([config_file], as_json=False) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("valid: 1 file, 2 routes, 1 service, 1 canary, 0 warnings\n")
+    assert "admin      127.0.0.1:9901 (token set)" in out
+    assert "hunter2" not in out and "sesame" not in out
+    routes = section(out, "Routes (first match wins)")
+    assert "\n".join([
+        "  shop",
+        "    hosts      shop.example",
+        "    match      path prefix /api, method GET|POST, header x-canary = yes, "
+        "header x-debug present",
+        "               or query v regex 2.*",
+        "    backends   shop/v1  66.7%  (weight 2)",
+        "               shop/v2  33.3%  (weight 1)",
+        "    sticky     cookie shop-version (ttl 1h30m)",
+        "    fault      delay 250ms on 0.1% of requests",
+        "               abort 503 on 5% of requests",
+        "               header-triggered faults enabled (secret set)",
+        "    timeout    15s",
+        "    retries    2 retries on connect-failure, reset, gateway-error, "
+        "retriable-status-codes 503; 1s per try; backoff 25ms to 250ms",
+        "    mirror     shop/v2 (10% of requests)",
+    ]) in routes
+    assert "redirect   301, host shop.example" in routes
+
+
+def test_summary_shows_services_and_canaries(config_file, capsys):
+    validate_command([config_file], as_json=False)
+    out = capsys.readouterr().out
+    services = section(out, "Services")
+    assert "endpoints  10.0.0.1:8080         version=v1" in services
+    assert "           https://shop-v2:8443  version=v2" in services
+    assert "subsets    v1  version=v1  2 endpoints" in services
+    assert "           v2  version=v2  1 endpoint" in services
+    assert "balancer   consistent hash on header x-user" in services
+    assert "pool       100 connections" in services
+    assert "outlier    eject after 3 consecutive 5xx" in services
+    assert "health     GET /ready every 2s, timeout 1s" in services
+    canaries = section(out, "Canaries")
+    assert "route      shop: shop/v1 -> shop/v2" in canaries
+    assert "steps      +10% every 30s, up to 30%" in canaries
+
+
+def test_summary_lists_warnings_last(tmp_path, capsys):
+    path = tmp_path / "w.yaml"
+    path.write_text("services: {a: {endpoints: ['a:80']}}\n"
+                    "routes: [{name: a, backends: [{service: a, weight: 0}]}]\n")
+    assert validate_command([str(path)], as_json=False) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(
+        f"Warnings\n  {path}:2: warning: routes[0].backends: every backend has weight 0: "
+        "the route answers 503 until a weight is raised")
+    assert "a  0.0%  (weight 0)" in out
+
+
+def test_json_summary(config_file, capsys):
+    assert validate_command([config_file], as_json=True) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["valid"] is True and result["errors"] == [] and result["warnings"] == []
+    shop = result["routes"][0]
+    assert [(b["name"], b["share"]) for b in shop["backends"]] == [("shop/v1", 66.667),
+                                                                   ("shop/v2", 33.333)]
+    assert shop["matches"][0]["headers"]["x-canary"] == {"kind": "exact", "value": "yes",
+                                                         "ignore_case": False}
+    assert shop["fault"]["header_secret"] == "<redacted>"
+    assert result["admin"] == {"listen": "127.0.0.1:9901", "token": "<redacted>"}
+    (service,) = result["services"]
+    assert service["name"] == "shop"
+    assert service["subset_endpoints"] == {"v1": ["10.0.0.1:8080", "10.0.0.2:8080"],
+                                           "v2": ["shop-v2:8443"]}
+    assert service["endpoints"][2]["tls"] is True
+    assert result["canaries"][0]["candidate"] == "shop/v2"
+
+
+def test_errors_go_to_stderr_with_file_line_and_path(broken_file, capsys):
+    assert validate_command([broken_file], as_json=False) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{broken_file}:1: listen: must be host:port, e.g. '0.0.0.0:8080', got '8080'",
+        f"{broken_file}:4: routes[0].backends[0].service: unknown service 'nope'; "
+        "services are: none",
+        "invalid: 2 errors",
+    ]
+
+
+def test_json_errors(broken_file, capsys):
+    assert validate_command([broken_file], as_json=True) == 2
+    result = json.loads(capsys.readouterr().out)
+    assert result["valid"] is False
+    assert result["errors"][0] == {"file": broken_file, "line": 1, "path": "listen",
+                                   "message": "must be host:port, e.g. '0.0.0.0:8080', got '8080'"}
+    assert len(result["errors"]) == 2 and result["routes"] == [] and result["services"] == []
+
+
+@pytest.mark.parametrize("fixture, code", [("config_file", 0), ("broken_file", 2)])
+def test_python_m_pyproxy_validate_exit_codes(request, fixture, code):
+    path = request.getfixturevalue(fixture)
+    done = subprocess.run([sys.executable, "-m", "pyproxy", "validate", "--json", path],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert json.loads(done.stdout)["valid"] is (code == 0)
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0s"), (0.025, "25ms"), (0.25, "250ms"), (1, "1s"), (2.5, "2.5s"), (60, "1m"),
+    (90, "1m30s"), (3600, "1h"), (5400, "1h30m"), (300, "5m"),
+])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
