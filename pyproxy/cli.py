@@ -105,6 +105,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command not in ("run", "demo", "fake-service"):
+        # `pyproxy validate ... | head` should end quietly, like any Unix tool.
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.command == "run":
         if args.workers != 1:
             print("pyproxy: --workers > 1 is not available yet; run one process per core "

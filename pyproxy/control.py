@@ -131,15 +131,32 @@ class ProxyControl:
     def services_view(self) -> dict:
         services = []
         for service in self.runtime.snapshot.config.services.values():
+            live = self.runtime.services.get(service.name)
+            detector = live.detector if live else None
+            checker = live.checker if live else None
+            health = checker.describe() if checker else {}
             endpoints = []
             for ep in service.endpoints:
                 state = self.runtime.endpoint_state(service.name, ep)
-                endpoints.append({"address": ep.address, "labels": dict(ep.labels),
-                                  "active_requests": state.active if state else 0,
-                                  "healthy": True, "ejected": False})
+                entry = {"address": ep.address, "labels": dict(ep.labels),
+                         "active_requests": state.active if state else 0,
+                         "healthy": checker.is_healthy(ep.address) if checker else True,
+                         "ejected": False}
+                if ep.address in health:
+                    entry["health_check"] = health[ep.address]
+                if detector is not None:
+                    outlier = detector.describe(ep.address)
+                    entry["ejected"] = bool(outlier["ejected"])
+                    entry["ejection"] = {
+                        "reason": outlier["reason"], "times_ejected": outlier["times_ejected"],
+                        # wall-clock, so dashboards and people can read it
+                        "until": time.time() + outlier["remaining"] if outlier["ejected"]
+                        else None}
+                endpoints.append(entry)
             services.append({"name": service.name, "endpoints": endpoints,
                              "subsets": {k: dict(v) for k, v in service.subsets.items()},
-                             "load_balancer": service.load_balancer.kind})
+                             "load_balancer": service.load_balancer.kind,
+                             "circuit_breaker": live.breaker.snapshot() if live else None})
         return {"services": services}
 
     def faults_view(self) -> dict:

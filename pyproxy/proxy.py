@@ -9,6 +9,7 @@ exactly one ``RequestOutcome`` handed to metrics and the access log.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from contextlib import nullcontext
@@ -16,18 +17,21 @@ from contextlib import nullcontext
 from pyproxy.engine import wire
 from pyproxy.engine.upstream import ResponseHead, UpstreamConnection
 from pyproxy.errors import (
-    ClientDisconnected, DownstreamError, InjectedAbort, NoHealthyUpstream, NoRoute, ProxyError,
-    UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
+    ClientDisconnected, DownstreamError, InjectedAbort, NoHealthyUpstream, NoRoute, Overflow,
+    ProxyError, UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
 )
 from pyproxy.filters import fault as fault_filter
 from pyproxy.filters import headers as header_filter
 from pyproxy.filters.rewrite import redirect_location, rewrite_path
 from pyproxy.messages import Exchange, RequestHead
 from pyproxy.outcome import AttemptOutcome, RequestOutcome
+from pyproxy.resilience.outlier import classify
 from pyproxy.resilience.retry import backoff, is_retryable
-from pyproxy.runtime import CompiledBackend, CompiledRoute, EndpointState, Runtime
+from pyproxy.runtime import CompiledBackend, CompiledRoute, EndpointState, Runtime, ServiceRuntime
 from pyproxy.traffic.sticky import set_cookie_header
 from pyproxy.upstream import forwarding
+
+logger = logging.getLogger("pyproxy")
 
 _NO_BODY = b""
 _STREAM = None  # marker: the request body is streamed, not buffered (and so not replayable)
@@ -166,9 +170,9 @@ class Proxy:
 
     def _pick_endpoint(self, head: RequestHead, backend: CompiledBackend,
                        tried: list[EndpointState]) -> EndpointState:
-        endpoints = backend.endpoints
+        endpoints = backend.runtime.available(backend.endpoints)
         if not endpoints:
-            raise NoHealthyUpstream(f"{backend.name} has no endpoints")
+            raise NoHealthyUpstream(f"{backend.name} has no healthy endpoint")
         if tried and len(endpoints) > len(tried):
             # A retry goes to an endpoint not tried yet when one exists.
             endpoints = tuple(ep for ep in endpoints if ep not in tried) or endpoints
@@ -188,7 +192,22 @@ class Proxy:
     async def _forward(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
                        backend: CompiledBackend, cookie, debug: bool,
                        outcome: RequestOutcome) -> None:
+        service = backend.runtime
+        limit = service.breaker.admit_request()
+        if limit is not None:
+            self.stats.record_overflow(service.name, limit)
+            raise Overflow(limit)
+        try:
+            await self._forward_admitted(head, exchange, route, backend, cookie, debug, outcome)
+        finally:
+            service.breaker.release_request()
+
+    async def _forward_admitted(self, head: RequestHead, exchange: Exchange,
+                                route: CompiledRoute, backend: CompiledBackend, cookie,
+                                debug: bool, outcome: RequestOutcome) -> None:
         loop = asyncio.get_running_loop()
+        service = backend.runtime
+        retrying = False  # a retry slot is held for the current attempt
         policy = route.retries
         deadline = loop.time() + route.timeout if route.timeout else None
         body = await self._prepare_body(exchange, policy, bool(route.mirrors))
@@ -203,64 +222,81 @@ class Proxy:
         request_head = self._request_head(head, route, backend, websocket, outcome.request_id)
         tried: list[EndpointState] = []
         attempt = 0
-        while True:
-            attempt += 1
-            outcome.attempts = attempt
-            failure = None
-            status = 0
-            error: ProxyError | None = None
-            conn = None
-            response = None
-            pump = None
-            if attempt_fault is not None:
-                decision = fault_filter.decide(attempt_fault, head, self.rng.random)
-                if decision.delay:
-                    await self._inject(route, fault_filter.FaultDecision(delay=decision.delay),
-                                       outcome)
-                if decision.abort:
-                    self.stats.record_fault(route.name, "abort")
-                    error, failure, status = InjectedAbort(status=decision.abort), "status", \
-                        decision.abort
-            if error is None:
-                endpoint = self._pick_endpoint(head, backend, tried)
-                tried.append(endpoint)
-                outcome.endpoint = endpoint.address
-                try:
-                    conn, response, pump = await self._attempt(
-                        exchange, endpoint, request_head, body,
-                        _attempt_deadline(loop, deadline, per_try), head.method == "HEAD")
-                except UpstreamConnectFailure as exc:
-                    error, failure = exc, "connect-failure"
-                except UpstreamReset as exc:
-                    error, failure = exc, "reset"
-                except UpstreamTimeout as exc:
-                    error, failure = exc, "timeout"
-                status = response.status if response is not None else 0
-                self.stats.record_attempt(AttemptOutcome(backend.service.name, endpoint.address,
-                                                         status))
-                if response is not None:
-                    failure = "status"
-            if (failure is not None and attempt < max_attempts
-                    and is_retryable(policy, failure, status)
-                    and (deadline is None or loop.time() < deadline)):
-                if conn is not None:
-                    conn.abort()  # discard the failed response; never reuse its connection
-                self.stats.record_retry(route.name, backend.name)
-                await asyncio.sleep(backoff(policy, attempt, self.rng.random()))
-                continue
-            exhausted = attempt > 1 and failure is not None and is_retryable(policy, failure, status)
-            if error is not None:
+        try:
+            while True:
+                attempt += 1
+                outcome.attempts = attempt
+                failure = None
+                status = 0
+                error: ProxyError | None = None
+                conn = None
+                response = None
+                pump = None
+                if attempt_fault is not None:
+                    decision = fault_filter.decide(attempt_fault, head, self.rng.random)
+                    if decision.delay:
+                        await self._inject(route, fault_filter.FaultDecision(delay=decision.delay),
+                                           outcome)
+                    if decision.abort:
+                        self.stats.record_fault(route.name, "abort")
+                        error, failure, status = InjectedAbort(status=decision.abort), "status", \
+                            decision.abort
+                        if retrying:
+                            service.breaker.release_retry()
+                            retrying = False
+                if error is None:
+                    endpoint = self._pick_endpoint(head, backend, tried)
+                    tried.append(endpoint)
+                    outcome.endpoint = endpoint.address
+                    try:
+                        conn, response, pump = await self._attempt(
+                            exchange, endpoint, service, request_head, body,
+                            _attempt_deadline(loop, deadline, per_try), head.method == "HEAD")
+                    except UpstreamConnectFailure as exc:
+                        error, failure = exc, "connect-failure"
+                    except UpstreamReset as exc:
+                        error, failure = exc, "reset"
+                    except UpstreamTimeout as exc:
+                        error, failure = exc, "timeout"
+                    finally:
+                        if retrying:
+                            service.breaker.release_retry()
+                            retrying = False
+                    status = response.status if response is not None else 0
+                    self.stats.record_attempt(AttemptOutcome(backend.service.name, endpoint.address,
+                                                             status))
+                    if response is not None:
+                        failure = "status"
+                    self._judge(service, endpoint, response.status if response is not None else None)
+                if (failure is not None and attempt < max_attempts
+                        and is_retryable(policy, failure, status)
+                        and (deadline is None or loop.time() < deadline)):
+                    limit = service.breaker.admit_retry()
+                    if limit is None:
+                        retrying = True
+                        if conn is not None:
+                            conn.abort()  # discard the failed response; never reuse its connection
+                        self.stats.record_retry(route.name, backend.name)
+                        await asyncio.sleep(backoff(policy, attempt, self.rng.random()))
+                        continue
+                    # No retry slot (max_retries or budget): the request ends with what it has.
+                    self.stats.record_overflow(service.name, limit)
+                exhausted = attempt > 1 and failure is not None and is_retryable(policy, failure, status)
+                if error is not None:
+                    if exhausted:
+                        _add_flag(outcome, "URX")
+                    raise error
                 if exhausted:
                     _add_flag(outcome, "URX")
-                raise error
-            if exhausted:
-                _add_flag(outcome, "URX")
-            try:
-                await self._relay(head, exchange, route, backend, conn, response, cookie, debug,
-                                  outcome, websocket)
-            finally:
-                _stop(pump)  # an early response: the rest of the body is not wanted
-            return
+                try:
+                    await self._relay(head, exchange, route, backend, conn, response, cookie, debug,
+                                      outcome, websocket)
+                finally:
+                    _stop(pump)  # an early response: the rest of the body is not wanted
+                return
+        finally:
+            if retrying:  # cancelled during a backoff: give the retry slot back
+                service.breaker.release_retry()
 
     async def _prepare_body(self, exchange: Exchange, policy, mirrored: bool) -> bytes | None:
         """Buffer a small body so it can be replayed (retries, mirrors); stream the rest."""
@@ -297,8 +333,9 @@ class Proxy:
         target = f"{path}?{head.query}" if head.query else path
         return f"{head.method} {target} HTTP/1.1\r\n".encode("latin-1") + wire.header_block(headers)
 
-    async def _attempt(self, exchange: Exchange, endpoint: EndpointState, request_head: bytes,
-                       body: bytes | None, deadline: float | None, is_head: bool
+    async def _attempt(self, exchange: Exchange, endpoint: EndpointState,
+                       service: ServiceRuntime, request_head: bytes, body: bytes | None,
+                       deadline: float | None, is_head: bool
                        ) -> tuple[UpstreamConnection, ResponseHead, asyncio.Task | None]:
         """Send the request to one endpoint and wait for its response head.
 
@@ -309,16 +346,16 @@ class Proxy:
         pump = None
         try:
             async with asyncio.timeout_at(deadline) if deadline is not None else nullcontext():
-                conn, reused = await endpoint.pool.acquire()
+                conn, reused = await self._acquire(endpoint, service)
                 pump = self._send(conn, exchange, request_head, body, is_head)
                 try:
                     response = await conn.response_head()
                 except UpstreamReset:
-                    if not reused or pump is not None:
+                    if not reused or pump is not None or not service.breaker.try_open_connection():
                         raise
                     # The pooled connection was closed by the upstream as we picked it up
                     # (keep-alive race): one fresh connection, not counted as a retry.
-                    conn = await endpoint.pool.connect()
+                    conn = await self._connect(endpoint, service)
                     self._send(conn, exchange, request_head, body, is_head)
                     response = await conn.response_head()
             return conn, response, pump
@@ -336,6 +373,58 @@ class Proxy:
             raise
         finally:
             endpoint.active -= 1
+
+    async def _acquire(self, endpoint: EndpointState, service: ServiceRuntime
+                       ) -> tuple[UpstreamConnection, bool]:
+        """An idle pooled connection, or a new one if the service's max_connections allows,
+        or a bounded wait in the pending queue for either (circuit breaking, Envoy-style)."""
+        pool = endpoint.pool
+        conn = pool.take_idle()
+        if conn is not None:
+            return conn, True
+        breaker = service.breaker
+        if not breaker.try_open_connection():
+            limit = breaker.enter_queue()
+            if limit is not None:
+                self.stats.record_overflow(service.name, limit)
+                raise Overflow(limit)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + service.pending_timeout
+            try:
+                while True:
+                    await service.wait_for_slot(max(0.0, deadline - loop.time()))
+                    conn = pool.take_idle()
+                    if conn is not None:
+                        return conn, True
+                    if breaker.try_open_connection():
+                        break
+            except TimeoutError:
+                self.stats.record_overflow(service.name, breaker.pending_timed_out())
+                raise Overflow("pending timeout") from None
+            finally:
+                breaker.leave_queue()
+        return await self._connect(endpoint, service), False
+
+    @staticmethod
+    async def _connect(endpoint: EndpointState, service: ServiceRuntime) -> UpstreamConnection:
+        """Open a connection whose slot the breaker already counted."""
+        try:
+            return await endpoint.pool.connect()
+        except BaseException:
+            service.connection_closed()  # the slot never became a connection
+            raise
+
+    def _judge(self, service: ServiceRuntime, endpoint: EndpointState, status: int | None
+               ) -> None:
+        """Feed one real attempt's result to outlier detection."""
+        detector = service.detector
+        if detector is None:
+            return
+        event = detector.record(endpoint.address, classify(status))
+        if event is not None:
+            self.stats.record_ejection(service.name, event.key, event.reason)
+            logger.warning("endpoint %s of %s ejected (%s) for %.0fs", event.key, service.name,
+                           event.reason, detector.describe(event.key)["remaining"])
 
     def _send(self, conn: UpstreamConnection, exchange: Exchange, request_head: bytes,
               body: bytes | None, is_head: bool) -> asyncio.Task | None:
@@ -403,7 +492,7 @@ class Proxy:
         status = 0
         try:
             async with asyncio.timeout(MIRROR_TIMEOUT):
-                conn, _ = await endpoint.pool.acquire()
+                conn, _ = await self._acquire(endpoint, backend.runtime)
                 conn.no_body_expected = head.method == "HEAD"
                 if body or head.header("content-length") is not None:
                     conn.send(request_head + b"content-length: %d\r\n\r\n" % len(body) + body)

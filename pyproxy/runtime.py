@@ -9,6 +9,7 @@ requests finish on the snapshot they started with and new ones see the new one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -20,6 +21,10 @@ from pyproxy.config.model import (
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
 from pyproxy.errors import InvalidOverride
+from pyproxy.resilience.breaker import CircuitBreaker
+from pyproxy.resilience.budget import RetryBudget
+from pyproxy.resilience.health import HealthChecker
+from pyproxy.resilience.outlier import OutlierDetector, OutlierEvent
 from pyproxy.routing.matchers import compile_matches
 from pyproxy.routing.table import RouteTable
 from pyproxy.traffic.balancer import make_balancer
@@ -48,13 +53,117 @@ class EndpointState:
         return f"<EndpointState {self.service} {self.address} active={self.active}>"
 
 
+class ServiceRuntime:
+    """A service's live resilience state, the same object across reloads while the service
+    exists: circuit breaker counters, outlier detector, health checker, and the requests
+    waiting for a connection slot."""
+
+    def __init__(self, service: Service):
+        self.name = service.name
+        # Retries can never amplify an outage: 20% of active requests, at least 3 at once.
+        self.breaker = CircuitBreaker(service.connection_pool, RetryBudget())
+        self.detector: OutlierDetector | None = None
+        self.checker: HealthChecker | None = None
+        self.pending_timeout = service.connection_pool.pending_timeout
+        self._slot_waiters: list[asyncio.Future] = []
+
+    def update(self, service: Service) -> None:
+        """Apply a (re)loaded service definition, keeping state for surviving endpoints."""
+        keys = [ep.address for ep in service.endpoints]
+        self.breaker.set_limits(service.connection_pool, RetryBudget())
+        self.pending_timeout = service.connection_pool.pending_timeout
+        policy = service.outlier_detection
+        if policy is None:
+            self.detector = None
+        elif self.detector is None:
+            self.detector = OutlierDetector(policy, keys)
+        else:
+            for event in self.detector.set_endpoints(keys, policy):
+                logger.info("endpoint %s of %s returned: %s", event.key, self.name, event.reason)
+        health = service.health_check
+        if health is None:
+            if self.checker is not None:
+                _spawn(self.checker.stop(), f"health-stop-{self.name}")
+                self.checker = None
+        elif self.checker is None:
+            self.checker = HealthChecker(self.name, service.endpoints, health,
+                                         on_change=_log_health)
+            _spawn(self.checker.start(), f"health-start-{self.name}")
+        else:
+            self.checker.update(service.endpoints, health)
+
+    def available(self, endpoints: tuple[EndpointState, ...]):
+        """The endpoints to balance over: not ejected and not failing health checks."""
+        detector, checker = self.detector, self.checker
+        if detector is not None:
+            return detector.available(endpoints, key=_address,
+                                      healthy=checker.is_healthy if checker else None)
+        if checker is not None:
+            return [ep for ep in endpoints if checker.is_healthy(ep.address)]
+        return endpoints
+
+    # A request waiting for a connection slot (max_connections reached) is woken when a
+    # connection goes back to a pool or closes.
+    async def wait_for_slot(self, timeout: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        finally:
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+
+    def slot_freed(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def connection_closed(self) -> None:
+        self.breaker.connection_closed()
+        self.slot_freed()
+
+    async def close(self) -> None:
+        if self.checker is not None:
+            await self.checker.stop()
+
+    def __repr__(self) -> str:
+        return f"<ServiceRuntime {self.name} {self.breaker!r} {self.detector!r}>"
+
+
+def _address(endpoint: "EndpointState") -> str:
+    return endpoint.address
+
+
+def _log_health(service: str, key: str, healthy: bool) -> None:
+    logger.warning("health check: endpoint %s of %s is now %s", key, service,
+                   "healthy" if healthy else "unhealthy")
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _spawn(coro, name: str) -> None:
+    """Health checkers start and stop from compile(), which runs inside the event loop."""
+    try:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+    except RuntimeError:
+        coro.close()  # no loop (offline explain/validate): nothing to probe
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
 class CompiledBackend:
     __slots__ = ("name", "service", "subset", "endpoints", "balancer", "hash_on", "headers",
-                 "index")
+                 "index", "runtime")
 
     def __init__(self, backend: Backend, service: Service, endpoints: tuple[EndpointState, ...],
-                 index: int):
+                 index: int, runtime: ServiceRuntime):
         self.name = backend.name
+        self.runtime = runtime
         self.service = service
         self.subset = backend.subset
         self.endpoints = endpoints
@@ -148,9 +257,15 @@ class Runtime:
         self.generation = 0
         self.weight_overrides: dict[str, WeightOverride] = {}
         self.faults: dict[str, ActiveFault] = {}
+        self.services: dict[str, ServiceRuntime] = {}
 
     def compile(self, config: Config) -> Snapshot:
-        """Build a snapshot for ``config`` (pure of side effects on the live snapshot)."""
+        """Build a snapshot for ``config``. Service state (pools, breakers, detectors) is
+        created or updated as needed; the live snapshot itself is untouched until swap."""
+        for service in config.services.values():
+            if service.name not in self.services:
+                self.services[service.name] = ServiceRuntime(service)
+            self.services[service.name].update(service)
         routes = [self._compile_route(route, config) for route in config.routes]
         implicit = {
             name: self._compile_route(Route(name=name, backends=(Backend(service=name),)),
@@ -173,9 +288,36 @@ class Runtime:
         names = set(snapshot.routes)
         for key in [k for k in self._sticky_tables if k not in names]:
             del self._sticky_tables[key]
+        for name in [n for n in self.services if n not in snapshot.config.services]:
+            _spawn(self.services.pop(name).close(), f"service-close-{name}")
 
     def close(self) -> None:
         self.pools.close()
+
+    async def aclose(self) -> None:
+        for service in self.services.values():
+            await service.close()
+        self.close()
+
+    def tick(self) -> list[tuple[str, OutlierEvent]]:
+        """Once a second: return ejected endpoints whose time is up, expire faults."""
+        events = []
+        for service in self.services.values():
+            if service.detector is not None:
+                for event in service.detector.sweep():
+                    logger.info("endpoint %s of %s returned after ejection", event.key,
+                                service.name)
+                    events.append((service.name, event))
+        self.expire_faults()
+        return events
+
+    def ejections(self):
+        """(service, endpoint, ejected) for ``pyproxy_endpoint_ejected``."""
+        for service in list(self.services.values()):
+            detector = service.detector
+            if detector is not None:
+                for key, state in detector.describe_all().items():
+                    yield service.name, key, bool(state["ejected"])
 
     def endpoint_state(self, service: str, endpoint: Endpoint) -> EndpointState | None:
         return self._endpoints.get((service, endpoint.address, endpoint.tls))
@@ -271,7 +413,10 @@ class Runtime:
         key = (service.name, endpoint.address, endpoint.tls)
         state = self._endpoints.get(key)
         if state is None:
-            pool = self.pools.get(endpoint.host, endpoint.port, endpoint.tls)
+            pool = self.pools.get(service.name, endpoint.host, endpoint.port, endpoint.tls)
+            service_runtime = self.services[service.name]
+            pool.on_connection_closed = service_runtime.connection_closed
+            pool.on_connection_idle = service_runtime.slot_freed
             state = self._endpoints[key] = EndpointState(service.name, endpoint, pool)
         else:
             state.endpoint = endpoint  # labels may have changed
@@ -284,7 +429,7 @@ class Runtime:
         service = config.services[backend.service]
         endpoints = tuple(self._endpoint_state(service, ep)
                           for ep in service.subset_endpoints(backend.subset))
-        return CompiledBackend(backend, service, endpoints, index)
+        return CompiledBackend(backend, service, endpoints, index, self.services[service.name])
 
     def _compile_route(self, route: Route, config: Config, implicit: bool = False) -> CompiledRoute:
         backends = [self._compile_backend(backend, config, index)

@@ -69,6 +69,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     runtime.swap(runtime.compile(config))
     stats = Stats()
     stats.weights_provider = runtime.backend_weights
+    stats.ejections_provider = runtime.ejections
     stats.record_reload(True, runtime.generation)
     access_log = AccessLog(config.access_log.format)
     proxy = Proxy(runtime, stats, access_log, rng=rng)
@@ -101,6 +102,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         loop.add_signal_handler(sig, request_stop, name)
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(control.reload(), "sighup-reload"))
     tasks.spawn(watch(paths, control.reload), "config-watch")
+    tasks.spawn(_tick(runtime), "tick")
 
     control.serving = True
     bound = server.sockets[0].getsockname()
@@ -115,11 +117,18 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     await _drain(server, listener, runtime.snapshot.config)
     await tasks.cancel_all()
     await admin_runner.cleanup()
-    runtime.close()
+    await runtime.aclose()
     access_log.close()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     return 0
+
+
+async def _tick(runtime: Runtime) -> None:
+    """Once-a-second work off the request path: ejected endpoints return, faults expire."""
+    while True:
+        await asyncio.sleep(1.0)
+        runtime.tick()
 
 
 async def _drain(server: asyncio.AbstractServer, listener: Listener, config: Config) -> None:

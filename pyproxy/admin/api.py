@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
+from pyproxy.config.parse import parse_duration
 from pyproxy.errors import InvalidOverride
 from pyproxy.metrics import Stats, render_metrics
 
@@ -142,8 +143,6 @@ async def get_faults(request: web.Request) -> web.Response:
 async def post_fault(request: web.Request) -> web.Response:
     """``{"route": R, "abort": {"status": 503} | "delay": {"fixed": "2s"}, "percent": 50,
     "duration": "30s"}``: the fault removes itself when the duration is up."""
-    from pyproxy.config.parse import parse_duration
-
     body = await _json_body(request)
     route = body.get("route")
     abort = body.get("abort") or {}

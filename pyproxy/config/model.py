@@ -232,7 +232,7 @@ class ConnectionPool:
     max_connections: int = 1024
     max_pending_requests: int = 1024
     max_requests: int = 1024
-    max_retries: int = 3
+    max_retries: int = 0  # hard cap on concurrent retries; 0 = none (the retry budget applies)
     connect_timeout: float = 2.0
     idle_timeout: float = 60.0
     pending_timeout: float = 1.0  # how long a request may wait for a connection slot

@@ -433,11 +433,10 @@ def _duration(ctx: _Context, value: Any, at: _At) -> float:
     if isinstance(value, str):
         text = value.strip()
         if _DURATION.fullmatch(text):
-            seconds = sum(float(number) * _UNIT_SECONDS[unit]
-                          for number, unit in _DURATION_PART.findall(text))
-            if math.isfinite(seconds):
-                return seconds
-            raise _Reject(f"is too long, got {_describe(value)}")
+            try:
+                return parse_duration(text)
+            except ValueError:
+                raise _Reject(f"is too long, got {_describe(value)}") from None
         try:
             float(text)
         except ValueError:
@@ -446,6 +445,19 @@ def _duration(ctx: _Context, value: Any, at: _At) -> float:
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Reject(f"must be a duration such as '2s', got {_describe(value)}")
     raise _Reject(f"durations need a unit, e.g. '2s' or '250ms', got {_describe(value)}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a duration string such as ``250ms``, ``2.5s``, ``1m`` or ``1h30m``
+    (for the admin API and CLI, which take durations outside a config file)."""
+    text = text.strip()
+    if not _DURATION.fullmatch(text):
+        raise ValueError("durations look like '250ms', '2.5s', '1m' or '1h30m'")
+    seconds = sum(float(number) * _UNIT_SECONDS[unit]
+                  for number, unit in _DURATION_PART.findall(text))
+    if not math.isfinite(seconds):
+        raise ValueError("duration is too long")
+    return seconds
 
 
 def _timeout(ctx: _Context, value: Any, at: _At) -> float:

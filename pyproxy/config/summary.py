@@ -368,7 +368,9 @@ def _service_rows(service: Service) -> list[str]:
         ("subsets", subsets),
         ("balancer", [balancer]),
         ("pool", [f"{pool.max_connections} connections, {pool.max_pending_requests} pending, "
-                  f"{pool.max_requests} requests, {pool.max_retries} retries at once",
+                  f"{pool.max_requests} requests, "
+                  + (f"{pool.max_retries} retries at once" if pool.max_retries
+                     else "retries within the budget (20% of active, at least 3)"),
                   f"connect timeout {format_duration(pool.connect_timeout)}, "
                   f"idle {format_duration(pool.idle_timeout)}"]),
         ("outlier", _outlier(service)),

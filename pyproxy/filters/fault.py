@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pyproxy.config.model import AbortFault, DelayFault, Fault
+from pyproxy.config.parse import parse_duration
 from pyproxy.messages import RequestHead
 
 SECRET_HEADER = "x-pyproxy-fault-secret"
@@ -26,18 +27,6 @@ class FaultDecision:
 NO_FAULT = FaultDecision()
 
 
-def _parse_seconds(text: str) -> float | None:
-    text = text.strip()
-    try:
-        if text.endswith("ms"):
-            return float(text[:-2]) / 1000
-        if text.endswith("s"):
-            return float(text[:-1])
-    except ValueError:
-        return None
-    return None
-
-
 def _header_fault(fault: Fault, head: RequestHead) -> Fault | None:
     """The fault a trusted request asks for with x-pyproxy-fault-* headers, if any."""
     secret = head.header(SECRET_HEADER)
@@ -46,7 +35,7 @@ def _header_fault(fault: Fault, head: RequestHead) -> Fault | None:
         return None
     delay = abort = None
     try:
-        if (value := head.header("x-pyproxy-fault-delay")) and (seconds := _parse_seconds(value)):
+        if (value := head.header("x-pyproxy-fault-delay")) and (seconds := parse_duration(value)):
             pct = float(head.header("x-pyproxy-fault-delay-percent") or 100)
             delay = DelayFault(fixed=min(seconds, 60.0), percent=min(max(pct, 0.0), 100.0))
         if value := head.header("x-pyproxy-fault-abort"):

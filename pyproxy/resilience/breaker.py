@@ -18,9 +18,11 @@ and ``x-pyproxy-overloaded: true`` — except for retries, see below.
   from holding clients for the whole route timeout).
 - ``max_retries``: retries in flight (from the decision to retry, backoff included, until
   that attempt ends). A refused retry is *not* a 503 UO: the request ends with the failure
-  it already has, as in Envoy, and the overflow is counted. With a ``RetryBudget`` the
-  budget replaces ``max_retries`` (Envoy: "if retry budget is set, max_retries is ignored")
-  and a refusal names ``retry_budget``.
+  it already has, as in Envoy, and the overflow is counted. ``max_retries: 0`` means no
+  fixed cap. A ``RetryBudget`` (the pipeline always sets one: 20% of active requests, at
+  least 3) applies too, and a refusal by it names ``retry_budget``. Unlike Envoy, where a
+  budget silently replaces ``max_retries``, both hold when both are set: a configured cap
+  is never ignored, and the budget keeps retries from amplifying an outage at any scale.
 
 How the pipeline uses it (per request to service S with breaker ``b``)::
 
@@ -98,11 +100,11 @@ class CircuitBreaker:
 
     def admit_retry(self) -> str | None:
         """Take a retry slot; None when admitted, else ``max_retries`` / ``retry_budget``."""
-        if self._budget is not None:
-            if not self._budget.can_retry(self.requests, self.retries):
-                return self._overflow("retry_budget")
-        elif self.retries >= self._limits.max_retries:
+        max_retries = self._limits.max_retries
+        if max_retries and self.retries >= max_retries:
             return self._overflow("max_retries")
+        if self._budget is not None and not self._budget.can_retry(self.requests, self.retries):
+            return self._overflow("retry_budget")
         self.retries += 1
         return None
 

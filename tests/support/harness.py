@@ -59,6 +59,7 @@ class InProcessProxy:
     async def start(self) -> "InProcessProxy":
         self.runtime.swap(self.runtime.compile(self.config))
         self.stats.weights_provider = self.runtime.backend_weights
+        self.stats.ejections_provider = self.runtime.ejections
         proxy = Proxy(self.runtime, self.stats, AccessLog("off"), rng=self.rng)
         self.listener = Listener(proxy.handle, timeouts=self.config.timeouts,
                                  limits=self.config.limits)
@@ -87,7 +88,7 @@ class InProcessProxy:
             self.server.close()
             for conn in list(self.listener.connections):
                 conn.close()
-        self.runtime.close()
+        await self.runtime.aclose()
 
 
 class ProxyProcess:

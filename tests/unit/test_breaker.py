@@ -79,12 +79,18 @@ def test_counters_are_independent():
         (1, 1, 1, 1)
 
 
-def test_a_retry_budget_replaces_max_retries():
-    breaker = CircuitBreaker(LIMITS, RetryBudget(percent=20, min_concurrency=3))
+def test_max_retries_and_the_retry_budget_both_hold():
+    breaker = CircuitBreaker(ConnectionPool(max_retries=2), RetryBudget(20, 3))
+    assert [breaker.admit_retry() for _ in range(3)] == [None, None, "max_retries"]
+
+
+def test_the_retry_budget_scales_with_active_requests():
+    breaker = CircuitBreaker(ConnectionPool(max_requests=4, max_retries=0),
+                             RetryBudget(percent=20, min_concurrency=3))
     assert [breaker.admit_retry() for _ in range(4)] == [None, None, None, "retry_budget"]
-    for _ in range(4):  # LIMITS.max_requests
+    for _ in range(4):
         breaker.admit_request()
-    breaker.set_limits(ConnectionPool(max_requests=100), RetryBudget(20, 3))
+    breaker.set_limits(ConnectionPool(max_requests=100, max_retries=0), RetryBudget(20, 3))
     for _ in range(16):
         breaker.admit_request()
     assert breaker.requests == 20
