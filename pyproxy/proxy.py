@@ -122,6 +122,10 @@ class Proxy:
             await self._inject(route, fault_filter.decide(fault, head, self.rng.random), outcome)
         backend, cookie = self._pick_backend(head, route)
         outcome.backend = backend.name
+        if backend.direct_status is not None:
+            self._respond_local(exchange, backend.direct_status,
+                                [("content-type", "text/plain")], b"", outcome)
+            return
         await self._forward(head, exchange, route, backend, cookie, debug, outcome)
 
     def _respond_local(self, exchange: Exchange, status: int, headers, body: bytes,

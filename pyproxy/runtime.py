@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field, replace
 
 from pyproxy.config.model import (
-    Backend, Config, Endpoint, Fault, HeaderRules, Mirror, Redirect, Retries, Rewrite, Route,
-    Service, Sticky, DirectResponse,
+    Backend, Config, DirectResponse, Endpoint, Fault, HeaderRules, Mirror, PathMatch, Redirect,
+    Retries, Rewrite, Route, Service, Sticky,
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
 from pyproxy.errors import InvalidOverride
@@ -133,6 +133,13 @@ class ServiceRuntime:
         return f"<ServiceRuntime {self.name} {self.breaker!r} {self.detector!r}>"
 
 
+def _prefix_of(path: "PathMatch") -> str:
+    """The literal prefix a prefix match consumed (element-wise prefixes drop a trailing /)."""
+    if path.kind == "segment_prefix":
+        return path.value.rstrip("/") or "/"
+    return path.value
+
+
 def _address(endpoint: "EndpointState") -> str:
     return endpoint.address
 
@@ -158,7 +165,7 @@ def _spawn(coro, name: str) -> None:
 
 class CompiledBackend:
     __slots__ = ("name", "service", "subset", "endpoints", "balancer", "hash_on", "headers",
-                 "index", "runtime")
+                 "index", "runtime", "direct_status")
 
     def __init__(self, backend: Backend, service: Service, endpoints: tuple[EndpointState, ...],
                  index: int, runtime: ServiceRuntime):
@@ -167,10 +174,11 @@ class CompiledBackend:
         self.service = service
         self.subset = backend.subset
         self.endpoints = endpoints
-        self.balancer = make_balancer(service.load_balancer.kind)
-        self.hash_on = service.load_balancer.hash_on
+        self.balancer = make_balancer(service.load_balancer.kind) if service else None
+        self.hash_on = service.load_balancer.hash_on if service else None
         self.headers = backend.headers
         self.index = index
+        self.direct_status = backend.direct_status
 
     def __repr__(self) -> str:
         return f"<CompiledBackend {self.name} endpoints={len(self.endpoints)}>"
@@ -426,6 +434,8 @@ class Runtime:
         return state
 
     def _compile_backend(self, backend: Backend, config: Config, index: int) -> CompiledBackend:
+        if backend.direct_status is not None:
+            return CompiledBackend(backend, None, (), index, None)
         service = config.services[backend.service]
         endpoints = tuple(self._endpoint_state(service, ep)
                           for ep in service.subset_endpoints(backend.subset))
@@ -442,8 +452,11 @@ class Runtime:
         sticky_table = None
         if route.sticky is not None and route.sticky.header:
             sticky_table = self._sticky_tables.setdefault(route.name, StickyTable())
-        prefixes = tuple(m.path.value for m in route.matches
-                         if m.path is not None and m.path.kind == "prefix")
+        # Longest first: a rewrite replaces the most specific prefix that matched.
+        prefixes = tuple(sorted((_prefix_of(m.path) for m in route.matches
+                                 if m.path is not None
+                                 and m.path.kind in ("prefix", "segment_prefix")),
+                                key=len, reverse=True))
         rewrite_regex = None
         if route.rewrite is not None and route.rewrite.path_regex is not None:
             rewrite_regex = re.compile(route.rewrite.path_regex[0])

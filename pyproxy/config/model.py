@@ -14,7 +14,9 @@ from typing import Literal, Mapping
 # ---------------------------------------------------------------------------- matching
 
 StringMatchKind = Literal["exact", "prefix", "suffix", "regex", "present", "absent"]
-PathMatchKind = Literal["exact", "prefix", "regex"]
+# "segment_prefix" is Gateway API's PathPrefix: element-wise, so /foo matches /foo and
+# /foo/bar but not /foobar (a trailing slash in the value is ignored).
+PathMatchKind = Literal["exact", "prefix", "regex", "segment_prefix"]
 
 
 @dataclass(frozen=True)
@@ -23,11 +25,13 @@ class StringMatch:
 
     ``regex`` is a full match; ``present``/``absent`` ignore ``value``.
     ``ignore_case`` is for importers (Istio ``ignoreUriCase``) and applies to exact/prefix/suffix.
+    ``invert`` negates the test (Istio ``withoutHeaders``): an absent field then matches.
     """
 
     kind: StringMatchKind
     value: str = ""
     ignore_case: bool = False
+    invert: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Backend:
     weight: float = 1.0
     # Per-backend header changes (Istio destination headers, Gateway API backendRef filters).
     headers: "HeaderChanges | None" = None
+    # Answer this status instead of forwarding: Gateway API requires 500 for the share of
+    # an invalid or unresolvable backendRef. ``service`` then only names it.
+    direct_status: int | None = None
 
     @property
     def name(self) -> str:

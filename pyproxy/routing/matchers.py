@@ -19,6 +19,13 @@ ValueTest = Callable[["str | None"], bool]
 
 def compile_value(match: StringMatch) -> ValueTest:
     """A test for one header/query/cookie value (None = the field is absent)."""
+    test = _compile_value(match)
+    if match.invert:
+        return lambda v: not test(v)
+    return test
+
+
+def _compile_value(match: StringMatch) -> ValueTest:
     kind, expected = match.kind, match.value
     if kind == "present":
         return lambda v: v is not None
@@ -49,6 +56,14 @@ def compile_value(match: StringMatch) -> ValueTest:
 
 def compile_path(match: PathMatch) -> Predicate:
     value = match.value
+    if match.kind == "segment_prefix":
+        base = value.rstrip("/")
+        if not base:
+            return lambda head: True  # "/" matches every path
+        if match.ignore_case:
+            base = base.lower()
+            return lambda head: _segment_prefix(head.path.lower(), base)
+        return lambda head: _segment_prefix(head.path, base)
     if match.kind == "regex":
         pattern = re.compile(value, re.IGNORECASE if match.ignore_case else 0)
         return lambda head: pattern.fullmatch(head.path) is not None
@@ -60,6 +75,10 @@ def compile_path(match: PathMatch) -> Predicate:
     if match.kind == "exact":
         return lambda head: head.path == value
     return lambda head: head.path.startswith(value)
+
+
+def _segment_prefix(path: str, base: str) -> bool:
+    return path.startswith(base) and (len(path) == len(base) or path[len(base)] == "/")
 
 
 def compile_match(match: Match) -> Predicate:
@@ -106,6 +125,6 @@ def describe_match(match: Match) -> str:
     for label, items in (("header", match.headers), ("query", match.query),
                          ("cookie", match.cookies)):
         for name, m in items:
-            parts.append(f"{label} {name} {m.kind}" + ("" if m.kind in ("present", "absent")
-                                                        else f" {m.value!r}"))
+            parts.append(f"{label} {name} {'not ' if m.invert else ''}{m.kind}"
+                         + ("" if m.kind in ("present", "absent") else f" {m.value!r}"))
     return " and ".join(parts) or "any request"

@@ -147,3 +147,15 @@ async def test_sticky_header_pins_each_user(echo_factory, proxy_factory):
                 pins.setdefault(user, name)
                 assert pins[user] == name, f"user {user} flipped in round {round_}"
     assert set(pins.values()) == {"v1", "v2"}
+
+
+async def test_direct_status_backend_answers_its_share(echo_factory, proxy_factory):
+    """Gateway API: an invalid backendRef's share of traffic gets 500."""
+    v1 = await echo_factory("v1")
+    svc = service("svc", v1)
+    route = Route("r", backends=(Backend("svc", weight=1),
+                                 Backend("missing", weight=1, direct_status=500)))
+    proxy = await proxy_factory(Config(services={"svc": svc}, routes=(route,)), seed=2)
+    names = await _names(proxy.url + "/", 1000)
+    assert_binomial(names.count("status:500"), 1000, 0.5)
+    assert names.count("v1") + names.count("status:500") == 1000

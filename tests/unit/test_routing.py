@@ -129,3 +129,22 @@ def test_candidate_cache_is_bounded():
     for i in range(5000):
         table.match(head(host=f"h{i}"))
     assert len(table._candidates) <= 4096
+
+
+@pytest.mark.parametrize("value,path,expected", [
+    ("/foo", "/foo", True),
+    ("/foo", "/foo/bar", True),
+    ("/foo", "/foobar", False),  # element-wise, unlike a string prefix
+    ("/foo/", "/foo", True),  # a trailing slash in the value is ignored
+    ("/", "/anything", True),
+])
+def test_segment_prefix(value, path, expected):
+    assert compile_match(Match(path=PathMatch("segment_prefix", value)))(head(path)) is expected
+
+
+def test_inverted_header_match_is_istio_without_headers():
+    predicate = compile_match(Match(headers=(("end-user", StringMatch("exact", "tester",
+                                                                      invert=True)),)))
+    assert predicate(head(headers=[("end-user", "alice")]))
+    assert predicate(head())  # absent: "without header end-user: tester" holds
+    assert not predicate(head(headers=[("end-user", "tester")]))
