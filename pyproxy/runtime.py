@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 
 from pyproxy.config.model import (
     Backend, Config, DirectResponse, Endpoint, Fault, HeaderRules, Mirror, PathMatch, Redirect,
-    Retries, Rewrite, Route, Service, Sticky,
+    Retries, Rewrite, Route, Service, Sticky, UpstreamTLS,
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
 from pyproxy.errors import InvalidOverride
@@ -266,6 +267,7 @@ class Runtime:
         self.weight_overrides: dict[str, WeightOverride] = {}
         self.faults: dict[str, ActiveFault] = {}
         self.services: dict[str, ServiceRuntime] = {}
+        self._tls_contexts: dict[UpstreamTLS, ssl.SSLContext] = {}
 
     def compile(self, config: Config) -> Snapshot:
         """Build a snapshot for ``config``. Service state (pools, breakers, detectors) is
@@ -431,7 +433,23 @@ class Runtime:
         policy = service.connection_pool
         state.pool.connect_timeout = policy.connect_timeout
         state.pool.idle_timeout = policy.idle_timeout
+        if endpoint.tls:
+            state.pool.ssl_context = self._client_tls(service.tls)
+            state.pool.server_name = service.tls.server_name
         return state
+
+    def _client_tls(self, policy: UpstreamTLS) -> ssl.SSLContext | None:
+        """One context per distinct policy (None: the engine's shared default)."""
+        if policy == UpstreamTLS():
+            return None
+        context = self._tls_contexts.get(policy)
+        if context is None:
+            context = ssl.create_default_context(cafile=policy.ca)
+            if not policy.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._tls_contexts[policy] = context
+        return context
 
     def _compile_backend(self, backend: Backend, config: Config, index: int) -> CompiledBackend:
         if backend.direct_status is not None:

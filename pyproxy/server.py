@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
 import signal
+import ssl
 import sys
 from typing import Sequence
 
 import uvloop
 
 from pyproxy.access_log import AccessLog
-from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
+from pyproxy.admin.api import build_admin_app, check_admin_binding, parser_problem, start_admin
 from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.config.model import Address, Config
 from pyproxy.control import ProxyControl
@@ -42,6 +44,10 @@ def _parse_address(text: str) -> Address:
 async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
                 started: asyncio.Future | None = None, rng: random.Random | None = None) -> int:
     """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code."""
+    problem = parser_problem()
+    if problem is not None:
+        print(f"pyproxy: refusing to start: {problem}", file=sys.stderr)
+        return 2
     try:
         loaded = load_config(paths)
     except ConfigInvalid as invalid:
@@ -73,13 +79,23 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     stats.record_reload(True, runtime.generation)
     access_log = AccessLog(config.access_log.format)
     proxy = Proxy(runtime, stats, access_log, rng=rng)
-    listener = Listener(proxy.handle, timeouts=config.timeouts, limits=config.limits)
+    listener_tls = None
+    if config.tls is not None:
+        try:
+            listener_tls = ListenerCertificate(config.tls)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"pyproxy: cannot load the listener certificate: {exc}", file=sys.stderr)
+            return 2
+    listener = Listener(proxy.handle, timeouts=config.timeouts, limits=config.limits,
+                        scheme="https" if listener_tls else "http")
     control = ProxyControl(paths, loaded, runtime, stats, listener, overrides)
     tasks = TaskGroup()
 
     try:
-        server = await loop.create_server(listener.protocol_factory, config.listen.host,
-                                          config.listen.port, reuse_address=True, backlog=2048)
+        server = await loop.create_server(
+            listener.protocol_factory, config.listen.host, config.listen.port,
+            reuse_address=True, backlog=2048,
+            ssl=listener_tls.context if listener_tls else None)
     except OSError as exc:
         print(f"pyproxy: cannot listen on {config.listen}: {exc}", file=sys.stderr)
         return 1
@@ -102,7 +118,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         loop.add_signal_handler(sig, request_stop, name)
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(control.reload(), "sighup-reload"))
     tasks.spawn(watch(paths, control.reload), "config-watch")
-    tasks.spawn(_tick(runtime), "tick")
+    tasks.spawn(_tick(runtime, listener_tls), "tick")
 
     control.serving = True
     bound = server.sockets[0].getsockname()
@@ -111,10 +127,12 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     if started is not None and not started.done():
         started.set_result((bound, admin_runner.addresses[0] if admin_runner.addresses else None))
     try:
-        await stop
+        signame = await stop
     except asyncio.CancelledError:
-        pass
-    await _drain(server, listener, runtime.snapshot.config)
+        signame = "cancelled"
+    # SIGTERM is an orchestrator's stop: stay in rotation for drain_delay so load balancers
+    # notice /readyz. Ctrl-C is a person at a terminal: stop accepting at once.
+    await _drain(server, listener, runtime.snapshot.config, delay=signame == "SIGTERM")
     await tasks.cancel_all()
     await admin_runner.cleanup()
     await runtime.aclose()
@@ -124,17 +142,52 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     return 0
 
 
-async def _tick(runtime: Runtime) -> None:
-    """Once-a-second work off the request path: ejected endpoints return, faults expire."""
+async def _tick(runtime: Runtime, listener_tls: "ListenerCertificate | None") -> None:
+    """Once-a-second work off the request path: ejected endpoints return, faults expire,
+    a rotated listener certificate is picked up."""
     while True:
         await asyncio.sleep(1.0)
         runtime.tick()
+        if listener_tls is not None:
+            listener_tls.reload_if_changed()
 
 
-async def _drain(server: asyncio.AbstractServer, listener: Listener, config: Config) -> None:
+class ListenerCertificate:
+    """The listener's TLS context. Certificate files are re-read when they change: new
+    handshakes use the new certificate, established connections keep theirs. A broken new
+    pair is logged and the old one keeps serving."""
+
+    def __init__(self, tls):
+        self.tls = tls
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(tls.cert, tls.key)
+        self._stamp = self._files_stamp()
+
+    def _files_stamp(self):
+        try:
+            return tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size)
+                         for p in (self.tls.cert, self.tls.key))
+        except OSError:
+            return None
+
+    def reload_if_changed(self) -> None:
+        stamp = self._files_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self.context.load_cert_chain(self.tls.cert, self.tls.key)
+            logger.info("listener certificate reloaded from %s", self.tls.cert)
+        except (OSError, ssl.SSLError) as exc:
+            logger.error("listener certificate reload failed, keeping the old one: %s", exc)
+
+
+async def _drain(server: asyncio.AbstractServer, listener: Listener, config: Config, *,
+                 delay: bool) -> None:
     """Not ready at once; keep accepting for drain_delay; then finish in-flight requests."""
     listener.draining = True
-    await asyncio.sleep(config.timeouts.drain_delay)
+    if delay:
+        await asyncio.sleep(config.timeouts.drain_delay)
     server.close()
     listener.close_idle()
     deadline = asyncio.get_running_loop().time() + config.timeouts.drain_timeout

@@ -26,6 +26,7 @@ import logging
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Protocol
 
+import aiohttp.http_parser
 from aiohttp import web
 
 from pyproxy.config.parse import parse_duration
@@ -275,6 +276,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parser_problem() -> str | None:
+    """Why the strict C (llhttp) parsers are not in use, or None when they are.
+
+    The data plane parses with httptools (llhttp, always C). The admin listener runs on
+    aiohttp, whose pure-Python fallback parser (used when its C extension is missing or
+    AIOHTTP_NO_EXTENSIONS is set) accepts framing the C one refuses — a request-smuggling
+    risk we do not run with.
+    """
+    if aiohttp.http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser":
+        return ("aiohttp is using its pure-Python HTTP parser (C extension missing or "
+                "AIOHTTP_NO_EXTENSIONS set); reinstall aiohttp with its C extension")
+    return None
 
 
 def check_admin_binding(host: str, token: str) -> None:

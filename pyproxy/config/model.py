@@ -268,6 +268,15 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class UpstreamTLS:
+    """How ``https://`` endpoints are verified: the system CAs by default, or ``ca``."""
+
+    ca: str | None = None  # PEM bundle to trust instead of the system store
+    verify: bool = True  # False turns verification off (never the default)
+    server_name: str | None = None  # SNI and the name checked; default: the endpoint host
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -276,6 +285,7 @@ class Service:
     connection_pool: ConnectionPool = ConnectionPool()
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
+    tls: UpstreamTLS = UpstreamTLS()
 
     def subset_endpoints(self, subset: str | None) -> tuple[Endpoint, ...]:
         """The endpoints a backend ``service/subset`` sends to (all of them without a subset)."""
@@ -333,6 +343,14 @@ class Address:
 
 
 @dataclass(frozen=True)
+class ListenerTLS:
+    """Serve HTTPS: the files are watched and re-read when they change (rotation)."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     listen: Address = Address("127.0.0.1", 9901)
     token: str = ""
@@ -371,6 +389,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class Config:
     listen: Address = Address("0.0.0.0", 8080)
+    tls: ListenerTLS | None = None
     admin: AdminConfig = AdminConfig()
     debug_headers: bool = False
     services: Mapping[str, Service] = field(default_factory=dict)

@@ -64,7 +64,7 @@ from pyproxy.config.model import (
     StickyCookie,
     StringMatch,
     Timeouts,
-    Webhook,
+    Webhook, ListenerTLS, UpstreamTLS,
 )
 
 __all__ = [
@@ -686,6 +686,7 @@ _SERVICE_FIELDS: dict[str, Reader] = {
         "unhealthy_threshold": _integer(1),
         "jitter": _duration,
     }),
+    "tls": _record(UpstreamTLS, {"ca": _text, "verify": _bool, "server_name": _text}),
 }
 
 
@@ -1124,6 +1125,7 @@ def _canaries(ctx: _Context, documents: Sequence[_At]) -> tuple[Canary, ...]:
 
 _SETTINGS: dict[str, Reader] = {
     "listen": _listen,
+    "tls": _record(ListenerTLS, {"cert": _text, "key": _text}, required=("cert", "key")),
     "admin": _record(AdminConfig, {"listen": _listen, "token": _text}),
     "debug_headers": _bool,
     "timeouts": _record(Timeouts, {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 from collections import deque
+from typing import Callable
 
 import httptools
 
@@ -42,7 +43,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool", "loop", "transport", "parser", "_headers", "_reason", "_head", "_head_waiter",
         "_chunks", "_buffered", "_complete", "_error", "_body_waiter", "_reading_paused",
         "_write_paused", "_drain_waiter", "_closed", "request_complete", "no_body_expected",
-        "upgraded", "_idle_timer", "in_use",
+        "upgraded", "_idle_timer", "in_use", "forgotten",
     )
 
     def __init__(self, pool: "EndpointPool"):
@@ -50,9 +51,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # Bare LF line ends from an upstream are accepted (RFC 9112 §2.2 MAY; nginx and
+        # HAProxy do): the response is re-serialised with CRLF, never copied raw. Requests
+        # from clients stay strict.
+        self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._closed = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self.in_use = True  # False while idle in the pool
+        self.forgotten = False  # True once the pool has seen it close
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -154,7 +160,9 @@ class UpstreamConnection(asyncio.Protocol):
                     raise UpstreamProtocolError("duplicate content-length")
                 content_length = int(value)
             elif name == "transfer-encoding":
-                if chunked or value.strip().lower() != "chunked":
+                # Only OWS is trimmed: str.strip() would also accept "\xa0chunked", which
+                # llhttp does not frame as chunked.
+                if chunked or value.strip(" \t").lower() != "chunked":
                     raise UpstreamProtocolError("unsupported transfer-encoding")
                 chunked = True
         if status in (204, 304) or self.no_body_expected:
@@ -305,6 +313,17 @@ class UpstreamConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
 
+_DEFAULT_CONTEXT: ssl_module.SSLContext | None = None
+
+
+def _default_client_context() -> ssl_module.SSLContext:
+    """The system trust store, loaded once (loading it costs tens of milliseconds)."""
+    global _DEFAULT_CONTEXT
+    if _DEFAULT_CONTEXT is None:
+        _DEFAULT_CONTEXT = ssl_module.create_default_context()
+    return _DEFAULT_CONTEXT
+
+
 class EndpointPool:
     """Idle keep-alive connections to one endpoint, most recently used first (LIFO keeps
     the hot ones warm and lets the rest reach their idle timeout)."""
@@ -315,12 +334,17 @@ class EndpointPool:
         self.port = port
         self.tls = tls
         self.ssl_context = ssl_context
+        self.server_name: str | None = None
         self.idle: list[UpstreamConnection] = []
         self.connect_timeout = 2.0
         self.idle_timeout = 60.0
+        # Called once per connection when it closes, and when one goes idle: the owning
+        # service's circuit breaker counts connections and wakes requests waiting for one.
+        self.on_connection_closed: Callable[[], None] | None = None
+        self.on_connection_idle: Callable[[], None] | None = None
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection for one request, and whether it was reused from the pool."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still open, if any."""
         while self.idle:
             conn = self.idle.pop()
             if conn._idle_timer is not None:
@@ -328,21 +352,31 @@ class EndpointPool:
                 conn._idle_timer = None
             if not conn.closed:
                 conn.in_use = True
-                return conn, True
+                return conn
+        return None
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A connection for one request, and whether it was reused from the pool."""
+        conn = self.take_idle()
+        if conn is not None:
+            return conn, True
         return await self.connect(), False
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        ssl = None
+        tls = {}
         if self.tls:
-            ssl = self.ssl_context or ssl_module.create_default_context()
+            # Verification is on unless the service's tls policy turned it off.
+            tls = {"ssl": self.ssl_context or _default_client_context(),
+                   "server_hostname": self.server_name or self.host}
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port, ssl=ssl)
+                    lambda: UpstreamConnection(self), self.host, self.port, **tls)
         except TimeoutError:
             raise UpstreamConnectFailure(f"connect timeout to {self.host}:{self.port}") from None
-        except OSError as exc:
+        except (OSError, ssl_module.SSLError) as exc:
+            # A refused handshake (bad certificate, wrong name) is a failed connect too.
             raise UpstreamConnectFailure(f"connect to {self.host}:{self.port}: {exc}") from None
         return conn
 
@@ -353,13 +387,20 @@ class EndpointPool:
         conn.in_use = False
         conn._idle_timer = conn.loop.call_later(self.idle_timeout, conn._close)
         self.idle.append(conn)
+        if self.on_connection_idle is not None:
+            self.on_connection_idle()
 
     def forget(self, conn: UpstreamConnection) -> None:
+        """Called on every close path; the close hook runs once per connection."""
         if conn._idle_timer is not None:
             conn._idle_timer.cancel()
             conn._idle_timer = None
         if conn in self.idle:
             self.idle.remove(conn)
+        if not conn.forgotten:
+            conn.forgotten = True
+            if self.on_connection_closed is not None:
+                self.on_connection_closed()
 
     def close(self) -> None:
         for conn in list(self.idle):
@@ -368,13 +409,16 @@ class EndpointPool:
 
 
 class UpstreamPools:
-    """One EndpointPool per (host, port, tls), shared across config reloads."""
+    """One EndpointPool per (service, host, port, tls), kept across config reloads.
+
+    Keyed by service too: a service's circuit breaker counts its own connections, so two
+    services sharing an address never borrow each other's."""
 
     def __init__(self):
-        self._pools: dict[tuple[str, int, bool], EndpointPool] = {}
+        self._pools: dict[tuple[str, str, int, bool], EndpointPool] = {}
 
-    def get(self, host: str, port: int, tls: bool = False) -> EndpointPool:
-        key = (host, port, tls)
+    def get(self, service: str, host: str, port: int, tls: bool = False) -> EndpointPool:
+        key = (service, host, port, tls)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = EndpointPool(host, port, tls=tls)

@@ -18,6 +18,13 @@ from tests.support.harness import ProxyProcess, metric_value
 MIB = 1024 * 1024
 
 
+def _atomic_write(path, text: str) -> None:
+    """Write then rename, as editors and ConfigMap updates do: no half-written reads."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _write_config(path, backends: list[tuple[str, int]], weights=(90, 10), *, extra_route=None,
                   **top) -> None:
     config = {
@@ -36,7 +43,7 @@ def _write_config(path, backends: list[tuple[str, int]], weights=(90, 10), *, ex
         }],
         **top,
     }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    _atomic_write(path, yaml.safe_dump(config, sort_keys=False))
 
 
 @pytest.mark.slow
@@ -116,7 +123,7 @@ async def test_reload_under_load_20_rewrites_some_invalid(tmp_path, echo_factory
                 before = await _admin_json(admin, proxy.admin_url + "/api/v1/config")
                 invalid = i % 4 == 3
                 if invalid:
-                    config.write_text(config.read_text().replace("weight: ", "weight: -", 1))
+                    _atomic_write(config, config.read_text().replace("weight: ", "weight: -", 1))
                 else:
                     _write_config(config, backends, weights=(100 - 5 * i, 5 * i))
                 # wait for the watcher to pick the change up

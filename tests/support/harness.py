@@ -144,7 +144,8 @@ class ProxyProcess:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        """SIGINT (no drain delay) by default; pass SIGTERM to test the orchestrator drain."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(sig)

@@ -135,7 +135,7 @@ def test_json_summary(config_file, capsys):
     assert [(b["name"], b["share"]) for b in shop["backends"]] == [("shop/v1", 66.667),
                                                                    ("shop/v2", 33.333)]
     assert shop["matches"][0]["headers"]["x-canary"] == {"kind": "exact", "value": "yes",
-                                                         "ignore_case": False}
+                                                         "ignore_case": False, "invert": False}
     assert shop["fault"]["header_secret"] == "<redacted>"
     assert result["admin"] == {"listen": "127.0.0.1:9901", "token": "<redacted>"}
     (service,) = result["services"]
