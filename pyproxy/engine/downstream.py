@@ -31,14 +31,29 @@ logger = logging.getLogger("pyproxy.engine")
 # Pause reading from a client while this much of its request body waits unread.
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
-# Most pipelined requests parsed ahead of the one being answered.
+# Most pipelined requests parsed ahead of the one being answered: at this many, reading
+# from the client pauses.
 MAX_PIPELINED = 16
+# Pausing only stops the next read; the bytes of the current read are parsed at once, and
+# 256 KiB of tiny pipelined GETs would queue ~10 000 exchanges (tens of MB). Past this many
+# the rest of the read is dropped and the connection closes after the queued answers: a
+# pipelining client retries what went unanswered (RFC 9112 §9.3.2).
+MAX_PIPELINED_PARSED = 4 * MAX_PIPELINED
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 # reg-name or IP literal, optional port; no userinfo, no whitespace (RFC 9110 §7.2, §4.2.3).
 _VALID_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?\Z")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# A path segment that is "." or ".." once %2e is decoded, with or without ";params"
+# ("/..;/" is ".." to Tomcat). Upstreams resolve these, so /public/../admin would reach
+# /admin while pyproxy routed it as /public/...: refused instead (HD-16).
+_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:;[^/]*)?(?:/|\Z)", re.IGNORECASE)
+# Methods pyproxy forwards, for the Allow header of an OPTIONS it answers itself (HD-4).
+_ALLOW = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+# HTTP's optional whitespace. str.strip() would also eat \x0b, \x1c-\x1f, \x85 and \xa0,
+# which llhttp does not: "Transfer-Encoding: \xa0chunked" must not read as chunked here.
+_OWS = " \t"
 
 
 class _StopParsing(Exception):
@@ -75,7 +90,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "listener", "loop", "transport", "parser", "client_ip", "_url", "_headers",
         "_header_bytes", "_parsing", "_queue", "_active", "_accepting", "_timer",
         "_reading_paused", "_write_paused", "_drain_waiters", "_tunnel", "_head_started",
-        "_completed", "busy",
+        "_completed", "busy", "_begun", "_head_read",
     )
 
     def __init__(self, listener: Listener):
@@ -99,6 +114,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._head_started = False
         self._completed: DownstreamExchange | None = None  # the last fully parsed request
         self.busy = False
+        self._begun = 0  # requests whose first byte llhttp has seen (on_message_begin)
+        self._head_read = 0  # bytes read while one unfinished request head stayed unfinished
 
     # ------------------------------------------------------------------ connection
 
@@ -130,6 +147,18 @@ class DownstreamProtocol(asyncio.Protocol):
                 exchange.client_gone()
         self._queue.clear()
 
+    def eof_received(self) -> bool:
+        """The client half-closed (shutdown(SHUT_WR)): it sends nothing more but may still
+        read. Answer the requests already received in full, then close. Without this the
+        transport closed at once and such a client never got its response. A request cut
+        off mid-head or mid-body is an abort (FR-7): close now, as before."""
+        self._accepting = False
+        if (self._tunnel is not None or self._parsing is not None or self._head_started
+                or not self.busy):
+            return False  # asyncio closes the transport; connection_lost does the rest
+        (self._queue[-1] if self._queue else self._active).keep_alive = False
+        return True
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -148,7 +177,21 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._write_paused and not self.transport.is_closing():
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
-            await waiter
+            # Slow-read attack (RX-7): pausing keeps memory bounded, but a client that takes
+            # nothing would hold this connection and its upstream forever. Give up once the
+            # write buffer has not shrunk for body_idle seconds (progress, however slow,
+            # re-arms the wait, like nginx's send_timeout).
+            idle = self.listener.timeouts.body_idle
+            pending = self.transport.get_write_buffer_size()
+            while True:
+                done, _ = await asyncio.wait((waiter,), timeout=idle)
+                if done:
+                    return
+                now = self.transport.get_write_buffer_size()
+                if now >= pending:
+                    self.transport.abort()
+                    raise ClientDisconnected("client stopped reading")
+                pending = now
 
     # ------------------------------------------------------------------ timers
 
@@ -180,6 +223,9 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if not self._accepting:
             return  # bytes after Connection: close or after an error are ignored
+        in_head = self._head_started  # a request head was already unfinished before this read
+        between = not in_head and self._parsing is None  # data[0] starts a new request
+        begun = self._begun
         if not self._head_started and self._parsing is None:
             self._head_started = True
             self._arm_timer(self.listener.timeouts.request_header, self._on_header_timeout)
@@ -197,11 +243,33 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._reject(DownstreamError(f"parser callback failed: {cause!r}"))
         except httptools.HttpParserError as exc:
             if self._accepting:
-                self._reject(DownstreamError(f"malformed request: {exc}", status=_status_for(exc)))
+                # The method, when the failing request is the only one begun in this read
+                # and began at data[0] (otherwise unknown, and the answer is 400).
+                method = data.lstrip(b"\r\n").split(b" ", 1)[0] \
+                    if between and self._begun == begun + 1 else b""
+                self._reject(DownstreamError(f"malformed request: {exc}",
+                                             status=_status_for(exc, method)))
+            return
+        # httptools buffers a header field until it is complete, without any limit: a
+        # client streaming one endless header line would grow memory (and re-copy it per
+        # read) until the header timeout. Count the reads spent inside one unfinished head.
+        if self._accepting and self._head_started:
+            if in_head and self._begun == begun:
+                self._head_read += len(data)  # this whole read belongs to that head
+            else:
+                self._head_read = 0  # a head began in this read: counted from the next one
+            limits = self.listener.limits
+            if self._head_read > limits.max_request_line + limits.max_header_bytes:
+                self._reject(DownstreamError("header block too large", status=431))
 
     def on_message_begin(self) -> None:
         if not self._accepting:
             raise _StopParsing()
+        if len(self._queue) >= MAX_PIPELINED_PARSED:
+            self._accepting = False
+            self._queue[-1].keep_alive = False
+            raise _StopParsing()
+        self._begun += 1
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -220,6 +288,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > limits.max_header_bytes or len(self._headers) >= limits.max_headers:
             raise DownstreamError("header block too large", status=431)
+        if len(name) + len(value) + 2 > limits.max_request_line:
+            # One field line gets the request line's limit (nginx's large_client_header_buffers,
+            # aiohttp's 8190): a 20 KB header is refused even inside a 64 KB block (RX-4).
+            raise DownstreamError("header line too long", status=431)
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -257,6 +329,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self._accepting = False  # whatever happens, no more HTTP requests on this connection
         if exchange is None:
             return
+        # ...so the response must say so and the connection close after it. Otherwise an
+        # h2c (or refused WebSocket) client is told keep-alive, sends its next request, and
+        # waits on a connection that ignores it until the idle timeout.
+        exchange.keep_alive = False
         if exchange.body_expected:
             # llhttp did not frame this body: refuse rather than forward a length we never read.
             exchange.fail(DownstreamError("body on an upgrade request", status=400))
@@ -283,6 +359,7 @@ class DownstreamProtocol(asyncio.Protocol):
         transfer_encoding = None
         expect = None
         upgrade = None
+        max_forwards = None
         for name, value in headers:
             if "_" in name:
                 # X_Forwarded_For would reach some upstreams as X-Forwarded-For (Envoy REJECT).
@@ -299,13 +376,20 @@ class DownstreamProtocol(asyncio.Protocol):
                 expect = value
             elif name == "upgrade":
                 upgrade = value
+            elif name == "max-forwards":
+                max_forwards = value
         if transfer_encoding is not None:
             if version == "1.0":
                 raise DownstreamError("transfer-encoding in HTTP/1.0")
-            if transfer_encoding.strip().lower() != "chunked":
-                codings = [c.strip() for c in transfer_encoding.split(",")]
+            if transfer_encoding.strip(_OWS).lower() != "chunked":
+                codings = [c.strip(_OWS).lower() for c in transfer_encoding.split(",")]
                 if any(not c or not _TOKEN.match(c) for c in codings):
                     raise DownstreamError("malformed transfer-encoding")
+                if codings[-1] != "chunked" or codings.count("chunked") > 1:
+                    # RFC 9112 §6.3 ¶4: chunked not (only once and) last means the body
+                    # length cannot be determined: MUST be 400, even for "identity".
+                    raise DownstreamError("chunked is not the final transfer-coding")
+                # "gzip, chunked": well framed, but a coding we do not implement (§6.1 SHOULD).
                 raise DownstreamError("unsupported transfer-coding", status=501)
             if content_length is not None:
                 raise DownstreamError("content-length with transfer-encoding")
@@ -341,6 +425,8 @@ class DownstreamProtocol(asyncio.Protocol):
             headers.append(("host", host))
         if not host and version == "1.1":
             raise DownstreamError("missing host")
+        if _DOT_SEGMENT.search(path):
+            raise DownstreamError("dot-segment in path")
 
         body_expected = transfer_encoding is not None or (
             content_length is not None and content_length != "0")
@@ -350,16 +436,28 @@ class DownstreamProtocol(asyncio.Protocol):
             raise DownstreamError("content-length over the limit", status=413)  # before any 100
         send_continue = False
         if expect is not None and version == "1.1":
-            if expect.strip().lower() != "100-continue":
+            if expect.strip(_OWS).lower() != "100-continue":
                 raise DownstreamError("unsupported expectation", status=417)
             send_continue = body_expected
+
+        answer_options = False
+        if method == "OPTIONS" and max_forwards is not None \
+                and max_forwards.strip(_OWS).isdigit() and max_forwards.isascii():
+            # RFC 9110 §7.6.2 (HD-4): 0 means this proxy is the final recipient and answers
+            # itself; otherwise the next hop gets one less. (TRACE never gets this far.)
+            hops = int(max_forwards.strip(_OWS))
+            if hops == 0:
+                answer_options = True
+            else:
+                headers = [(n, str(hops - 1) if n == "max-forwards" else v) for n, v in headers]
 
         head = RequestHead(method, path, query, version, headers, _normalise_host(host),
                            self.client_ip, scheme)
         exchange = DownstreamExchange(self, head, body_expected, length, send_continue)
+        exchange.answer_options = answer_options
         if upgrade is not None:
-            exchange.is_websocket = (upgrade.strip().lower() == "websocket" and method == "GET"
-                                     and version == "1.1")
+            exchange.is_websocket = (upgrade.strip(_OWS).lower() == "websocket"
+                                     and method == "GET" and version == "1.1")
         return head, exchange
 
     # ------------------------------------------------------------------ dispatch
@@ -371,7 +469,16 @@ class DownstreamProtocol(asyncio.Protocol):
 
     async def _serve(self, exchange: "DownstreamExchange") -> None:
         try:
-            await self.listener.handler(exchange.head, exchange)
+            error = exchange._error
+            if isinstance(error, DownstreamError):
+                # Refused while its bytes were parsed, before the pipeline got to run (a bad
+                # chunk or an oversized body in the same read as the head): answer here, so
+                # not even the request head reaches an upstream.
+                exchange.respond_locally(error.status, error.body)
+            elif exchange.answer_options:
+                exchange.respond_locally(200, b"", [("allow", _ALLOW)])
+            else:
+                await self.listener.handler(exchange.head, exchange)
         except asyncio.CancelledError:
             exchange.abort()  # the client went away mid-response
         except Exception:
@@ -438,10 +545,15 @@ class DownstreamProtocol(asyncio.Protocol):
         return self._tunnel
 
 
-def _status_for(exc: Exception) -> int:
-    """llhttp's errors are all malformed framing or syntax: 400, except unknown methods."""
+def _status_for(exc: Exception, method: bytes = b"") -> int:
+    """llhttp's errors are malformed framing or syntax (400), except two: a method that is
+    a valid token llhttp does not know (501; ``method`` is b"" when unknown), and an
+    HTTP version other than 1.0/1.1/2.0/0.9 (505, as _validate_head answers for 2.0)."""
     if isinstance(exc, httptools.HttpParserInvalidMethodError):
-        return 501 if b"Invalid method" in str(exc).encode() else 400
+        token = method.decode("latin-1")
+        return 501 if token and _TOKEN.match(token) else 400
+    if str(exc) == "Invalid HTTP version":
+        return 505
     return 400
 
 
@@ -462,6 +574,7 @@ class DownstreamExchange:
         "task", "is_websocket", "upgrade_data", "_chunks", "_buffered", "_body_done",
         "_waiter", "_error", "bytes_in", "bytes_out", "response_started", "response_done",
         "aborted", "_chunked_out", "_no_body", "_pending_head", "_expected_out",
+        "answer_options",
     )
 
     def __init__(self, conn: DownstreamProtocol, head: RequestHead, body_expected: bool,
@@ -489,6 +602,7 @@ class DownstreamExchange:
         self._no_body = False
         self._pending_head: bytes | None = None
         self._expected_out: int | None = None
+        self.answer_options = False  # OPTIONS with Max-Forwards: 0, answered by the engine
 
     # ------------------------------------------------------------------ body in (engine side)
 
@@ -645,6 +759,14 @@ class DownstreamExchange:
                 self._pending_head = None
             transport.close()
 
+    def respond_locally(self, status: int, body: bytes,
+                        headers: list[tuple[str, str]] | None = None) -> None:
+        """A complete response from the engine itself; nothing goes upstream."""
+        block = [("content-type", "text/plain")] if body else []
+        self.start_response(status, block + list(headers or ()), len(body))
+        self.write(body)
+        self.end_response()
+
     def upgrade(self) -> "_DownstreamTunnel":
         """After a 101 was written: the connection carries raw bytes from now on."""
         pending = self._pending_head
@@ -698,7 +820,12 @@ class _DownstreamTunnel:
             self.conn.transport.write(data)
 
     async def drain(self) -> None:
-        await self.conn.drain()
+        try:
+            await self.conn.drain()
+        except ClientDisconnected:
+            # A client that stopped reading was cut (see DownstreamProtocol.drain); its
+            # connection_lost ends the tunnel through feed_eof, with nothing left to raise.
+            pass
 
     def close(self) -> None:
         self.conn.close()
