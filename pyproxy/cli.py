@@ -93,9 +93,19 @@ def _build_parser() -> argparse.ArgumentParser:
     source.add_argument("--admin", metavar="URL", help="ask a running proxy (live weights)")
     explain.add_argument("--json", action="store_true")
 
+    canary = sub.add_parser("canary", help="drive the automated canary (status, promote, abort, "
+                                           "pause, resume)")
+    canary.add_argument("action", choices=["status", "promote", "abort", "pause", "resume"])
+    canary.add_argument("name", nargs="?", metavar="NAME",
+                        help="the canary; may be left out when only one is configured")
+    canary.add_argument("--admin", metavar="URL", help=admin_help)
+    canary.add_argument("--watch", action="store_true", help="status: refresh every 2 s")
+    canary.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="run the storefront → stockmanager → zipkin lab locally")
-    demo.add_argument("--scenario", default="canary",
-                      choices=["canary", "chaos", "dark-launch", "blue-green", "circuit-breaker"])
+    from pyproxy.demo.scenarios import SCENARIOS  # plain data, cheap to import
+
+    demo.add_argument("--scenario", default="canary", choices=list(SCENARIOS))
     demo.add_argument("--load", type=float, default=5.0, metavar="RPS",
                       help="built-in gentle load so the dashboard moves (0 = off)")
     demo.add_argument("--port", type=int, default=8080, help="the storefront proxy's port")
@@ -266,5 +276,82 @@ def _explain_offline(args) -> int:
     return 0
 
 
+def _canary(client, args) -> int:
+    import json
+    import time
+    from urllib.parse import quote
+
+    from pyproxy.admin.client import AdminError
+
+    while True:
+        canaries = client.get("/api/v1/canaries")["canaries"]
+        names = [c["name"] for c in canaries]
+        listed = ", ".join(names) or "none configured"
+        if args.name is not None and args.name not in names:
+            raise AdminError(f"no canary {args.name}; canaries: {listed}")
+        if args.action != "status":
+            if args.name is None and len(names) != 1:
+                raise AdminError(f"name the canary: pyproxy canary {args.action} NAME "
+                                 f"(canaries: {listed})")
+            name = args.name or names[0]
+            view = client.request("POST", f"/api/v1/canaries/{quote(name, safe='')}/"
+                                          f"{args.action}")
+            print(json.dumps(view, indent=2) if args.json else _canary_text([view], events=3))
+            return 0
+        shown = [c for c in canaries if args.name is None or c["name"] == args.name]
+        if args.json:
+            print(json.dumps({"canaries": shown}, indent=2))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            print(_canary_text(shown, events=8 if len(shown) == 1 else 3))
+        if not args.watch:
+            return 0
+        time.sleep(2)
+
+
+def _canary_text(canaries: list[dict], events: int) -> str:
+    """``pyproxy canary status``: per canary, where it stands, its last check, recent events."""
+    import time
+
+    if not canaries:
+        return "no canaries configured (see 'canaries:' in the config)"
+
+    def pct(value) -> str:
+        return "-" if value is None else f"{value:g}%"
+
+    lines = []
+    for c in canaries:
+        lines.append(f"{c['name']}: {c['primary']} -> {c['candidate']} on route {c['route']}")
+        if c["phase"] == "blocked":
+            lines += [f"  not running: {c.get('message', '')}", ""]
+            continue
+        steps = ", ".join(pct(w) for w in c["steps"])
+        state = (f"  {c['phase']}: candidate {pct(c['candidate_weight'])}, primary "
+                 f"{pct(c['primary_weight'])}; step {c['step']}/{len(c['steps'])} ({steps}); "
+                 f"failed checks {c['failed_checks']}/{c['threshold']}")
+        if c.get("next_check_in_s") is not None:
+            state += f"; next check in {c['next_check_in_s']:.0f}s"
+        lines.append(state)
+        check = c.get("last_check")
+        if check:
+            def side(stats) -> str:
+                if not stats or not stats["requests"]:
+                    return "0 requests"
+                p99 = "-" if stats["p99_ms"] is None else f"{stats['p99_ms']:.0f}ms"
+                return (f"{stats['requests']} requests, success {stats['success_rate']:.1f}%, "
+                        f"p99 {p99}")
+            reasons = f" ({'; '.join(check['reasons'])})" if check["reasons"] else ""
+            lines.append(f"  last check: {check['verdict']}{reasons} at {pct(check['weight'])} "
+                         f"over {check['seconds']:.1f}s - candidate {side(check['candidate'])}; "
+                         f"primary {side(check['primary'])}")
+        for event in c["events"][-events:]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+            lines.append(f"  {stamp}  {event['phase']:<17} {pct(event['weight']):>5}  "
+                         f"{event['message']}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 _ADMIN_COMMANDS = {"status": _status, "set-weight": _set_weight, "fault": _fault,
-                   "explain": _explain_remote}
+                   "explain": _explain_remote, "canary": _canary}

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 import time
-from contextlib import nullcontext
 
 from pyproxy.engine import wire
 from pyproxy.engine.upstream import ResponseHead, UpstreamConnection
@@ -348,25 +347,34 @@ class Proxy:
         endpoint.active += 1
         conn = None
         pump = None
+        # The attempt's deadline: a plain loop timer that cancels this task, cheaper on the
+        # hot path than asyncio.timeout's context manager (which reschedules on every use).
+        timer = expired = None
+        if deadline is not None:
+            expired = []
+            timer = asyncio.get_running_loop().call_at(deadline, _expire, asyncio.current_task(),
+                                                       expired)
         try:
-            async with asyncio.timeout_at(deadline) if deadline is not None else nullcontext():
-                conn, reused = await self._acquire(endpoint, service)
-                pump = self._send(conn, exchange, request_head, body, is_head)
-                try:
-                    response = await conn.response_head()
-                except UpstreamReset:
-                    if not reused or pump is not None or not service.breaker.try_open_connection():
-                        raise
-                    # The pooled connection was closed by the upstream as we picked it up
-                    # (keep-alive race): one fresh connection, not counted as a retry.
-                    conn = await self._connect(endpoint, service)
-                    self._send(conn, exchange, request_head, body, is_head)
-                    response = await conn.response_head()
+            conn, reused = await self._acquire(endpoint, service)
+            pump = self._send(conn, exchange, request_head, body, is_head)
+            try:
+                response = await conn.response_head()
+            except UpstreamReset:
+                if not reused or pump is not None or not service.breaker.try_open_connection():
+                    raise
+                # The pooled connection was closed by the upstream as we picked it up
+                # (keep-alive race): one fresh connection, not counted as a retry.
+                conn = await self._connect(endpoint, service)
+                self._send(conn, exchange, request_head, body, is_head)
+                response = await conn.response_head()
             return conn, response, pump
-        except TimeoutError:
+        except asyncio.CancelledError:
             if conn is not None:
                 conn.abort()
             _stop(pump)
+            if not expired:
+                raise  # a real cancellation (the client left): propagate it
+            asyncio.current_task().uncancel()
             raise UpstreamTimeout("upstream did not answer in time") from None
         except BaseException as exc:
             if conn is not None:
@@ -376,6 +384,8 @@ class Proxy:
                 raise client_fault from None  # the client cut its body short, not the upstream
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             endpoint.active -= 1
 
     async def _acquire(self, endpoint: EndpointState, service: ServiceRuntime
@@ -387,7 +397,7 @@ class Proxy:
         if conn is not None:
             return conn, True
         breaker = service.breaker
-        if not breaker.try_open_connection():
+        if not breaker.try_open_connection(endpoint_has_none=pool.open == 0):
             limit = breaker.enter_queue()
             if limit is not None:
                 self.stats.record_overflow(service.name, limit)
@@ -400,7 +410,7 @@ class Proxy:
                     conn = pool.take_idle()
                     if conn is not None:
                         return conn, True
-                    if breaker.try_open_connection():
+                    if breaker.try_open_connection(endpoint_has_none=pool.open == 0):
                         break
             except TimeoutError:
                 self.stats.record_overflow(service.name, breaker.pending_timed_out())
@@ -607,6 +617,11 @@ def _stop(pump: asyncio.Task | None) -> BaseException | None:
         if isinstance(exc, (ClientDisconnected, DownstreamError)):
             return exc
     return None
+
+
+def _expire(task: asyncio.Task, expired: list) -> None:
+    expired.append(True)
+    task.cancel()
 
 
 def _attempt_deadline(loop, deadline: float | None, per_try: float | None) -> float | None:

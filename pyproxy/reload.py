@@ -71,8 +71,12 @@ async def watch(paths: Sequence[str], reload: Callable[[], Awaitable[object]],
     last = _fingerprint(paths)
 
     async def on_change(reason: str) -> None:
+        # Events and the poll both see one change: reload each file state once.
         nonlocal last
-        last = _fingerprint(paths)
+        current = _fingerprint(paths)
+        if current == last:
+            return
+        last = current
         logger.info("config change seen (%s): reloading", reason)
         await reload()
 

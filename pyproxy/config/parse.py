@@ -1123,6 +1123,13 @@ def _canaries(ctx: _Context, documents: Sequence[_At]) -> tuple[Canary, ...]:
 
 # ---------------------------------------------------------------------------- top level
 
+
+def _log_format(ctx: _Context, value: Any, at: _At) -> str:
+    """json | text | off — YAML reads an unquoted ``off`` as false, which means off too."""
+    if _resolved(ctx, value) is False:
+        return "off"
+    return _choice("json", "text", "off")(ctx, value, at)
+
 _SETTINGS: dict[str, Reader] = {
     "listen": _listen,
     "tls": _record(ListenerTLS, {"cert": _text, "key": _text}, required=("cert", "key")),
@@ -1142,7 +1149,7 @@ _SETTINGS: dict[str, Reader] = {
         "max_body_bytes": _integer(0),
         "max_connections": _integer(1),
     }),
-    "access_log": _record(AccessLog, {"format": _choice("json", "text", "off")}),
+    "access_log": _record(AccessLog, {"format": _log_format}),
     "metrics": _record(MetricsConfig, {"linkerd_compat": _bool}),
 }
 _SECTIONS = ("services", "routes", "canaries")

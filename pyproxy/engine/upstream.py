@@ -336,6 +336,7 @@ class EndpointPool:
         self.ssl_context = ssl_context
         self.server_name: str | None = None
         self.idle: list[UpstreamConnection] = []
+        self.open = 0  # connections open to this endpoint, idle or busy
         self.connect_timeout = 2.0
         self.idle_timeout = 60.0
         # Called once per connection when it closes, and when one goes idle: the owning
@@ -369,15 +370,21 @@ class EndpointPool:
             # Verification is on unless the service's tls policy turned it off.
             tls = {"ssl": self.ssl_context or _default_client_context(),
                    "server_hostname": self.server_name or self.host}
+        self.open += 1  # counted from the attempt on: a connect in progress is a connection
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(self), self.host, self.port, **tls)
-        except TimeoutError:
-            raise UpstreamConnectFailure(f"connect timeout to {self.host}:{self.port}") from None
-        except (OSError, ssl_module.SSLError) as exc:
-            # A refused handshake (bad certificate, wrong name) is a failed connect too.
-            raise UpstreamConnectFailure(f"connect to {self.host}:{self.port}: {exc}") from None
+        except BaseException as exc:
+            self.open -= 1
+            if isinstance(exc, TimeoutError):
+                raise UpstreamConnectFailure(
+                    f"connect timeout to {self.host}:{self.port}") from None
+            if isinstance(exc, (OSError, ssl_module.SSLError)):
+                # A refused handshake (bad certificate, wrong name) is a failed connect too.
+                raise UpstreamConnectFailure(
+                    f"connect to {self.host}:{self.port}: {exc}") from None
+            raise
         return conn
 
     def put_back(self, conn: UpstreamConnection) -> None:
@@ -399,6 +406,7 @@ class EndpointPool:
             self.idle.remove(conn)
         if not conn.forgotten:
             conn.forgotten = True
+            self.open -= 1
             if self.on_connection_closed is not None:
                 self.on_connection_closed()
 

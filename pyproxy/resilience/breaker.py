@@ -113,9 +113,13 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ connections
 
-    def try_open_connection(self) -> bool:
-        """Count a new connection if ``max_connections`` allows one (else open nothing)."""
-        if self.connections >= self._limits.max_connections:
+    def try_open_connection(self, endpoint_has_none: bool = False) -> bool:
+        """Count a new connection if ``max_connections`` allows one (else open nothing).
+
+        An endpoint with no connection at all may always open its first one, counted over
+        the limit (as Envoy's per-host pools do): otherwise an idle connection to one
+        endpoint could hold the only slot and starve every other endpoint of the service."""
+        if self.connections >= self._limits.max_connections and not endpoint_has_none:
             return False
         self.connections += 1
         return True

@@ -3,8 +3,8 @@
 A route answers for its ``hosts`` (exact names, ``*.suffix`` wildcards, or every host when
 it lists none) and its match block. Kubernetes short names work both ways: a route for
 ``stockmanager`` also answers ``stockmanager.NS``, ``stockmanager.NS.svc`` and
-``stockmanager.NS.svc.cluster.local``. A host that no route names but that is the name of a
-known service goes straight to that service (SPEC §2).
+``stockmanager.NS.svc.cluster.local``. A request that no configured route takes, for a
+host that is the name of a known service, goes straight to that service (SPEC §2).
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ class RouteTable(Generic[R]):
         if found is None:
             found = tuple(r for r in self.routes
                           if not r.hosts or any(host_matches(p, host) for p in r.hosts))
-            if not any(r.hosts for r in found):
-                # No route names this host: a known service's name reaches that service
-                # before any catch-all route does.
-                service = self._implicit.get(host) or self._implicit.get(
-                    kubernetes_short_name(host) or "")
-                if service is not None:
-                    found = (service,) + found
+            # A known service's name reaches that service when no configured route takes
+            # the request: configured routes (catch-alls included) always come first, so
+            # a split or fault on a route is never bypassed by naming the service.
+            service = self._implicit.get(host) or self._implicit.get(
+                kubernetes_short_name(host) or "")
+            if service is not None:
+                found = found + (service,)
             if len(self._candidates) >= _CACHE_LIMIT:
                 self._candidates.clear()  # unbounded Host values must not grow memory
             self._candidates[host] = found

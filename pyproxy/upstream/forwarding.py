@@ -69,6 +69,12 @@ def request_headers(head: RequestHead, host: str, request_id: str,
         named = _connection_named(head.headers)
         if named:
             out = [(n, v) for n, v in out if n not in named or n == "host"]
+            # The client's own values of fields we extend are hop-by-hop too when named:
+            # pyproxy's additions below stand alone.
+            if "x-forwarded-for" in named:
+                forwarded_for = None
+            if "via" in named:
+                via = None
     out.append(("x-request-id", request_id))
     client = head.client_ip
     out.append(("x-forwarded-for", f"{forwarded_for}, {client}" if forwarded_for else client))

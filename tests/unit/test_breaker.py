@@ -132,3 +132,11 @@ def test_snapshot_and_repr():
     budgeted = CircuitBreaker(LIMITS, RetryBudget())
     assert budgeted.snapshot()["retries"] == {"active": 0, "max": 3, "budget": True}
     assert "retries=0/budget" in repr(budgeted)
+
+
+def test_an_endpoint_without_connections_may_always_open_its_first():
+    breaker = CircuitBreaker(ConnectionPool(max_connections=1))
+    assert breaker.try_open_connection()
+    assert not breaker.try_open_connection()
+    assert breaker.try_open_connection(endpoint_has_none=True)  # another endpoint's first
+    assert breaker.connections == 2

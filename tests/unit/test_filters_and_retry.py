@@ -131,8 +131,10 @@ def test_forwarded_request_headers():
 
 
 def test_connection_cannot_remove_headers_pyproxy_adds():
-    h = head(headers_=[("host", "shop"), ("connection", "x-forwarded-for, via")])
+    h = head(headers_=[("host", "shop"), ("connection", "x-forwarded-for, via"),
+                       ("x-forwarded-for", "6.6.6.6"), ("via", "1.0 spoof")])
     d = dict(forwarding.request_headers(h, "shop", "rid"))
+    # The client's named values are dropped; pyproxy's own stay.
     assert d["x-forwarded-for"] == "10.1.2.3" and d["via"] == "1.1 pyproxy"
 
 

@@ -113,15 +113,17 @@ def test_first_match_wins_in_file_order():
     assert table.match(head(host="other")) is None  # 404 NR
 
 
-def test_catch_all_routes_and_implicit_services():
-    catch_all = FakeRoute("catch-all")
+def test_implicit_service_routes_are_the_fallback():
+    catch_all = FakeRoute("catch-all", matcher=lambda h: h.path.startswith("/api"))
     named = FakeRoute("named", ["shop"])
     implicit = FakeRoute("zipkin-implicit")
     table = RouteTable([named, catch_all], {"zipkin": implicit})
     assert table.match(head(host="shop")) is named
-    assert table.match(head(host="zipkin")) is implicit  # a known service beats the catch-all
-    assert table.match(head(host="zipkin.default.svc.cluster.local")) is implicit
-    assert table.match(head(host="unknown")) is catch_all
+    # Regression: naming the service once bypassed a catch-all route's split and faults.
+    assert table.match(head("/api/x", host="zipkin")) is catch_all
+    assert table.match(head("/other", host="zipkin")) is implicit
+    assert table.match(head("/other", host="zipkin.default.svc.cluster.local")) is implicit
+    assert table.match(head("/other", host="unknown")) is None
 
 
 def test_candidate_cache_is_bounded():
