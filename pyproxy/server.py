@@ -27,7 +27,8 @@ from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.config.model import Address, Config
 from pyproxy.control import ProxyControl
 from pyproxy.engine.downstream import Listener
-from pyproxy.metrics import Stats
+from pyproxy.canary.controller import CanaryController
+from pyproxy.metrics import Stats, backend_workloads
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch
 from pyproxy.runtime import Runtime
@@ -76,6 +77,8 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     stats = Stats()
     stats.weights_provider = runtime.backend_weights
     stats.ejections_provider = runtime.ejections
+    stats.workloads_provider = lambda: backend_workloads(runtime.snapshot.config)
+    stats.linkerd_compat = config.metrics.linkerd_compat
     stats.record_reload(True, runtime.generation)
     access_log = AccessLog(config.access_log.format)
     proxy = Proxy(runtime, stats, access_log, rng=rng)
@@ -89,6 +92,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     listener = Listener(proxy.handle, timeouts=config.timeouts, limits=config.limits,
                         scheme="https" if listener_tls else "http")
     control = ProxyControl(paths, loaded, runtime, stats, listener, overrides)
+    control.canaries = CanaryController(runtime, stats)
     tasks = TaskGroup()
 
     try:
@@ -116,9 +120,10 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
 
     for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
         loop.add_signal_handler(sig, request_stop, name)
-    loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(control.reload(), "sighup-reload"))
+    loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(_sighup(control), "sighup-reload"))
     tasks.spawn(watch(paths, control.reload), "config-watch")
     tasks.spawn(_tick(runtime, listener_tls), "tick")
+    tasks.spawn(control.canaries.run(), "canaries")
 
     control.serving = True
     bound = server.sockets[0].getsockname()
@@ -140,6 +145,12 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     return 0
+
+
+async def _sighup(control: ProxyControl) -> None:
+    logger.info("SIGHUP: reloading the config")
+    result = await control.reload()
+    logger.info("SIGHUP reload: %s (generation %d)", result["result"], result["generation"])
 
 
 async def _tick(runtime: Runtime, listener_tls: "ListenerCertificate | None") -> None:

@@ -222,3 +222,44 @@ async def test_sigterm_drains_in_flight_requests(tmp_path, echo_factory):
         for r in responses:
             assert json.loads(await r.read())["path"] == "/sleep/1.0"
     assert proxy.proc.wait(10) == 0
+
+
+async def test_sighup_reload_and_access_log_lines_are_json(tmp_path, echo_factory):
+    v1, v2 = await echo_factory("v1"), await echo_factory("v2")
+    config = tmp_path / "pyproxy.yaml"
+    _write_config(config, [("v1", v1.port), ("v2", v2.port)], weights=(100, 0),
+                  access_log={"format": "json"})
+    log = tmp_path / "access.log"
+    proxy = ProxyProcess(config, stdout=log).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(proxy.url + "/before?q=1",
+                                   headers={"x-request-id": "rid-1", "traceparent": "00-a-b-01"}) as r:
+                assert json.loads(await r.read())["name"] == "v1"
+            # An explicit SIGHUP reload runs on its own (the watcher also reloads files; the
+            # log line says which path did the work).
+            proxy.proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            _write_config(config, [("v1", v1.port), ("v2", v2.port)], weights=(0, 100),
+                          access_log={"format": "json"})
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                async with session.get(proxy.url + "/after") as r:
+                    if json.loads(await r.read())["name"] == "v2":
+                        break
+            else:
+                raise AssertionError("the rewritten config was not reloaded")
+    finally:
+        assert proxy.stop() == 0
+    stderr = proxy.stderr_text()
+    assert "SIGHUP: reloading the config" in stderr
+    assert "SIGHUP reload: unchanged (generation 1)" in stderr
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    first = lines[0]
+    assert set(first) >= {"time", "request_id", "method", "host", "path", "route", "backend",
+                          "endpoint", "status", "flags", "attempts", "duration_ms", "bytes_in",
+                          "bytes_out"}
+    assert (first["request_id"], first["path"], first["route"], first["backend"],
+            first["status"], first["attempts"]) == ("rid-1", "/before", "main", "svc/v1", 200, 1)
+    assert first["endpoint"] == f"127.0.0.1:{v1.port}" and first["bytes_out"] > 0
+    assert any(line["backend"] == "svc/v2" for line in lines)

@@ -94,8 +94,10 @@ class InProcessProxy:
 class ProxyProcess:
     """``python -m pyproxy run`` on free ports; waits for /readyz."""
 
-    def __init__(self, *config_paths: str | Path, env: dict | None = None):
+    def __init__(self, *config_paths: str | Path, env: dict | None = None,
+                 stdout: Path | None = None):
         self.config_paths = [str(p) for p in config_paths]
+        self.stdout = stdout  # where the access log goes (default: discarded)
         self.port = free_port()
         self.admin_port = free_port()
         self.env = {**os.environ, **(env or {})}
@@ -114,8 +116,8 @@ class ProxyProcess:
         for path in self.config_paths:
             args += ["-c", path]
         args += ["--listen", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}"]
-        self.proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        out = open(self.stdout, "wb") if self.stdout else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         import urllib.request
         while time.monotonic() < deadline:
