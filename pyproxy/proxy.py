@@ -574,21 +574,34 @@ class Proxy:
         conn.release()
 
     async def _tunnel(self, tunnel, conn: UpstreamConnection) -> None:
-        """Copy bytes both ways after a 101 until either side closes."""
+        """Copy bytes both ways after a 101 until either side closes, or until neither has
+        sent anything for ``timeouts.tunnel_idle`` (a forgotten socket must not live forever)."""
+        loop = asyncio.get_running_loop()
+        idle = self.runtime.snapshot.config.timeouts.tunnel_idle
+        last = loop.time()
 
         async def client_to_upstream():
+            nonlocal last
             while data := await tunnel.read():
+                last = loop.time()
                 conn.send(data)
                 if conn.write_paused:
                     await conn.drain()
 
         async def upstream_to_client():
+            nonlocal last
             while data := await conn.read_body():
+                last = loop.time()
                 tunnel.write(data)
                 await tunnel.drain()
 
+        async def watchdog():
+            while (wait := last + idle - loop.time()) > 0:
+                await asyncio.sleep(wait)
+
         tasks = [asyncio.ensure_future(client_to_upstream()),
-                 asyncio.ensure_future(upstream_to_client())]
+                 asyncio.ensure_future(upstream_to_client()),
+                 asyncio.ensure_future(watchdog())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -363,6 +363,7 @@ class Timeouts:
     request_header: float = 10.0  # whole header block, from the first byte (slowloris)
     body_idle: float = 30.0  # longest pause between request body bytes
     keep_alive: float = 60.0  # idle downstream connection
+    tunnel_idle: float = 3600.0  # a WebSocket tunnel with no bytes either way (Envoy: 1 h)
     drain_delay: float = 5.0
     drain_timeout: float = 20.0
 

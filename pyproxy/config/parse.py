@@ -744,7 +744,8 @@ def _services(ctx: _Context, documents: Sequence[_At]) -> dict[str, Service]:
 # ---------------------------------------------------------------------------- routes
 
 _STRING_MATCH_KINDS = ("exact", "prefix", "suffix", "regex", "present", "absent")
-_PATH_MATCH_KINDS = ("exact", "prefix", "regex")
+# segment_prefix is Gateway API's element-wise PathPrefix (/foo matches /foo/bar, not /foobar).
+_PATH_MATCH_KINDS = ("exact", "prefix", "regex", "segment_prefix")
 
 
 def _string_match(ctx: _Context, value: Any, at: _At) -> StringMatch:
@@ -757,17 +758,19 @@ def _string_match(ctx: _Context, value: Any, at: _At) -> StringMatch:
     fields = ctx.fields(value, at, {
         "exact": _text, "prefix": _text, "suffix": _text, "regex": _regex,
         "present": _true, "absent": _true, "ignore_case": _bool,
+        "invert": _bool,  # negate the test (Istio withoutHeaders); an absent field then matches
     }, one_of=[_STRING_MATCH_KINDS])
     kind = next(kind for kind in _STRING_MATCH_KINDS if kind in fields)
     text = "" if kind in ("present", "absent") else fields[kind]
-    return StringMatch(kind, text, fields.get("ignore_case", False))
+    return StringMatch(kind, text, fields.get("ignore_case", False), fields.get("invert", False))
 
 
 def _path_match(ctx: _Context, value: Any, at: _At) -> PathMatch:
     if isinstance(value, str):
         raise _Reject(f"must be a mapping such as {{prefix: {value}}} or {{exact: {value}}}")
     fields = ctx.fields(value, at, {"exact": _path, "prefix": _path, "regex": _regex,
-                                    "ignore_case": _bool}, one_of=[_PATH_MATCH_KINDS])
+                                    "segment_prefix": _path, "ignore_case": _bool},
+                        one_of=[_PATH_MATCH_KINDS])
     kind = next(kind for kind in _PATH_MATCH_KINDS if kind in fields)
     return PathMatch(kind, fields[kind], fields.get("ignore_case", False))
 
@@ -855,10 +858,19 @@ def _destination(ctx: _Context, fields: dict[str, Any], at: _At) -> tuple[str, s
 
 
 def _backend(ctx: _Context, value: Any, at: _At) -> Backend:
-    fields = ctx.fields(value, at, {"service": _text, "subset": _name, "weight": _weight},
+    """``{service, subset, weight}``; ``headers`` changes the request for this backend only;
+    ``status`` answers that status for the backend's share instead of forwarding (the
+    service then only names it: Gateway API's 500 for an invalid backendRef)."""
+    fields = ctx.fields(value, at, {"service": _text, "subset": _name, "weight": _weight,
+                                    "headers": _header_changes, "status": _status},
                         required=("service",))
-    service, subset = _destination(ctx, fields, at)
-    return Backend(service, subset, fields.get("weight", 1.0))
+    if "status" in fields:
+        service, subset = ctx.read(_name, fields["service"], at.key("service")), fields.get(
+            "subset")
+    else:
+        service, subset = _destination(ctx, fields, at)
+    return Backend(service, subset, fields.get("weight", 1.0), headers=fields.get("headers"),
+                   direct_status=fields.get("status"))
 
 
 def _backends(ctx: _Context, value: Any, at: _At) -> tuple[Backend, ...]:
@@ -972,7 +984,7 @@ _ROUTE_FIELDS: dict[str, Reader] = {
     "backends": _backends,
     "sticky": _sticky,
     "fault": _fault,
-    "timeout": _timeout,
+    "timeout": _duration,  # 0s: no timeout at all (Istio's default, Gateway API's "0s")
     "retries": _retries,
     "mirror": _mirror,
     "mirrors": _list_of(_mirror),
@@ -1139,6 +1151,7 @@ _SETTINGS: dict[str, Reader] = {
         "request_header": _timeout,
         "body_idle": _timeout,
         "keep_alive": _timeout,
+        "tunnel_idle": _timeout,
         "drain_delay": _duration,
         "drain_timeout": _duration,
     }),
@@ -1190,23 +1203,64 @@ def _is_manifest(value: dict[Any, Any]) -> bool:
     return "apiVersion" in value and "kind" in value
 
 
-def _import_manifests(ctx: _Context, manifests: Sequence[_At]) -> None:
-    """Istio / SMI / Gateway API manifests found among the documents.
+def _import_manifests(ctx: _Context, documents: Sequence[Document], native: Sequence[_At],
+                      native_routes: tuple[Route, ...], manifests: Sequence[_At],
+                      origins: dict[str, tuple[str, int | None, str]] | None
+                      ) -> tuple[tuple[Route, ...], dict[str, Service]]:
+    """Istio / SMI / Gateway API manifests found among the documents (``config.compat``).
 
-    The mesh importers (``config.compat``) plug in here. Until they exist each manifest is
-    an error, so a mesh file is never silently ignored.
+    Runs after the native services and routes are read: manifests name Kubernetes services,
+    whose endpoints come from the native ``services:`` block (DestinationRules add subsets
+    and policies to them). Returns every route in document order, a manifest's routes
+    taking its place among the native documents' (all HTTPRoutes together, at the first
+    one: Gateway API orders them by its own precedence rules), and the services.
     """
-    for at in manifests:
-        kind, api_version = at.doc.value["kind"], at.doc.value["apiVersion"]
-        ctx.error(at.key("kind"), f"kind {kind} ({api_version}) is not supported yet")
+    position = {id(document): index for index, document in enumerate(documents)}
+    placed: list[tuple[int, Route]] = []
+    remaining = list(native_routes)
+    for at in native:  # a document's routes, in order (all parsed unless there are errors)
+        section = at.doc.value.get("routes")
+        count = len(section) if isinstance(section, list) else 0
+        for index, route in enumerate(remaining[:count]):
+            placed.append((position[id(at.doc)], route))
+            if origins is not None:
+                path = item_path("routes", index)
+                origins[route.name] = (at.doc.source, at.doc.line(path), "")
+        remaining = remaining[count:]
+    placed += [(len(documents), route) for route in remaining]
+    if not manifests:
+        return tuple(route for _, route in placed), ctx.services
+
+    from pyproxy.config import compat  # the importers need this module's values, not v.v.
+
+    def report(severity: str, document: Document, path: str, message: str) -> None:
+        ctx.issues.append(ConfigIssue(document.source, document.line(path), path, message,
+                                      severity))  # type: ignore[arg-type]
+
+    imported = compat.import_manifests(
+        [at.doc for at in manifests], services=ctx.services,
+        declared_services=ctx.declared_services,
+        taken_route_names=set(ctx.routes) | ctx.declared_routes, report=report)
+    for item in imported.routes:
+        placed.append((position[id(item.position)], item.route))
+        ctx.routes[item.route.name] = item.route
+        ctx.declared_routes.add(item.route.name)
+        if origins is not None:
+            origins[item.route.name] = (item.origin.source, item.origin.line(""), item.label)
+    placed.sort(key=lambda pair: pair[0])  # stable: each document's own order is kept
+    ctx.services = dict(imported.services)
+    return tuple(route for _, route in placed), ctx.services
 
 
 def parse_documents(
-    documents: Sequence[Document], env: Mapping[str, str]
+    documents: Sequence[Document], env: Mapping[str, str], *,
+    origins: dict[str, tuple[str, int | None, str]] | None = None,
 ) -> tuple[Config, tuple[ConfigIssue, ...]]:
     """Merge and check ``documents`` into one Config; returns it with its warnings.
 
     Raises ConfigInvalid with every error (and the warnings) when anything is wrong.
+    ``origins``, when given, is filled with where each route came from: route name →
+    (file, line, "Kind name" of the manifest, or "" for a native route).
     """
     ctx = _Context(env)
     native: list[_At] = []
@@ -1225,12 +1279,13 @@ def parse_documents(
                 if key not in _TOP_LEVEL_KEYS:
                     ctx.error(at.key(key), _unknown_key(key, _TOP_LEVEL_KEYS))
             native.append(at)
-    _import_manifests(ctx, manifests)
 
-    # Sections in dependency order: backends name services, canaries name routes.
+    # Sections in dependency order: backends name services, manifests name services and
+    # routes, canaries name routes (imported ones too).
     settings = _settings(ctx, native)
-    services = _services(ctx, native)
-    routes = _routes(ctx, native)
+    _services(ctx, native)
+    routes, services = _import_manifests(ctx, documents, native, _routes(ctx, native),
+                                         manifests, origins)
     canaries = _canaries(ctx, native)
     if native and not any(doc.doc.value.get("routes") or doc.doc.value.get("services")
                           for doc in native):

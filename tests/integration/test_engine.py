@@ -269,3 +269,32 @@ async def test_no_route_is_404_nr(echo_factory, proxy_factory):
         async with session.get(proxy.url + "/", headers={"Host": "other.example"}) as r:
             assert r.status == 404 and r.headers["x-pyproxy-flags"] == "NR"
     assert echo.requests == 0
+
+
+async def test_idle_websocket_tunnel_is_closed(proxy_factory):
+    async def ws_handler(request):
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+
+    class Port:
+        port = runner.addresses[0][1]
+
+    from pyproxy.config.model import Timeouts
+    proxy = await proxy_factory(_plain(Port, timeouts=Timeouts(tunnel_idle=0.3)))
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(proxy.url + "/ws", autoping=False, heartbeat=None) as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str() == "hi"
+            message = await asyncio.wait_for(ws.receive(), 5)  # then silence past tunnel_idle
+            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.ERROR)
+    await runner.cleanup()
