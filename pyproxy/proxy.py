@@ -556,14 +556,7 @@ class Proxy:
                 exchange.write(conn.take_buffered())  # small responses: one write, no waiting
             else:
                 idle = self.runtime.snapshot.config.timeouts.body_idle
-                while True:
-                    try:
-                        async with asyncio.timeout(idle):
-                            chunk = await conn.read_body()
-                    except TimeoutError:
-                        raise UpstreamTimeout("upstream body stalled") from None
-                    if not chunk:
-                        break
+                while chunk := await conn.read_body(idle):
                     exchange.write(chunk)
                     if exchange.write_paused:
                         await exchange.drain()

@@ -16,13 +16,20 @@ from typing import Callable
 
 import httptools
 
-from pyproxy.errors import UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset
+from pyproxy.errors import (
+    UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
+)
 
 READ_HIGH_WATER = 256 * 1024
 READ_LOW_WATER = 64 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 MAX_IDLE_PER_ENDPOINT = 256
+
+
+def _time_out(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout("upstream body stalled"))
 
 
 class ResponseHead:
@@ -224,8 +231,12 @@ class UpstreamConnection(asyncio.Protocol):
     def response_complete(self) -> bool:
         return self._complete and not self._chunks
 
-    async def read_body(self) -> bytes:
-        """The next response body chunk; b"" at the end. Raises UpstreamReset if cut short."""
+    async def read_body(self, idle_timeout: float | None = None) -> bytes:
+        """The next response body chunk; b"" at the end. Raises UpstreamReset if cut short,
+        UpstreamTimeout if nothing arrives for ``idle_timeout`` seconds.
+
+        The timer exists only while actually waiting: a body already buffered costs nothing.
+        """
         while True:
             if self._chunks:
                 data = self._chunks.popleft()
@@ -238,11 +249,16 @@ class UpstreamConnection(asyncio.Protocol):
                 return b""
             if self._error is not None:
                 raise self._error
-            self._body_waiter = self.loop.create_future()
+            waiter = self._body_waiter = self.loop.create_future()
+            timer = None
+            if idle_timeout is not None:
+                timer = self.loop.call_later(idle_timeout, _time_out, waiter)
             try:
-                await self._body_waiter
+                await waiter
             finally:
                 self._body_waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     def take_buffered(self) -> bytes:
         """Everything already received, at once (the common small-response case)."""

@@ -8,7 +8,7 @@ stripping, so ``Connection: X-Forwarded-For`` cannot remove them.
 
 from __future__ import annotations
 
-import os
+from random import getrandbits as _random_bits
 
 from pyproxy.messages import RequestHead
 
@@ -26,16 +26,21 @@ VIA = "1.1 pyproxy"
 
 
 def new_request_id() -> str:
-    """A random 128-bit id in UUID text form (cheaper than uuid.uuid4())."""
-    h = os.urandom(16).hex()
+    """A random id in UUID version 4 text form. Request ids need uniqueness, not secrecy, so
+    the per-process PRNG (seeded from the OS) replaces a getrandom() syscall per request."""
+    h = f"{_random_bits(128):032x}"
     variant = "89ab"[int(h[16], 16) & 3]
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+
+
+# The Connection values nearly every peer sends name only fields we drop anyway.
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close", "upgrade", "Upgrade"})
 
 
 def _connection_named(headers: list[tuple[str, str]]) -> frozenset[str]:
     named: set[str] = set()
     for name, value in headers:
-        if name == "connection":
+        if name == "connection" and value not in _PLAIN_CONNECTION:
             named.update(token.strip().lower() for token in value.split(","))
     return frozenset(named)
 
