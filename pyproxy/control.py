@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Sequence
 
+from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import AbortFault, Config, DelayFault, Fault
 from pyproxy.engine.downstream import Listener
@@ -39,6 +40,7 @@ class ProxyControl:
         self.last_reload = {"result": "success", "generation": runtime.generation,
                             "time": time.time(), "errors": []}
         self._reload_lock = asyncio.Lock()
+        self.canaries: CanaryController | None = None  # set by the server
 
     def is_ready(self) -> bool:
         return self.serving and not self.listener.draining
@@ -82,6 +84,9 @@ class ProxyControl:
             self.listener.limits = config.limits
             self.loaded = loaded
             self.stats.record_reload(True, self.runtime.generation)
+            self.stats.linkerd_compat = config.metrics.linkerd_compat
+            if self.canaries is not None:
+                self.canaries.sync()  # added, changed and removed canaries: now, not next poll
             for warning in loaded.warnings:
                 logger.warning("config: %s", warning)
             logger.info("config reloaded: generation %d", self.runtime.generation)
@@ -158,6 +163,15 @@ class ProxyControl:
                              "load_balancer": service.load_balancer.kind,
                              "circuit_breaker": live.breaker.snapshot() if live else None})
         return {"services": services}
+
+    def canaries_view(self) -> dict:
+        return self.canaries.view() if self.canaries is not None else {"canaries": []}
+
+    def canary_command(self, name: str, action: str) -> dict:
+        """promote / abort / pause / resume; raises CanaryNotFound or CommandRefused."""
+        if self.canaries is None:
+            raise CanaryNotFound("no such canary; canaries: none configured")
+        return self.canaries.command(name, action)
 
     def faults_view(self) -> dict:
         return {"faults": [_active_fault_view(f) for f in self.runtime.faults.values()]}

@@ -25,7 +25,8 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -45,8 +46,17 @@ WINDOW_BUCKETS = tuple(0.0005 * 1.1**i for i in range(125))
 
 NO_RESPONSE = "none"  # the ``code`` label when no status line was received
 
+# With ``metrics: {linkerd_compat: true}``: Linkerd's ``response_latency_ms`` bucket bounds
+# (linkerd2-proxy linkerd/metrics/src/latency.rs), in milliseconds; +Inf is implied.
+LINKERD_LATENCY_BUCKETS_MS = (1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
+                              1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000)
+
 WeightsProvider = Callable[[], Iterable[tuple[str, str, float]]]
 EjectionsProvider = Callable[[], Iterable[tuple[str, str, bool]]]
+# backend name → (namespace, deployment, service): who a backend is, in Linkerd's labels
+WorkloadsProvider = Callable[[], Mapping[str, tuple[str, str, str]]]
+# one dict per canary: name, weight, phases {phase: 0|1}, failed_checks, transitions, checks
+CanariesProvider = Callable[[], Iterable[dict]]
 
 
 def _code(status: int) -> str:
@@ -77,6 +87,23 @@ class _Histogram:
 _LE = tuple(floatToGoString(b) for b in DURATION_BUCKETS) + ("+Inf",)
 
 
+class _LinkerdLatency:
+    """``response_latency_ms`` of one backend: per-bucket counts and a sum, in ms."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LINKERD_LATENCY_BUCKETS_MS) + 1)
+        self.sum = 0.0
+
+    def observe(self, ms: float) -> None:
+        self.counts[bisect_left(LINKERD_LATENCY_BUCKETS_MS, ms)] += 1
+        self.sum += ms
+
+
+_LINKERD_LE = tuple(str(b) for b in LINKERD_LATENCY_BUCKETS_MS) + ("+Inf",)  # le="5", as Linkerd writes it
+
+
 class _Window:
     """A ring of per-second buckets covering the last ``size`` seconds.
 
@@ -84,7 +111,8 @@ class _Window:
     stale and reset on first use, so nothing has to run on a timer.
     """
 
-    __slots__ = ("size", "first", "second", "requests", "successes", "latency")
+    __slots__ = ("size", "first", "second", "requests", "successes", "latency",
+                 "total_requests", "total_successes", "total_latency")
 
     def __init__(self, size: int, now: int):
         self.size = size
@@ -93,6 +121,11 @@ class _Window:
         self.requests = [0] * size
         self.successes = [0] * size
         self.latency = [[0] * (len(WINDOW_BUCKETS) + 1) for _ in range(size)]
+        # Since the window was created: two snapshots give exact counts for any interval,
+        # whatever its length (the canary judges each of its intervals on these).
+        self.total_requests = 0
+        self.total_successes = 0
+        self.total_latency = [0] * (len(WINDOW_BUCKETS) + 1)
 
     def add(self, now: int, ok: bool, duration: float) -> None:
         i = now % self.size
@@ -100,9 +133,13 @@ class _Window:
             self.second[i] = now
             self.requests[i] = self.successes[i] = 0
             self.latency[i] = [0] * (len(WINDOW_BUCKETS) + 1)
+        bucket = bisect_left(WINDOW_BUCKETS, duration)
         self.requests[i] += 1
         self.successes[i] += ok
-        self.latency[i][bisect_left(WINDOW_BUCKETS, duration)] += 1
+        self.latency[i][bucket] += 1
+        self.total_requests += 1
+        self.total_successes += ok
+        self.total_latency[bucket] += 1
 
     def summary(self, now: int) -> dict:
         requests = successes = 0
@@ -114,6 +151,24 @@ class _Window:
                 latency = [a + b for a, b in zip(latency, self.latency[i])]
         span = max(1, min(self.size, now - self.first + 1))
         return _summarize(requests, successes, span, latency)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A (route, backend)'s counts since it was first seen. ``later.since(earlier)``
+    summarizes exactly the requests finished in between — unlike ``window_stats``, whose
+    1-s buckets and fixed span do not line up with an arbitrary interval."""
+
+    requests: int = 0
+    successes: int = 0
+    latency: tuple[int, ...] = ()
+
+    def since(self, earlier: "Totals", seconds: float) -> dict:
+        """Same keys as ``window_stats``, over the ``seconds`` between the two snapshots."""
+        before = earlier.latency or (0,) * len(self.latency)
+        latency = [a - b for a, b in zip(self.latency, before)]
+        return _summarize(self.requests - earlier.requests, self.successes - earlier.successes,
+                          max(seconds, 1e-9), latency)
 
 
 def _idle() -> dict:
@@ -165,6 +220,11 @@ class Stats:
         self._clock = clock
         self.weights_provider: WeightsProvider | None = None
         self.ejections_provider: EjectionsProvider | None = None
+        self.workloads_provider: WorkloadsProvider | None = None
+        self.canaries_provider: CanariesProvider | None = None
+        # metrics.linkerd_compat: also export Linkerd-named series (set from the config)
+        self.linkerd_compat = False
+        self._linkerd_latency: dict[str, _LinkerdLatency] = {}
 
         self._requests: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
         self._durations: dict[tuple[str, str], _Histogram] = {}
@@ -200,6 +260,11 @@ class Stats:
         if window is None:
             window = self._windows[key] = _Window(self.window, now)
         window.add(now, _is_success(o), o.duration)
+        if self.linkerd_compat and o.backend:
+            latency = self._linkerd_latency.get(o.backend)
+            if latency is None:
+                latency = self._linkerd_latency[o.backend] = _LinkerdLatency()
+            latency.observe(o.duration * 1000.0)
 
     def record_attempt(self, a: AttemptOutcome) -> None:
         """One upstream attempt: first try, retry or mirror."""
@@ -245,6 +310,13 @@ class Stats:
         if window is None:
             return _idle()
         return window.summary(int(self._clock()))
+
+    def totals(self, route: str, backend: str) -> Totals:
+        """Cumulative counts for interval deltas (see ``Totals``)."""
+        window = self._windows.get((route, backend))
+        if window is None:
+            return Totals(0, 0, (0,) * (len(WINDOW_BUCKETS) + 1))
+        return Totals(window.total_requests, window.total_successes, tuple(window.total_latency))
 
     def snapshot_routes(self) -> dict[str, dict[str, dict]]:
         """route → backend → window stats, plus ``weight`` (configured share 0–1, None for a
@@ -330,6 +402,10 @@ class _Collector:
                                 value=1.0 if s.last_reload_ok else 0.0)
         yield GaugeMetricFamily("pyproxy_config_generation",
                                 "Generation of the config now serving.", value=s.generation)
+        if s.canaries_provider is not None:
+            yield from _canary_families(list(s.canaries_provider()))
+        if s.linkerd_compat:
+            yield from _linkerd_families(s)
 
 
 def _counter(name: str, help_text: str, labels: list[str],
@@ -351,6 +427,123 @@ def _histogram(s: Stats) -> HistogramMetricFamily:
             buckets.append((le, cumulative))
         family.add_metric([route, backend], buckets, histogram.sum)
     return family
+
+
+def _canary_families(canaries: list[dict]) -> Iterator[Metric]:
+    weight = GaugeMetricFamily("pyproxy_canary_weight",
+                               "Candidate's weight on the canary's route, percent (0-100).",
+                               labels=["canary"])
+    phase = GaugeMetricFamily("pyproxy_canary_phase",
+                              "1 for the canary's current phase, 0 for the others.",
+                              labels=["canary", "phase"])
+    failed = GaugeMetricFamily("pyproxy_canary_failed_checks",
+                               "Failed checks in the current analysis (rollback at threshold).",
+                               labels=["canary"])
+    transitions = CounterMetricFamily("pyproxy_canary_transitions",
+                                      "Canary phase changes, by the phase entered.",
+                                      labels=["canary", "to"])
+    checks = CounterMetricFamily("pyproxy_canary_checks",
+                                 "Interval judgements by result (pass, fail, no_data).",
+                                 labels=["canary", "result"])
+    for canary in canaries:
+        name = canary["name"]
+        weight.add_metric([name], canary["weight"])
+        failed.add_metric([name], canary["failed_checks"])
+        for state, value in canary["phases"].items():
+            phase.add_metric([name, state], value)
+        for to, count in canary["transitions"].items():
+            transitions.add_metric([name, to], count)
+        for result, count in canary["checks"].items():
+            checks.add_metric([name, result], count)
+    return iter((weight, phase, failed, transitions, checks))
+
+
+def default_workload(backend: str) -> tuple[str, str, str]:
+    """(namespace, deployment, service) when the endpoints' labels do not say: namespace
+    ``default``, deployment ``SERVICE-SUBSET`` (or ``SERVICE``)."""
+    service, _, subset = backend.partition("/")
+    return "default", f"{service}-{subset}" if subset else service, service
+
+
+def _linkerd_families(s: Stats) -> Iterator[Metric]:
+    """Linkerd proxy metric names, so Flagger's built-in ``linkerd`` queries work unchanged::
+
+        response_total{namespace, deployment=~TARGET, classification!="failure",
+                       direction="inbound"}
+        response_latency_ms_bucket{namespace, deployment=~TARGET, direction="inbound"}
+
+    pyproxy stands for both of a meshed call's proxies, so each response is exported twice,
+    from the same counts: ``direction="inbound"`` with the destination's ``namespace`` and
+    ``deployment`` (what Flagger queries), and ``direction="outbound"`` with ``dst_namespace``,
+    ``dst_deployment`` and ``dst_service`` (what ``linkerd viz stat --from`` shows). Filter on
+    ``direction`` when summing. ``classification`` is ``failure`` for 5xx or no response;
+    ``status_code`` is empty when no response was sent. Latency is the whole request
+    (Linkerd's is time to first byte). Counts come from ``pyproxy_requests_total``, so the
+    request path pays nothing extra for them; latency is counted while enabled.
+    """
+    workloads = dict(s.workloads_provider()) if s.workloads_provider else {}
+
+    def workload(backend: str) -> tuple[str, str, str]:
+        return workloads.get(backend) or default_workload(backend)
+
+    responses: defaultdict[tuple[str, str, str, str, str], int] = defaultdict(int)
+    for (_route, backend, code, _flag), count in list(s._requests.items()):
+        if not backend:
+            continue  # no route matched: there is no destination to name
+        failure = code == NO_RESPONSE or int(code) >= 500
+        status = "" if code == NO_RESPONSE else code
+        responses[(*workload(backend), "failure" if failure else "success", status)] += count
+    total = Metric("response", "HTTP responses by classification and status code "
+                   "(Linkerd-compatible).", "counter")
+    for (namespace, deployment, service, classification, status), count in responses.items():
+        common = {"classification": classification, "status_code": status}
+        total.add_sample("response_total", {"direction": "inbound", "namespace": namespace,
+                                            "deployment": deployment, **common}, count)
+        total.add_sample("response_total", {"direction": "outbound", "dst_namespace": namespace,
+                                            "dst_deployment": deployment, "dst_service": service,
+                                            **common}, count)
+    yield total
+
+    merged: dict[tuple[str, str, str], tuple[list[int], float]] = {}
+    for backend, histogram in list(s._linkerd_latency.items()):
+        key = workload(backend)
+        counts, total_ms = merged.get(key, ([0] * len(_LINKERD_LE), 0.0))
+        merged[key] = ([a + b for a, b in zip(counts, histogram.counts)], total_ms + histogram.sum)
+    latency = Metric("response_latency_ms", "Response latency in milliseconds "
+                     "(Linkerd-compatible buckets).", "histogram")
+    for (namespace, deployment, service), (counts, total_ms) in merged.items():
+        for labels in ({"direction": "inbound", "namespace": namespace, "deployment": deployment},
+                       {"direction": "outbound", "dst_namespace": namespace,
+                        "dst_deployment": deployment, "dst_service": service}):
+            cumulative = 0
+            for le, count in zip(_LINKERD_LE, counts):
+                cumulative += count
+                latency.add_sample("response_latency_ms_bucket", {**labels, "le": le}, cumulative)
+            latency.add_sample("response_latency_ms_count", labels, cumulative)
+            latency.add_sample("response_latency_ms_sum", labels, total_ms)
+    yield latency
+
+
+def backend_workloads(config) -> dict[str, tuple[str, str, str]]:
+    """backend name → (namespace, deployment, service) for the Linkerd-compatible series,
+    from the labels the backend's endpoints share: ``namespace`` and ``deployment`` (else
+    ``default_workload``). Label endpoints ``deployment: podinfo`` to match a Flagger target."""
+    workloads: dict[str, tuple[str, str, str]] = {}
+    for route in config.routes:
+        for backend in route.backends:
+            service = config.services.get(backend.service)
+            if backend.name in workloads or service is None:
+                continue
+            namespace, deployment, name = default_workload(backend.name)
+            labels = [ep.labels for ep in service.subset_endpoints(backend.subset)]
+            for key in ("namespace", "deployment"):
+                values = {lab.get(key) for lab in labels}
+                if len(values) == 1 and None not in values:
+                    value = values.pop()
+                    namespace, deployment = ((value, deployment) if key == "namespace"
+                                             else (namespace, value))
+            workloads[backend.name] = (namespace, deployment, name)
+    return workloads
 
 
 def render_metrics(stats: Stats) -> tuple[bytes, str]:

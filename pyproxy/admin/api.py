@@ -20,7 +20,10 @@ New endpoints go into ``ROUTES``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
+import importlib.resources
 import ipaddress
 import logging
 from http import HTTPStatus
@@ -29,6 +32,8 @@ from typing import Any, Awaitable, Callable, Protocol
 import aiohttp.http_parser
 from aiohttp import web
 
+from pyproxy.canary.analysis import CommandRefused
+from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
 from pyproxy.errors import InvalidOverride
 from pyproxy.metrics import Stats, render_metrics
@@ -168,6 +173,23 @@ async def delete_faults(request: web.Request) -> web.Response:
     return web.json_response({"cleared": cleared})
 
 
+async def get_canaries(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROL].canaries_view())
+
+
+async def post_canary_action(request: web.Request) -> web.Response:
+    """promote / abort / pause / resume: the canary as it is afterwards; 404 for an unknown
+    canary, 409 when the action does not apply in its phase (the body says why)."""
+    try:
+        view = request.app[CONTROL].canary_command(request.match_info["name"],
+                                                   request.match_info["action"])
+    except CanaryNotFound as exc:
+        return _error(404, str(exc))  # names configured canaries only, never the request's
+    except CommandRefused as exc:
+        return _error(409, str(exc))
+    return web.json_response(view)
+
+
 async def post_explain(request: web.Request) -> web.Response:
     """``{"host": H, "path": P, "method": M, "headers": {k: v}}`` → the routing decision."""
     body = await _json_body(request)
@@ -180,7 +202,46 @@ async def post_explain(request: web.Request) -> web.Response:
         [(str(k), str(v)) for k, v in headers.items()]))
 
 
+# The dashboard (SPEC §6 ``GET /``): static files shipped in the package, served from an
+# allow-list, so no part of the request path ever reaches the filesystem. The page only
+# loads its own files and calls this API: the CSP forbids everything else (inline script
+# and style included). ``no-cache`` + ETag: revalidated on each load, so an upgraded proxy
+# never runs with yesterday's app.js.
+DASHBOARD_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                 "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+                 "frame-ancestors 'none'")
+
+
+@functools.cache
+def _dashboard_file(name: str) -> tuple[bytes, str]:
+    body = (importlib.resources.files("pyproxy.admin") / "dashboard" / name).read_bytes()
+    return body, '"%s"' % hashlib.sha256(body).hexdigest()[:24]
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """``GET /`` (the page) and ``GET /ui/{name}`` (its script, styles and icon)."""
+    name = request.match_info.get("name", "index.html")
+    content_type = DASHBOARD_FILES.get(name)
+    if content_type is None:
+        raise web.HTTPNotFound()
+    body, etag = _dashboard_file(name)
+    headers = {"ETag": etag, "Cache-Control": "no-cache",
+               "Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
+               "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+    if etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers={**headers, "Content-Type": content_type})
+
+
 ROUTES = [
+    web.get("/", dashboard),
+    web.get("/ui/{name}", dashboard),
     web.get("/healthz", healthz),
     web.get("/readyz", readyz),
     web.get("/metrics", metrics),
@@ -195,6 +256,8 @@ ROUTES = [
     web.delete("/api/v1/faults", delete_faults),
     web.delete("/api/v1/faults/{route}", delete_faults),
     web.post("/api/v1/explain", post_explain),
+    web.get("/api/v1/canaries", get_canaries),
+    web.post("/api/v1/canaries/{name}/{action:promote|abort|pause|resume}", post_canary_action),
 ]
 
 
