@@ -234,6 +234,7 @@ class Stats:
         self._faults: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._mirrors: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._overflows: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._rejected: defaultdict[tuple[str], int] = defaultdict(int)
         self._ejections: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._active: defaultdict[str, int] = defaultdict(int)
         # Both results exist from the start so rate() and alerts see a 0, not a missing series.
@@ -283,6 +284,10 @@ class Stats:
     def record_overflow(self, service: str, limit: str) -> None:
         """A circuit-breaker ``limit`` (a ConnectionPool field name) refused a request."""
         self._overflows[(service, limit)] += 1
+
+    def record_rejected(self, status: int) -> None:
+        """The engine refused a request before routing (malformed, too large, too slow)."""
+        self._rejected[(str(status),)] += 1
 
     def record_ejection(self, service: str, endpoint: str, reason: str) -> None:
         self._ejections[(service, endpoint, reason)] += 1
@@ -386,6 +391,9 @@ class _Collector:
         yield _counter("pyproxy_endpoint_ejections", "Outlier ejections by reason.",
                        ["service", "endpoint", "reason"], s._ejections)
 
+        yield _counter("pyproxy_downstream_rejected",
+                       "Requests refused before routing (malformed, oversized, too slow, "
+                       "over the connection cap), by status.", ["status"], s._rejected)
         yield _counter("pyproxy_circuit_breaker_overflows",
                        "Requests refused by a circuit-breaker limit.",
                        ["service", "limit"], s._overflows)

@@ -91,6 +91,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
             return 2
     listener = Listener(proxy.handle, timeouts=config.timeouts, limits=config.limits,
                         scheme="https" if listener_tls else "http")
+    listener.on_reject = stats.record_rejected
     control = ProxyControl(paths, loaded, runtime, stats, listener, overrides)
     control.canaries = CanaryController(runtime, stats)
     tasks = TaskGroup()

@@ -71,6 +71,14 @@ class Listener:
         self.scheme = scheme
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
+        # Told the status of every request the engine refuses before the pipeline runs
+        # (malformed, too large, too slow, over the connection cap): refusals are never
+        # logged line by line, so a flood stays visible only as a count.
+        self.on_reject: Callable[[int], None] | None = None
+
+    def rejected(self, status: int) -> None:
+        if self.on_reject is not None:
+            self.on_reject(status)
 
     def protocol_factory(self) -> "DownstreamProtocol":
         return DownstreamProtocol(self)
@@ -126,6 +134,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.client_ip = peer[0] if peer else ""
         listener = self.listener
         if len(listener.connections) >= listener.limits.max_connections:
+            listener.rejected(503)
             transport.write(wire.simple_response(503, b"too many connections\n", close=True))
             transport.close()
             return
@@ -474,6 +483,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 # Refused while its bytes were parsed, before the pipeline got to run (a bad
                 # chunk or an oversized body in the same read as the head): answer here, so
                 # not even the request head reaches an upstream.
+                self.listener.rejected(error.status)
                 exchange.respond_locally(error.status, error.body)
             elif exchange.answer_options:
                 exchange.respond_locally(200, b"", [("allow", _ALLOW)])
@@ -525,6 +535,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            self.listener.rejected(error.status)
             transport.write(wire.simple_response(error.status, error.body, close=True))
             transport.close()
 

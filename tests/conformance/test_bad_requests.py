@@ -52,6 +52,9 @@ async def test_refused_request(case: Req, recording, proxy_factory):
         assert text in result.responses[0].head
     # Nothing reached an upstream: not a head, not a byte, not a connection.
     assert bytes(backend.received) == b"" and backend.connections == 0
+    # Refusals are not logged line by line but counted, so a flood is visible.
+    assert proxy.stats_value("pyproxy_downstream_rejected_total",
+                             status=str(case.statuses[0])) == 1
     await _assert_still_healthy(proxy, recorder, 0)
     assert backend.received.lower().startswith(b"get /after http/1.1\r\n")
 

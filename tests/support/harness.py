@@ -63,6 +63,7 @@ class InProcessProxy:
         proxy = Proxy(self.runtime, self.stats, AccessLog("off"), rng=self.rng)
         self.listener = Listener(proxy.handle, timeouts=self.config.timeouts,
                                  limits=self.config.limits)
+        self.listener.on_reject = self.stats.record_rejected
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(self.listener.protocol_factory, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
