@@ -142,7 +142,10 @@ class FakeService:
             sock.close()
             raise
         self._address = sock.getsockname()[:2]
-        self._session = aiohttp.ClientSession(timeout=UPSTREAM_TIMEOUT)
+        # No cookie jar: a sticky cookie one caller got from a proxy must not pin every
+        # later call this service makes on behalf of other callers.
+        self._session = aiohttp.ClientSession(timeout=UPSTREAM_TIMEOUT,
+                                              cookie_jar=aiohttp.DummyCookieJar())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
