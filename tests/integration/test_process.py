@@ -151,6 +151,8 @@ async def test_reload_under_load_20_rewrites_some_invalid(tmp_path, echo_factory
 
     assert len(results) > 200
     failures = [r for r in results if r != 200]
+    print(f"\nT2/T3: {len(results)} requests during 20 rewrites ({len(rejected_errors)} errors "
+          f"reported for the 5 invalid ones), {len(failures)} failed")
     assert failures == [], f"{len(failures)} failed requests during reloads: {failures[:5]}"
     assert len(rejected_errors) >= 5
     for error in rejected_errors:
@@ -218,6 +220,8 @@ async def test_sigterm_drains_in_flight_requests(tmp_path, echo_factory):
         async with session.get(proxy.admin_url + "/readyz") as r:
             assert r.status == 503  # not ready at once
         responses = await asyncio.gather(*slow)
+        print(f"\nT4: SIGTERM with 5 requests in flight: statuses "
+              f"{[r.status for r in responses]}, /readyz 503 at once")
         assert [r.status for r in responses] == [200] * 5
         for r in responses:
             assert json.loads(await r.read())["path"] == "/sleep/1.0"
