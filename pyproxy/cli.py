@@ -47,6 +47,11 @@ def _build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="+", metavar="PATH")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
 
+    convert = sub.add_parser("convert", help="Istio / SMI / Gateway API manifests → native YAML")
+    convert.add_argument("paths", nargs="+", metavar="PATH",
+                         help="manifests, with the native services: block giving endpoints")
+    convert.add_argument("-o", "--output", metavar="FILE", help="write here (default stdout)")
+
     fake = sub.add_parser("fake-service", help="a demo/test backend that answers JSON")
     fake.add_argument("--name", required=True)
     fake.add_argument("--port", type=int, required=True)
@@ -132,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         from pyproxy.config.summary import validate_command
 
         return validate_command(args.paths, as_json=args.json)
+    if args.command == "convert":
+        from pyproxy.config.convert import convert_command
+
+        return convert_command(args.paths, args.output)
     if args.command == "fake-service":
         from pyproxy.demo.fake_service import run_fake_service
 

@@ -973,7 +973,8 @@ def _redirect(ctx: _Context, value: Any, at: _At) -> Redirect:
         "scheme": _choice("http", "https"), "host": _host, "port": _port,
         "path": _path, "path_prefix": _path, "status": _redirect_status,
     }, exclusive=[("path", "path_prefix")])
-    _any_of(fields, ("scheme", "host", "port", "path", "path_prefix"))
+    if "status" not in fields:  # a status alone redirects to the same URL (303: POST → GET)
+        _any_of(fields, ("scheme", "host", "port", "path", "path_prefix"))
     return Redirect(**fields)
 
 
@@ -1205,7 +1206,7 @@ def _is_manifest(value: dict[Any, Any]) -> bool:
 
 def _import_manifests(ctx: _Context, documents: Sequence[Document], native: Sequence[_At],
                       native_routes: tuple[Route, ...], manifests: Sequence[_At],
-                      origins: dict[str, tuple[str, int | None, str]] | None
+                      origins: dict[str, tuple[str, int | None, str, str]] | None
                       ) -> tuple[tuple[Route, ...], dict[str, Service]]:
     """Istio / SMI / Gateway API manifests found among the documents (``config.compat``).
 
@@ -1225,7 +1226,7 @@ def _import_manifests(ctx: _Context, documents: Sequence[Document], native: Sequ
             placed.append((position[id(at.doc)], route))
             if origins is not None:
                 path = item_path("routes", index)
-                origins[route.name] = (at.doc.source, at.doc.line(path), "")
+                origins[route.name] = (at.doc.source, at.doc.line(path), "", path)
         remaining = remaining[count:]
     placed += [(len(documents), route) for route in remaining]
     if not manifests:
@@ -1246,7 +1247,8 @@ def _import_manifests(ctx: _Context, documents: Sequence[Document], native: Sequ
         ctx.routes[item.route.name] = item.route
         ctx.declared_routes.add(item.route.name)
         if origins is not None:
-            origins[item.route.name] = (item.origin.source, item.origin.line(""), item.label)
+            origins[item.route.name] = (item.origin.source, item.origin.line(""), item.label,
+                                        item.path)
     placed.sort(key=lambda pair: pair[0])  # stable: each document's own order is kept
     ctx.services = dict(imported.services)
     return tuple(route for _, route in placed), ctx.services
@@ -1254,13 +1256,13 @@ def _import_manifests(ctx: _Context, documents: Sequence[Document], native: Sequ
 
 def parse_documents(
     documents: Sequence[Document], env: Mapping[str, str], *,
-    origins: dict[str, tuple[str, int | None, str]] | None = None,
+    origins: dict[str, tuple[str, int | None, str, str]] | None = None,
 ) -> tuple[Config, tuple[ConfigIssue, ...]]:
     """Merge and check ``documents`` into one Config; returns it with its warnings.
 
     Raises ConfigInvalid with every error (and the warnings) when anything is wrong.
     ``origins``, when given, is filled with where each route came from: route name →
-    (file, line, "Kind name" of the manifest, or "" for a native route).
+    (file, line, "Kind name" of the manifest or "" for a native route, key path).
     """
     ctx = _Context(env)
     native: list[_At] = []
@@ -1287,8 +1289,8 @@ def parse_documents(
     routes, services = _import_manifests(ctx, documents, native, _routes(ctx, native),
                                          manifests, origins)
     canaries = _canaries(ctx, native)
-    if native and not any(doc.doc.value.get("routes") or doc.doc.value.get("services")
-                          for doc in native):
+    if native and not routes and not any(doc.doc.value.get("routes") or
+                                         doc.doc.value.get("services") for doc in native):
         ctx.warn(native[0], "no routes and no services: every request gets 404")
 
     # Report in reading order (files, then lines), not in the order the sections were checked.

@@ -355,7 +355,7 @@ def test_wrong_types_say_what_was_expected(tmp_path, text, path, message):
                                   "'backends', 'redirect' or 'direct_response'"),
     ("- name: web\n  backends: [{service: web}]\n  match: [{path: {exact: /a, prefix: /}}]\n",
      "routes[0].match[0].path.prefix",
-     "cannot be combined with 'exact': give exactly one of 'exact', 'prefix' or 'regex'"),
+     "cannot be combined with 'exact': give exactly one of 'exact', 'prefix', 'regex' or 'segment_prefix'"),
     ("- name: web\n  backends: [{service: web}]\n  match: [{headers: {x-a: {}}}]\n",
      "routes[0].match[0].headers.x-a", "needs one of 'exact', 'prefix', 'suffix', 'regex', "
                                        "'present' or 'absent'"),
@@ -369,7 +369,7 @@ def test_wrong_types_say_what_was_expected(tmp_path, text, path, message):
      "routes[0].match[0].path", "must be a mapping such as {prefix: /api} or {exact: /api}"),
     ("- name: web\n  backends: [{service: web}]\n  match: [{headers: {x-a: {present: false}}}]\n",
      "routes[0].match[0].headers.x-a.present", "must be true (leave the key out otherwise)"),
-    ("- name: web\n  redirect: {status: 301}\n", "routes[0].redirect",
+    ("- name: web\n  redirect: {}\n", "routes[0].redirect",
      "needs at least one of 'scheme', 'host', 'port', 'path' or 'path_prefix'"),
     ("- name: web\n  redirect: {host: a.example, status: 305}\n", "routes[0].redirect.status",
      "must be one of 301, 302, 303, 307, 308, got 305"),
@@ -676,7 +676,8 @@ def test_route_names_are_unique_across_files(tmp_path):
     assert issue.message == f"route 'web' is already defined at {first}:8"
 
 
-def test_mesh_manifests_are_reported_as_not_supported_yet(tmp_path):
+def test_mesh_manifests_are_imported_with_located_issues(tmp_path):
+    # The importers themselves are tested in tests/compat; here: issues keep file and line.
     path = write(tmp_path, "mesh.yaml", SERVICES + textwrap.dedent("""\
         ---
         apiVersion: networking.istio.io/v1beta1
@@ -686,11 +687,13 @@ def test_mesh_manifests_are_reported_as_not_supported_yet(tmp_path):
         apiVersion: split.smi-spec.io/v1alpha4
         kind: TrafficSplit
         """))
-    found = errors_in([path])
-    assert [(issue.line, issue.message) for issue in found] == [
-        (9, "kind VirtualService (networking.istio.io/v1beta1) is not supported yet"),
-        (13, "kind TrafficSplit (split.smi-spec.io/v1alpha4) is not supported yet"),
-    ]
+    with pytest.raises(ConfigInvalid) as raised:
+        load_config([path])
+    assert [(issue.line, issue.path, issue.message) for issue in raised.value.issues] == [
+        (12, "metadata", "must be a mapping with at least a name")]
+    assert [(issue.line, issue.message) for issue in raised.value.warnings] == [
+        (8, "VirtualService web: has no hosts, so it is only a delegate, and no "
+            "VirtualService delegates to it: it routes nothing")]
 
 
 def test_yaml_syntax_errors_of_every_file_are_reported_with_their_lines(tmp_path):
