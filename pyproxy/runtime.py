@@ -203,7 +203,7 @@ class CompiledRoute:
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     mirrors: tuple[tuple[Mirror, CompiledBackend], ...] = ()
-    path_prefixes: tuple[str, ...] = ()
+    path_prefixes: tuple[tuple[str, bool], ...] = ()  # (prefix, element-wise), longest first
     implicit: bool = False
     _predicate: object = field(default=None, repr=False)
 
@@ -217,8 +217,10 @@ class CompiledRoute:
         return None
 
     def matched_prefix(self, path: str) -> str | None:
-        for prefix in self.path_prefixes:
-            if path.startswith(prefix):
+        for prefix, element_wise in self.path_prefixes:
+            if path.startswith(prefix) and (
+                    not element_wise or prefix == "/" or len(path) == len(prefix)
+                    or path[len(prefix)] == "/"):
                 return prefix
         return None
 
@@ -471,10 +473,10 @@ class Runtime:
         if route.sticky is not None and route.sticky.header:
             sticky_table = self._sticky_tables.setdefault(route.name, StickyTable())
         # Longest first: a rewrite replaces the most specific prefix that matched.
-        prefixes = tuple(sorted((_prefix_of(m.path) for m in route.matches
-                                 if m.path is not None
+        prefixes = tuple(sorted(((_prefix_of(m.path), m.path.kind == "segment_prefix")
+                                 for m in route.matches if m.path is not None
                                  and m.path.kind in ("prefix", "segment_prefix")),
-                                key=len, reverse=True))
+                                key=lambda item: len(item[0]), reverse=True))
         rewrite_regex = None
         if route.rewrite is not None and route.rewrite.path_regex is not None:
             rewrite_regex = re.compile(route.rewrite.path_regex[0])

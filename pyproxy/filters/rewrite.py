@@ -39,6 +39,11 @@ def redirect_location(redirect: Redirect, head: RequestHead, matched_prefix: str
     scheme = redirect.scheme or head.scheme
     host = redirect.host or head.host
     port = redirect.port
+    if redirect.host is None and port is None and redirect.scheme in (None, head.scheme):
+        # Same host, same scheme: keep the port the client used (Host carries it).
+        _, sep, client_port = (head.header("host") or "").rpartition(":")
+        if sep and client_port.isdigit():
+            port = int(client_port)
     if redirect.path is not None:
         path = redirect.path
     elif redirect.path_prefix is not None and matched_prefix is not None:

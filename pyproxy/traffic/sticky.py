@@ -35,4 +35,6 @@ class StickyTable:
 
 
 def set_cookie_header(name: str, backend: str, ttl: float) -> tuple[str, str]:
-    return ("set-cookie", f"{name}={backend}; Path=/; Max-Age={int(ttl)}; HttpOnly; SameSite=Lax")
+    """A TTL of 0 makes a session cookie (Max-Age=0 would delete it at once)."""
+    max_age = f"; Max-Age={int(ttl)}" if ttl > 0 else ""
+    return ("set-cookie", f"{name}={backend}; Path=/{max_age}; HttpOnly; SameSite=Lax")

@@ -152,3 +152,9 @@ def test_request_ids_are_uuid4_shaped():
         parts = rid.split("-")
         assert [len(p) for p in parts] == [8, 4, 4, 4, 12] and parts[2][0] == "4"
         assert parts[3][0] in "89ab"
+
+
+def test_redirect_keeps_the_clients_port_for_the_same_host():
+    h = RequestHead("GET", "/a", "", "1.1", [("host", "shop:8080")], "shop", "10.1.2.3")
+    assert redirect_location(Redirect(path="/b"), h, None) == "http://shop:8080/b"
+    assert redirect_location(Redirect(scheme="https"), h, None) == "https://shop/a"

@@ -150,3 +150,16 @@ def test_inverted_header_match_is_istio_without_headers():
     assert predicate(head(headers=[("end-user", "alice")]))
     assert predicate(head())  # absent: "without header end-user: tester" holds
     assert not predicate(head(headers=[("end-user", "tester")]))
+
+
+def test_matched_prefix_respects_element_wise_prefixes():
+    from pyproxy.config.model import Backend, Config, Endpoint, Route, Service
+    from pyproxy.runtime import Runtime
+
+    route = Route("r", backends=(Backend("s"),),
+                  matches=(Match(path=PathMatch("segment_prefix", "/foo")),
+                           Match(path=PathMatch("prefix", "/f"))))
+    config = Config(services={"s": Service("s", (Endpoint("127.0.0.1", 1),))}, routes=(route,))
+    compiled = Runtime().compile(config).routes["r"]
+    assert compiled.matched_prefix("/foo/bar") == "/foo"
+    assert compiled.matched_prefix("/foobar") == "/f"  # /foo does not match /foobar element-wise

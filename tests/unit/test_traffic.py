@@ -93,3 +93,8 @@ def test_consistent_hash_is_stable_and_moves_few_keys():
 def test_make_balancer_kinds():
     for kind in ("round_robin", "random", "least_request", "consistent_hash"):
         assert make_balancer(kind).kind == kind
+
+
+def test_a_zero_ttl_sticky_cookie_is_a_session_cookie():
+    _, value = set_cookie_header("s", "svc/v1", 0)
+    assert "Max-Age" not in value and value.startswith("s=svc/v1; Path=/")
