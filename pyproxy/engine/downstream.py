@@ -301,7 +301,14 @@ class DownstreamProtocol(asyncio.Protocol):
             # One field line gets the request line's limit (nginx's large_client_header_buffers,
             # aiohttp's 8190): a 20 KB header is refused even inside a 64 KB block (RX-4).
             raise DownstreamError("header line too long", status=431)
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self._parsing is not None:
+            # llhttp reports a chunked body's trailer fields here too. They arrive after the
+            # head was validated and handed on: never merge them into it (FR-8). Dropped.
+            return
+        # llhttp strips leading whitespace only; a value excludes trailing OWS as well
+        # (RFC 9112 §5), and routing must see what the upstream will.
+        self._headers.append((name.decode("latin-1").lower(),
+                              value.rstrip(b" \t").decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._head_started = False

@@ -341,7 +341,7 @@ REQUESTS: tuple[Req, ...] = (
 # and paths it will not route because an upstream would resolve them to another path.
 EXTRA_REQUESTS: tuple[Req, ...] = (
     Req(101, "CONNECT", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
-        501, ref="405 or 501 (reverse proxy; no tunnelling)", haproxy="answers CONNECT itself",
+        501, ref="405 or 501 (reverse proxy; no tunnelling)", haproxy="forwards CONNECT to the upstream (2.6.12, measured)",
         anchor="FR-15; RFC 9110 §9.3.6"),
     Req(102, "TRACE", b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
         405, ref="405 by default (XST)", haproxy="", anchor="FR-15; RFC 9110 §9.3.8"),

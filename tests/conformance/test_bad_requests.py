@@ -181,3 +181,19 @@ async def _send_ignoring_resets(port: int, pieces: list[bytes], pause: float):
     finally:
         writing.cancel()
         writer.close()
+
+
+async def test_request_trailers_never_reach_the_upstream_as_headers(recording, proxy_factory):
+    """Regression (found by the HAProxy differential): trailer fields of a chunked request
+    that arrived in the same read as the head were merged into the validated head."""
+    backend, recorder = await recording()
+    proxy = await proxy_factory(one_route(backend))
+    raw = (b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\nHost: evil.example\r\nX_Under: 2\r\nCookie: s=1\r\n\r\n")
+    result = await send(proxy.port, raw + b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                        wait_close=True)
+    assert result.statuses[0] == 200
+    upstream = bytes(backend.received).lower()
+    head = upstream.split(b"\r\n\r\n", 1)[0]
+    assert b"evil" not in upstream and b"x_under" not in upstream and b"cookie" not in head
+    assert b"\r\nhost: a\r\n" in head
