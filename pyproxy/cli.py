@@ -200,7 +200,7 @@ def _set_weight(client, args) -> int:
         except ValueError:
             name = ""
         if not sep or not name:
-            print(f"pyproxy: expected BACKEND=WEIGHT, e.g. stockmanager/v2=10", file=sys.stderr)
+            print("pyproxy: expected BACKEND=WEIGHT, e.g. stockmanager/v2=10", file=sys.stderr)
             return 2
     if not weights:
         print("pyproxy: give BACKEND=WEIGHT pairs, or --clear", file=sys.stderr)
@@ -246,7 +246,7 @@ def _headers(items: list[str]) -> list[tuple[str, str]]:
     for item in items:
         name, sep, value = item.partition(":")
         if not sep:
-            raise SystemExit(f"pyproxy: header must look like 'name: value'")
+            raise SystemExit("pyproxy: header must look like 'name: value'")
         pairs.append((name.strip(), value.strip()))
     return pairs
 

@@ -14,7 +14,7 @@ import logging
 import re
 import ssl
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pyproxy.config.model import (
     Backend, Config, DirectResponse, Endpoint, Fault, HeaderRules, Mirror, PathMatch, Redirect,

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from pyproxy.config.load import _config_files, _documents  # the same reading as load_config
+from pyproxy.config.load import read_documents
 from pyproxy.config.model import (
     AccessLog, AdminConfig, Backend, Backoff, Canary, CanaryChecks, Config, ConnectionPool,
     Endpoint, Fault, HeaderChanges, HeaderRules, HealthCheck, Limits, LoadBalancer, Match,
@@ -43,19 +43,7 @@ _WIDTH = 96  # a flow-style value longer than this is written in block style
 def convert(paths: Sequence[str], env: Mapping[str, str] | None = None
             ) -> tuple[str, tuple[ConfigIssue, ...]]:
     """The native YAML for ``paths`` and the warnings; raises ConfigInvalid on errors."""
-    files, issues = _config_files(paths)
-    documents: list[Document] = []
-    for file in files:
-        try:
-            data = Path(file).read_bytes()
-        except OSError as problem:
-            issues.append(ConfigIssue(file, None, "", f"cannot be read: {problem.strerror}"))
-            continue
-        found, problems = _documents(file, data)
-        documents += found
-        issues += problems
-    if issues:
-        raise ConfigInvalid(issues)
+    files, documents, _ = read_documents(paths)  # the same reading as load_config
     origins: dict[str, tuple[str, int | None, str, str]] = {}
     config, warnings = parse_documents(documents, os.environ if env is None else env,
                                        origins=origins)

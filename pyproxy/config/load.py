@@ -52,6 +52,14 @@ def load_config(paths: Sequence[str], env: Mapping[str, str] | None = None) -> L
 
     Raises ConfigInvalid with every error found.
     """
+    files, documents, digest = read_documents(paths)
+    config, warnings = parse_documents(documents, os.environ if env is None else env)
+    return LoadedConfig(config, warnings, tuple(files), digest)
+
+
+def read_documents(paths: Sequence[str]) -> tuple[list[str], list[Document], str]:
+    """The files ``paths`` name and every YAML document in them, with line numbers, and the
+    digest of their bytes. Raises ConfigInvalid with every file-level problem at once."""
     files, issues = _config_files(paths)
     documents: list[Document] = []
     digest = hashlib.sha256()
@@ -68,8 +76,7 @@ def load_config(paths: Sequence[str], env: Mapping[str, str] | None = None) -> L
         issues += problems
     if issues:
         raise ConfigInvalid(issues)
-    config, warnings = parse_documents(documents, os.environ if env is None else env)
-    return LoadedConfig(config, warnings, tuple(files), digest.hexdigest())
+    return files, documents, digest.hexdigest()
 
 
 def _config_files(paths: Sequence[str]) -> tuple[list[str], list[ConfigIssue]]:

@@ -11,6 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
+def kubernetes_short_name(host: str) -> str | None:
+    """``name`` for ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local`` (SPEC §2:
+    those forms of a host or backend name all mean the service ``name``)."""
+    labels = host.split(".")
+    if len(labels) == 2 or (len(labels) == 3 and labels[2] == "svc") or (
+            len(labels) == 5 and labels[2:] == ["svc", "cluster", "local"]):
+        return labels[0]
+    return None
+
+
 # ---------------------------------------------------------------------------- matching
 
 StringMatchKind = Literal["exact", "prefix", "suffix", "regex", "present", "absent"]

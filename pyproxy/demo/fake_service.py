@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import signal
 import socket
 import sys

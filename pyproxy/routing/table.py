@@ -11,20 +11,12 @@ from __future__ import annotations
 
 from typing import Generic, Sequence, TypeVar
 
+from pyproxy.config.model import kubernetes_short_name
 from pyproxy.messages import RequestHead
 
 R = TypeVar("R")  # the compiled route type; the table only needs .hosts and .matches(head)
 
 _CACHE_LIMIT = 4096
-
-
-def kubernetes_short_name(host: str) -> str | None:
-    """``name`` for ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local``."""
-    labels = host.split(".")
-    if len(labels) == 2 or (len(labels) == 3 and labels[2] == "svc") or (
-            len(labels) == 5 and labels[2:] == ["svc", "cluster", "local"]):
-        return labels[0]
-    return None
 
 
 def host_matches(pattern: str, host: str) -> bool:

@@ -23,7 +23,7 @@ from pyproxy.config.model import (
 from pyproxy.engine import downstream
 from tests.conformance.corpus import BY_ID
 from tests.conformance.rawhttp import (
-    matches, one_route, read_responses, send, wait_for,
+    one_route, read_responses, send, wait_for,
 )
 from tests.support.backends import RawBackend, read_request_head
 from tests.support.harness import service

@@ -4,7 +4,6 @@ backends on loopback."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import random
 

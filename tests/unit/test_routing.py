@@ -7,7 +7,8 @@ import pytest
 from pyproxy.config.model import Match, PathMatch, StringMatch
 from pyproxy.messages import RequestHead
 from pyproxy.routing.matchers import compile_match, compile_matches, describe_match
-from pyproxy.routing.table import RouteTable, host_matches, kubernetes_short_name
+from pyproxy.config.model import kubernetes_short_name
+from pyproxy.routing.table import RouteTable, host_matches
 
 
 def head(path="/", method="GET", host="shop", headers=(), query=""):

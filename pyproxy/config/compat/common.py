@@ -17,7 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from pyproxy.config.model import Route, Service
+from pyproxy.config.model import Route, Service, kubernetes_short_name
+# One wording for "got ..." in every config message (parse does not import compat at
+# module level, so this is no cycle).
+from pyproxy.config.parse import _describe
 
 if TYPE_CHECKING:  # only the shape is needed: source, value, line(path)
     from pyproxy.config.parse import Document
@@ -157,15 +160,6 @@ def _candidates(name: str, namespace: str | None) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def kubernetes_short_name(host: str) -> str | None:
-    """``name`` for ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local``."""
-    labels = host.split(".")
-    if len(labels) == 2 or (len(labels) == 3 and labels[2] == "svc") or (
-            len(labels) == 5 and labels[2:] == ["svc", "cluster", "local"]):
-        return labels[0]
-    return None
-
-
 def qualified_names(manifests: Iterable[Manifest]) -> dict[tuple[str, str], str]:
     """A route-name base per manifest: its name, or ``name.namespace`` when another manifest
     of the same kind has the same name in another namespace."""
@@ -225,18 +219,6 @@ def parse_go_duration(text: str) -> float | None:
     return sum(float(number) * _UNITS[unit] for number, unit in _DURATION_PART.findall(text))
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return repr(value)
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: header names, methods
