@@ -68,7 +68,7 @@ class Proxy:
             self.stats.request_started(route.name)
             await self._serve_route(head, exchange, route, snapshot.config.debug_headers, outcome)
         except ProxyError as error:
-            self._respond_error(head, exchange, error, outcome, snapshot.config.debug_headers)
+            self._respond_error(exchange, error, outcome, snapshot.config.debug_headers)
         except ClientDisconnected:
             _add_flag(outcome, "DC")
         except asyncio.CancelledError:
@@ -83,8 +83,8 @@ class Proxy:
             self.stats.record(outcome)
             self.access_log.log(outcome)
 
-    def _respond_error(self, head: RequestHead, exchange: Exchange, error: ProxyError,
-                       outcome: RequestOutcome, debug: bool) -> None:
+    def _respond_error(self, exchange: Exchange, error: ProxyError, outcome: RequestOutcome,
+                       debug: bool) -> None:
         """The one place a failure becomes a response (SPEC §3)."""
         if error.flag:
             _add_flag(outcome, error.flag)
@@ -92,15 +92,12 @@ class Proxy:
             # Headers are out: the only honest signal left is a cut connection.
             exchange.abort()
             return
-        outcome.status = error.status
         headers = [("content-type", "text/plain")]
         if error.flag == "UO":
             headers.append(("x-pyproxy-overloaded", "true"))
         if debug:
             headers.extend(_debug_headers(outcome))
-        exchange.start_response(error.status, headers, len(error.body))
-        exchange.write(error.body)
-        exchange.end_response()
+        self._respond_local(exchange, error.status, headers, error.body, outcome)
 
     # ------------------------------------------------------------------ route actions
 
