@@ -103,15 +103,17 @@ class Proxy:
 
     async def _serve_route(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
                            debug: bool, outcome: RequestOutcome) -> None:
+        # The route's response header rules apply to answers pyproxy gives itself too.
+        response_rules = route.headers.response if route.headers is not None else None
         if route.direct_response is not None:
             body = route.direct_response.body.encode()
-            self._respond_local(exchange, route.direct_response.status,
-                                [("content-type", "text/plain")], body, outcome)
+            self._respond_local(exchange, route.direct_response.status, header_filter.apply(
+                [("content-type", "text/plain")], response_rules), body, outcome)
             return
         if route.redirect is not None:
             location = redirect_location(route.redirect, head, route.matched_prefix(head.path))
-            self._respond_local(exchange, route.redirect.status, [("location", location)], b"",
-                                outcome)
+            self._respond_local(exchange, route.redirect.status, header_filter.apply(
+                [("location", location)], response_rules), b"", outcome)
             return
         fault = route.fault
         if fault is not None and fault.scope == "request":

@@ -266,17 +266,17 @@ def _conditions(match: Match) -> list[str]:
 
 def _string_match(test: StringMatch) -> str:
     case = " (any case)" if test.ignore_case else ""
-    if test.kind in ("present", "absent"):
-        return test.kind
     if test.kind == "exact":
-        return f"= {test.value}{case}"
-    return f"{test.kind} {test.value}{case}"
+        return f"{'!=' if test.invert else '='} {test.value}{case}"
+    text = test.kind if test.kind in ("present", "absent") else f"{test.kind} {test.value}{case}"
+    return f"not {text}" if test.invert else text
 
 
 def _backend_lines(route: Route) -> list[str]:
     if not route.backends:
         return []
-    return _table([[backend.name, f"{share:.1f}%", f"(weight {backend.weight:g})"]
+    return _table([[backend.name, f"{share:.1f}%", f"(weight {backend.weight:g})"
+                    + (f", answers {backend.direct_status}" if backend.direct_status else "")]
                    for backend, share in zip(route.backends, _shares(route))])
 
 
@@ -284,7 +284,7 @@ def _redirect(redirect: Redirect) -> str:
     changes = [f"{key} {value}" for key, value in (
         ("scheme", redirect.scheme), ("host", redirect.host), ("port", redirect.port),
         ("path", redirect.path), ("path prefix", redirect.path_prefix)) if value is not None]
-    return f"{redirect.status}, {', '.join(changes)}"
+    return ", ".join([str(redirect.status), *changes])
 
 
 def _direct_response(response: DirectResponse) -> str:

@@ -159,3 +159,16 @@ async def test_direct_status_backend_answers_its_share(echo_factory, proxy_facto
     names = await _names(proxy.url + "/", 1000)
     assert_binomial(names.count("status:500"), 1000, 0.5)
     assert names.count("v1") + names.count("status:500") == 1000
+
+
+async def test_route_response_headers_apply_to_direct_responses(echo_factory, proxy_factory):
+    from pyproxy.config.model import DirectResponse, HeaderChanges, HeaderRules
+
+    v1 = await echo_factory("v1")
+    route = Route("maintenance", direct_response=DirectResponse(503, "down for maintenance"),
+                  headers=HeaderRules(response=HeaderChanges(set=(("retry-after", "120"),))))
+    proxy = await proxy_factory(Config(services={"svc": service("svc", v1)}, routes=(route,)))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/") as r:
+            assert r.status == 503 and r.headers["retry-after"] == "120"
+            assert await r.text() == "down for maintenance"

@@ -182,3 +182,13 @@ def test_python_m_pyproxy_validate_exit_codes(request, fixture, code):
 ])
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_summary_shows_inverted_matches_and_fixed_status_backends():
+    from pyproxy.config.model import Backend, Route, StringMatch
+    from pyproxy.config.summary import _backend_lines, _string_match
+
+    assert _string_match(StringMatch("exact", "tester", invert=True)) == "!= tester"
+    assert _string_match(StringMatch("prefix", "te", invert=True)) == "not prefix te"
+    route = Route("r", backends=(Backend("a"), Backend("gone", direct_status=500)))
+    assert "answers 500" in " ".join(_backend_lines(route))
