@@ -154,6 +154,8 @@ services:
   slow:
     endpoints: [{{address: "127.0.0.1:{slow}"}}]
     connection_pool: {{max_connections: 1, max_pending_requests: 1}}
+  broken:
+    endpoints: [{{address: "127.0.0.1:{broken}"}}]
 routes:
   - name: canary
     hosts: [shop]
@@ -174,6 +176,10 @@ routes:
   - name: slow
     hosts: [slow]
     backends: [{{service: slow}}]
+  - name: retrying              # always fails, so every request is retried (deterministic)
+    hosts: [retrying]
+    backends: [{{service: broken}}]
+    retries: {{attempts: 1, retry_on: [5xx]}}
 """
 
 
@@ -193,7 +199,8 @@ def test_dashboard_queries_only_metrics_a_live_pyproxy_exposes(tmp_path, process
             return http(f"{proxy.url}/stocklevel", headers={"Host": host}, timeout=10)[0]
 
         with ThreadPoolExecutor(12) as pool:
-            statuses = list(pool.map(get, ["shop"] * 60 + ["chaos"] * 30 + ["flaky"] * 12))
+            statuses = list(pool.map(get, ["shop"] * 60 + ["chaos"] * 30 + ["flaky"] * 12
+                                     + ["retrying"] * 3))
             overflow = list(pool.map(get, ["slow"] * 12))  # one connection, one waiting
         assert 503 in statuses  # the chaos route's injected aborts
         assert 503 in overflow, overflow
@@ -204,6 +211,7 @@ def test_dashboard_queries_only_metrics_a_live_pyproxy_exposes(tmp_path, process
     assert samples(text, "pyproxy_faults_injected_total", route="chaos", kind="abort") > 0
     assert samples(text, "pyproxy_circuit_breaker_overflows_total", service="slow") > 0
     assert samples(text, "pyproxy_endpoint_ejections_total", service="flaky") > 0
+    assert samples(text, "pyproxy_retries_total", route="retrying") > 0
 
     families = scrape_families(text)
     referenced = set().union(*(metric_names(e) for e in expressions(dashboard())))
