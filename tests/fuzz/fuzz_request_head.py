@@ -14,39 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+from tests.support.fake_transport import FakeTransport  # noqa: E402
 
 with atheris.instrument_imports():
     from pyproxy.config.model import Limits, Timeouts
     from pyproxy.engine.downstream import Listener
-
-
-class _Transport:
-    def __init__(self):
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data):
-        self.out.extend(data)
-
-    def close(self):
-        self.closed = True
-
-    def is_closing(self):
-        return self.closed
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        pass
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
 
 
 _LOOP = asyncio.new_event_loop()
@@ -74,7 +51,7 @@ def test_one_input(data: bytes) -> None:
     async def run():
         listener = Listener(handler, timeouts=Timeouts(), limits=_LIMITS)
         protocol = listener.protocol_factory()
-        transport = _Transport()
+        transport = FakeTransport()
         protocol.connection_made(transport)
         view = payload
         for cut in cuts:

@@ -1,15 +1,15 @@
-"""A real ``pyproxy run`` process: streaming memory, reload under load, metrics, SIGTERM."""
+"""A real ``pyproxy run`` process: reload under load, metrics, SIGHUP, SIGTERM.
+
+Streaming with bounded memory (issue 2: 200 MiB; here 1 GiB) is tests/load T6."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import signal
 import time
 
 import aiohttp
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,48 +44,6 @@ def _write_config(path, backends: list[tuple[str, int]], weights=(90, 10), *, ex
         **top,
     }
     _atomic_write(path, yaml.safe_dump(config, sort_keys=False))
-
-
-@pytest.mark.slow
-async def test_200_mib_up_and_down_with_bounded_proxy_memory(tmp_path, echo_factory):
-    echo = await echo_factory("echo")
-    config = tmp_path / "pyproxy.yaml"
-    _write_config(config, [("v1", echo.port)], weights=(1,))
-    proxy = ProxyProcess(config).start()
-    try:
-        baseline = proxy.rss_mib()
-        size = 200 * MIB
-        block = hashlib.sha256(b"seed").digest() * 2048  # 64 KiB of non-repeating-ish bytes
-        expected = hashlib.sha256()
-
-        async def upload():
-            sent = 0
-            while sent < size:
-                expected.update(block)
-                yield block
-                sent += len(block)
-
-        timeout = aiohttp.ClientTimeout(total=300)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.post(proxy.url + "/upload", data=upload(),
-                                    headers={"content-length": str(size)}) as r:
-                answer = await r.json(content_type=None)
-            assert r.status == 200
-            assert answer["body_bytes"] == size
-            assert answer["body_sha256"] == expected.hexdigest()
-
-            received = 0
-            async with session.get(proxy.url + f"/stream/{size}") as r:
-                async for chunk in r.content.iter_chunked(256 * 1024):
-                    received += len(chunk)
-            assert r.status == 200 and received == size
-
-        growth = proxy.peak_rss_mib() - baseline
-        print(f"\nproxy RSS baseline {baseline:.1f} MiB, peak growth {growth:.1f} MiB "
-              f"streaming 200 MiB up and 200 MiB down")
-        assert growth < 64, f"proxy RSS grew {growth:.1f} MiB while streaming"
-    finally:
-        assert proxy.stop() == 0
 
 
 async def _steady_load(url: str, stop: asyncio.Event, results: list, workers: int = 4) -> None:

@@ -10,6 +10,7 @@ from pyproxy.config.model import Match, PathMatch, StringMatch
 from pyproxy.messages import RequestHead
 from pyproxy.routing.matchers import compile_match
 from pyproxy.traffic.split import WeightedSplit
+from tests.support.fake_transport import FakeTransport
 
 weights = st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1,
                    max_size=8)
@@ -92,36 +93,10 @@ def test_the_request_parser_never_crashes_and_never_forwards_garbage(data):
         exchange.start_response(200, [], 0)
         exchange.end_response()
 
-    class Transport:
-        def __init__(self):
-            self.out = bytearray()
-            self.closed = False
-
-        def write(self, b):
-            self.out.extend(b)
-
-        def close(self):
-            self.closed = True
-
-        def is_closing(self):
-            return self.closed
-
-        def get_extra_info(self, name, default=None):
-            return ("127.0.0.1", 1) if name == "peername" else default
-
-        def set_write_buffer_limits(self, high=None, low=None):
-            pass
-
-        def pause_reading(self):
-            pass
-
-        def resume_reading(self):
-            pass
-
     async def run():
         listener = Listener(handler, timeouts=Timeouts(), limits=Limits())
         protocol = listener.protocol_factory()
-        transport = Transport()
+        transport = FakeTransport()
         protocol.connection_made(transport)
         protocol.data_received(data)
         await asyncio.sleep(0)
