@@ -257,6 +257,7 @@ def test_the_compose_topology_runs_without_containers(tmp_path, processes):
     topology.start()
     ingress = f"http://127.0.0.1:{topology.listen}/store/stocklevel"
 
+    reached_zipkin = 0  # every chain that got past stockmanager called zipkin once
     replies = storefront_calls(ingress, 200)
     versions = {"stockmanager-v1": 0, "stockmanager-v2": 0}
     v2_failed = 0
@@ -272,16 +273,21 @@ def test_the_compose_topology_runs_without_containers(tmp_path, processes):
         else:
             assert status == 200 and names[2] == "zipkin", links
             assert all(code == 200 for _, code in links), links
+            reached_zipkin += 1
     assert_binomial(versions["stockmanager-v2"], 200, 0.10)
     assert_binomial(v2_failed, versions["stockmanager-v2"], 0.50)
 
     # The dark launch: end-user travels with the storefront's call, the tester gets 0.0.2.
     for _, reply in storefront_calls(ingress, 10, {"end-user": "tester"}):
         assert chain(reply)[1][0] == "stockmanager-v2"
+        reached_zipkin += "zipkin" in {name for name, _ in chain(reply)}
     # A signed-in user stays on the version they drew (sticky by end-user), across the hop.
     for user in ("alice", "bob", "carol"):
-        drawn = {chain(reply)[1][0] for _, reply in storefront_calls(ingress, 8, {"end-user": user})}
+        user_replies = storefront_calls(ingress, 8, {"end-user": user})
+        drawn = {chain(reply)[1][0] for _, reply in user_replies}
         assert len(drawn) == 1, (user, drawn)
+        reached_zipkin += sum("zipkin" in {name for name, _ in chain(reply)}
+                              for _, reply in user_replies)
 
     # What Prometheus scrapes.
     status, _, body = http(topology.scrape_url())
@@ -299,7 +305,8 @@ def test_the_compose_topology_runs_without_containers(tmp_path, processes):
                    backend="stockmanager/v2") == pytest.approx(0.1)
     assert samples(metrics, "pyproxy_request_duration_seconds_bucket", route="storefront",
                    le="+Inf") == samples(metrics, "pyproxy_requests_total", route="storefront")
-    assert samples(metrics, "pyproxy_upstream_requests_total", service="zipkin") >= 210
+    # Exact: how many chains reached zipkin is random (0.0.2 fails half its calls first).
+    assert samples(metrics, "pyproxy_upstream_requests_total", service="zipkin") == reached_zipkin
     generation = samples(metrics, "pyproxy_config_generation")
 
     # The bind-mounted config is hot-reloaded: switch the zipkin fault on by editing the file.
