@@ -15,7 +15,6 @@ import socket
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from pyproxy.config.model import (
     Backend, Config, DirectResponse, Limits, Match, PathMatch, Route, Timeouts,
@@ -25,7 +24,7 @@ from tests.conformance.corpus import BY_ID
 from tests.conformance.rawhttp import (
     one_route, read_responses, send, wait_for,
 )
-from tests.support.backends import RawBackend, read_request_head
+from tests.support.backends import RawBackend, WebSocketEchoBackend, read_request_head
 from tests.support.harness import service
 
 T = 0.5  # every timeout under test
@@ -362,28 +361,13 @@ async def test_b12_dot_segments_cannot_route_around_a_denied_prefix(recording, p
 
 
 async def test_b13_websocket_is_relayed(proxy_factory):
-    async def ws_handler(request):
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            await ws.send_str("echo:" + msg.data)
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/ws", ws_handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-
-    class Port:
-        port = runner.addresses[0][1]
-
-    proxy = await proxy_factory(one_route(Port))
+    backend = await WebSocketEchoBackend().start()
+    proxy = await proxy_factory(one_route(backend))
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(proxy.url + "/ws") as ws:
             await ws.send_str("hi")
             assert await ws.receive_str() == "echo:hi"
-    await runner.cleanup()
+    await backend.close()
 
 
 WS_HANDSHAKE = (b"Connection: Upgrade\r\nUpgrade: websocket\r\n"

@@ -7,10 +7,9 @@ import dataclasses
 import json
 
 import aiohttp
-from aiohttp import web
 
 from pyproxy.config.model import Backend, Config, Route
-from tests.support.backends import RawBackend, read_request_head
+from tests.support.backends import RawBackend, WebSocketEchoBackend, read_request_head
 from tests.support.harness import service
 
 
@@ -145,29 +144,14 @@ async def test_http10_client_gets_close_delimited_body(echo_factory, proxy_facto
 
 
 async def test_websocket_echo_through_the_proxy(proxy_factory):
-    async def ws_handler(request):
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            await ws.send_str("echo:" + msg.data)
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/ws", ws_handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-
-    class Port:
-        port = runner.addresses[0][1]
-
-    proxy = await proxy_factory(_plain(Port))
+    backend = await WebSocketEchoBackend().start()
+    proxy = await proxy_factory(_plain(backend))
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(proxy.url + "/ws") as ws:
             for i in range(5):
                 await ws.send_str(f"m{i}")
                 assert (await ws.receive_str()) == f"echo:m{i}"
-    await runner.cleanup()
+    await backend.close()
 
 
 async def test_expect_100_continue_is_answered_by_the_proxy(echo_factory, proxy_factory):
@@ -272,24 +256,10 @@ async def test_no_route_is_404_nr(echo_factory, proxy_factory):
 
 
 async def test_idle_websocket_tunnel_is_closed(proxy_factory):
-    async def ws_handler(request):
-        ws = web.WebSocketResponse(autoping=False)
-        await ws.prepare(request)
-        async for msg in ws:
-            await ws.send_str(msg.data)
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/ws", ws_handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-
-    class Port:
-        port = runner.addresses[0][1]
+    backend = await WebSocketEchoBackend(prefix="", autoping=False).start()
 
     from pyproxy.config.model import Timeouts
-    proxy = await proxy_factory(_plain(Port, timeouts=Timeouts(tunnel_idle=0.3)))
+    proxy = await proxy_factory(_plain(backend, timeouts=Timeouts(tunnel_idle=0.3)))
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(proxy.url + "/ws", autoping=False, heartbeat=None) as ws:
             await ws.send_str("hi")
@@ -297,4 +267,4 @@ async def test_idle_websocket_tunnel_is_closed(proxy_factory):
             message = await asyncio.wait_for(ws.receive(), 5)  # then silence past tunnel_idle
             assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
                                     aiohttp.WSMsgType.ERROR)
-    await runner.cleanup()
+    await backend.close()

@@ -146,3 +146,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class WebSocketEchoBackend:
+    """An aiohttp WebSocket server at /ws that answers each text message with
+    ``prefix + message``; ``autoping=False`` keeps it silent (no pong) for idle tests."""
+
+    def __init__(self, prefix: str = "echo:", autoping: bool = True):
+        self.prefix = prefix
+        self.autoping = autoping
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> "WebSocketEchoBackend":
+        app = web.Application()
+        app.router.add_get("/ws", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=self.autoping)
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(self.prefix + message.data)
+        return ws
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
