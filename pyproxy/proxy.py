@@ -53,35 +53,70 @@ class Proxy:
     # ------------------------------------------------------------------ entry
 
     async def handle(self, head: RequestHead, exchange: Exchange) -> None:
+        """Serve one request in the engine's Task: every request ``serve_now`` leaves."""
         snapshot = self.runtime.snapshot  # this request finishes on this snapshot
         started = time.perf_counter()  # uvloop's loop.time() only has millisecond steps
-        outcome = RequestOutcome(start=time.time(), method=head.method, host=head.host,
-                                 path=head.path,
-                                 request_id=head.header("x-request-id")
-                                 or forwarding.new_request_id())
-        route = None
-        try:
-            route = snapshot.table.match(head)
-            if route is None:
-                raise NoRoute()
+        outcome = _new_outcome(head)
+        route = snapshot.table.match(head)
+        if route is not None:
             outcome.route = route.name
             self.stats.request_started(route.name)
-            await self._serve_route(head, exchange, route, snapshot.config.debug_headers, outcome)
+        debug = snapshot.config.debug_headers
+        await self._guarded(exchange, route, outcome, started, debug,
+                            self._serve_route(head, exchange, route, debug, outcome))
+
+    def serve_now(self, head: RequestHead, exchange: Exchange) -> bool:
+        """Serve a plain request (no body, no upgrade) without a Task when its route only
+        forwards: sent on an idle pooled connection and relayed from the connection's
+        callback when the response arrives whole (``_FastRequest``). Whatever has to wait
+        (a connect, a delay fault, a streamed, failed or retried response) continues in a
+        Task on the ordinary pipeline from exactly where it stands.
+
+        False, having done nothing, when the route is not such a route: ``handle`` serves it.
+        """
+        snapshot = self.runtime.snapshot
+        route = snapshot.table.match(head)
+        if route is None or not route.forward_only:
+            return False
+        started = time.perf_counter()
+        outcome = _new_outcome(head)
+        outcome.route = route.name
+        self.stats.request_started(route.name)
+        debug = snapshot.config.debug_headers
+        try:
+            _FastRequest(self, head, exchange, route, outcome, started, debug).start()
         except ProxyError as error:
-            self._respond_error(exchange, error, outcome, snapshot.config.debug_headers)
+            self._respond_error(exchange, error, outcome, debug)
+            self._account(exchange, route, outcome, started)
+            exchange.finish()
+        return True
+
+    async def _guarded(self, exchange: Exchange, route: CompiledRoute | None,
+                       outcome: RequestOutcome, started: float, debug: bool, work) -> None:
+        """Await one request's ``work``: the one place its failures become responses, and
+        where it is accounted when it ends."""
+        try:
+            await work
+        except ProxyError as error:
+            self._respond_error(exchange, error, outcome, debug)
         except ClientDisconnected:
             _add_flag(outcome, "DC")
         except asyncio.CancelledError:
             _add_flag(outcome, "DC")  # the client left mid-response
             raise
         finally:
-            outcome.duration = time.perf_counter() - started
-            outcome.bytes_in = exchange.bytes_in
-            outcome.bytes_out = exchange.bytes_out
-            if route is not None:
-                self.stats.request_finished(route.name)
-            self.stats.record(outcome)
-            self.access_log.log(outcome)
+            self._account(exchange, route, outcome, started)
+
+    def _account(self, exchange: Exchange, route: CompiledRoute | None, outcome: RequestOutcome,
+                 started: float) -> None:
+        """The request is over: one outcome to metrics and the access log."""
+        outcome.duration = time.perf_counter() - started
+        outcome.bytes_in = exchange.bytes_in
+        outcome.bytes_out = exchange.bytes_out
+        if route is not None:
+            self.stats.request_finished(route.name)
+        self.stats.record(outcome)
+        self.access_log.log(outcome)
 
     def _respond_error(self, exchange: Exchange, error: ProxyError, outcome: RequestOutcome,
                        debug: bool) -> None:
@@ -101,8 +136,12 @@ class Proxy:
 
     # ------------------------------------------------------------------ route actions
 
-    async def _serve_route(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
-                           debug: bool, outcome: RequestOutcome) -> None:
+    async def _serve_route(self, head: RequestHead, exchange: Exchange,
+                           route: CompiledRoute | None, debug: bool, outcome: RequestOutcome,
+                           fault_decision: fault_filter.FaultDecision | None = None) -> None:
+        """``fault_decision``: drawn already (by the fast path, which hands delays over)."""
+        if route is None:
+            raise NoRoute()
         # The route's response header rules apply to answers pyproxy gives itself too.
         response_rules = route.headers.response if route.headers is not None else None
         if route.direct_response is not None:
@@ -116,8 +155,10 @@ class Proxy:
                 [("location", location)], response_rules), b"", outcome)
             return
         fault = route.fault
-        if fault is not None and fault.scope == "request":
-            await self._inject(route, fault_filter.decide(fault, head, self.rng.random), outcome)
+        if fault_decision is None and fault is not None and fault.scope == "request":
+            fault_decision = fault_filter.decide(fault, head, self.rng.random)
+        if fault_decision is not None:
+            await self._inject(route, fault_decision, outcome)
         backend, cookie = self._pick_backend(head, route)
         outcome.backend = backend.name
         if backend.direct_status is not None:
@@ -139,6 +180,9 @@ class Proxy:
             self.stats.record_fault(route.name, "delay")
             _add_flag(outcome, "DI")
             await asyncio.sleep(decision.delay)
+        self._abort_if(route, decision)
+
+    def _abort_if(self, route: CompiledRoute, decision) -> None:
         if decision.abort:
             self.stats.record_fault(route.name, "abort")
             raise InjectedAbort(status=decision.abort)
@@ -193,25 +237,36 @@ class Proxy:
 
     async def _forward(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
                        backend: CompiledBackend, cookie, debug: bool,
-                       outcome: RequestOutcome) -> None:
+                       outcome: RequestOutcome, first: "_FastRequest | None" = None) -> None:
+        """``first``: the fast path's request, admitted already, whose first attempt has
+        its endpoint picked and may be in flight on ``first.conn``."""
         service = backend.runtime
+        if first is None:
+            self._admit(service)
+        try:
+            await self._forward_admitted(head, exchange, route, backend, cookie, debug, outcome,
+                                         first)
+        finally:
+            service.breaker.release_request()
+
+    def _admit(self, service: ServiceRuntime) -> None:
         limit = service.breaker.admit_request()
         if limit is not None:
             self.stats.record_overflow(service.name, limit)
             raise Overflow(limit)
-        try:
-            await self._forward_admitted(head, exchange, route, backend, cookie, debug, outcome)
-        finally:
-            service.breaker.release_request()
 
     async def _forward_admitted(self, head: RequestHead, exchange: Exchange,
                                 route: CompiledRoute, backend: CompiledBackend, cookie,
-                                debug: bool, outcome: RequestOutcome) -> None:
+                                debug: bool, outcome: RequestOutcome,
+                                first: "_FastRequest | None") -> None:
         loop = asyncio.get_running_loop()
         service = backend.runtime
         retrying = False  # a retry slot is held for the current attempt
         policy = route.retries
-        deadline = loop.time() + route.timeout if route.timeout else None
+        if first is not None:
+            deadline = first.deadline
+        else:
+            deadline = loop.time() + route.timeout if route.timeout else None
         body = await self._prepare_body(exchange, policy, bool(route.mirrors))
         replayable = body is not _STREAM
         if route.mirrors:
@@ -221,7 +276,8 @@ class Proxy:
         attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
             else None
         websocket = exchange.is_websocket and route.route.websocket
-        request_head = self._request_head(head, route, backend, websocket, outcome.request_id)
+        request_head = first.request_head if first is not None else \
+            self._request_head(head, route, backend, websocket, outcome.request_id)
         tried: list[EndpointState] = []
         attempt = 0
         try:
@@ -247,13 +303,19 @@ class Proxy:
                             service.breaker.release_retry()
                             retrying = False
                 if error is None:
-                    endpoint = self._pick_endpoint(head, backend, tried)
+                    if first is not None:  # attempt 1 began on the fast path
+                        endpoint, sent, attempt_deadline = \
+                            first.endpoint, first.conn, first.attempt_deadline
+                        first = None
+                    else:
+                        endpoint, sent = self._pick_endpoint(head, backend, tried), None
+                        attempt_deadline = _attempt_deadline(loop, deadline, per_try)
                     tried.append(endpoint)
                     outcome.endpoint = endpoint.address
                     try:
                         conn, response, pump = await self._attempt(
-                            exchange, endpoint, service, request_head, body,
-                            _attempt_deadline(loop, deadline, per_try), head.method == "HEAD")
+                            exchange, endpoint, service, request_head, body, attempt_deadline,
+                            head.method == "HEAD", sent)
                     except UpstreamConnectFailure as exc:
                         error, failure = exc, "connect-failure"
                     except UpstreamReset as exc:
@@ -337,10 +399,12 @@ class Proxy:
 
     async def _attempt(self, exchange: Exchange, endpoint: EndpointState,
                        service: ServiceRuntime, request_head: bytes, body: bytes | None,
-                       deadline: float | None, is_head: bool
+                       deadline: float | None, is_head: bool,
+                       sent: UpstreamConnection | None = None
                        ) -> tuple[UpstreamConnection, ResponseHead, asyncio.Task | None]:
         """Send the request to one endpoint and wait for its response head.
 
+        ``sent``: the pooled connection the fast path already sent a bodiless request on.
         Returns the connection, the response head and the body pump (for a streamed body,
         still running while the response is relayed)."""
         endpoint.active += 1
@@ -354,8 +418,11 @@ class Proxy:
             timer = asyncio.get_running_loop().call_at(deadline, _expire, asyncio.current_task(),
                                                        expired)
         try:
-            conn, reused = await self._acquire(endpoint, service)
-            pump = self._send(conn, exchange, request_head, body, is_head)
+            if sent is None:
+                conn, reused = await self._acquire(endpoint, service)
+                pump = self._send(conn, exchange, request_head, body, is_head)
+            else:
+                conn, reused = sent, True
             try:
                 response = await conn.response_head()
             except UpstreamReset:
@@ -533,14 +600,11 @@ class Proxy:
                      backend: CompiledBackend, conn: UpstreamConnection, response: ResponseHead,
                      cookie, debug: bool, outcome: RequestOutcome, websocket: bool) -> None:
         status = response.status
+        if status != 101 and conn.response_received:
+            self._relay_whole(exchange, route, conn, response, cookie, debug, outcome)
+            return
         outcome.status = status
-        headers = forwarding.response_headers(response.headers)
-        if route.headers is not None:
-            headers = header_filter.apply(headers, route.headers.response)
-        if cookie is not None:
-            headers.append(cookie)
-        if debug:
-            headers.extend(_debug_headers(outcome))
+        headers = self._response_headers(route, response, cookie, debug, outcome)
         try:
             if status == 101:
                 if not websocket:
@@ -551,19 +615,41 @@ class Proxy:
                 return
             length = None if response.chunked else response.content_length
             exchange.start_response(status, headers, length, reason=response.reason)
-            if conn.response_complete:
-                exchange.write(conn.take_buffered())  # small responses: one write, no waiting
-            else:
-                idle = self.runtime.snapshot.config.timeouts.body_idle
-                while chunk := await conn.read_body(idle):
-                    exchange.write(chunk)
-                    if exchange.write_paused:
-                        await exchange.drain()
+            idle = self.runtime.snapshot.config.timeouts.body_idle
+            while chunk := await conn.read_body(idle):
+                exchange.write(chunk)
+                if exchange.write_paused:
+                    await exchange.drain()
             exchange.end_response()
         except BaseException:
             conn.abort()
             raise
         conn.release()
+
+    def _relay_whole(self, exchange: Exchange, route: CompiledRoute, conn: UpstreamConnection,
+                     response: ResponseHead, cookie, debug: bool,
+                     outcome: RequestOutcome) -> None:
+        """A response already received in full: one write, no waiting (the common case)."""
+        outcome.status = response.status
+        exchange.start_response(response.status,
+                                self._response_headers(route, response, cookie, debug, outcome),
+                                None if response.chunked else response.content_length,
+                                reason=response.reason)
+        exchange.write(conn.take_buffered())
+        exchange.end_response()
+        conn.release()
+
+    @staticmethod
+    def _response_headers(route: CompiledRoute, response: ResponseHead, cookie, debug: bool,
+                          outcome: RequestOutcome) -> list[tuple[str, str]]:
+        headers = forwarding.response_headers(response.headers)
+        if route.headers is not None:
+            headers = header_filter.apply(headers, route.headers.response)
+        if cookie is not None:
+            headers.append(cookie)
+        if debug:
+            headers.extend(_debug_headers(outcome))
+        return headers
 
     async def _tunnel(self, tunnel, conn: UpstreamConnection) -> None:
         """Copy bytes both ways after a 101 until either side closes, or until neither has
@@ -601,6 +687,106 @@ class Proxy:
                 task.cancel()
             conn.abort()
             tunnel.close()
+
+
+class _FastRequest:
+    """A request on ``Proxy.serve_now``'s path, between the callbacks that serve it.
+
+    ``start`` picks the backend and endpoint as the pipeline would and sends the request on
+    an idle pooled connection, then ``on_upstream`` runs when the connection has news: the
+    response (relayed at once if it came whole and is not to be retried), a failure, or the
+    deadline. Everything else is handed to ``Proxy._forward`` in a Task with this request as
+    its first attempt, so retries, timeouts and streaming have one implementation.
+    """
+
+    __slots__ = ("proxy", "head", "exchange", "route", "outcome", "started", "debug", "backend",
+                 "cookie", "endpoint", "conn", "request_head", "deadline", "attempt_deadline")
+
+    def __init__(self, proxy: Proxy, head: RequestHead, exchange: Exchange,
+                 route: CompiledRoute, outcome: RequestOutcome, started: float, debug: bool):
+        self.proxy = proxy
+        self.head = head
+        self.exchange = exchange
+        self.route = route
+        self.outcome = outcome
+        self.started = started
+        self.debug = debug
+        self.conn: UpstreamConnection | None = None
+
+    def start(self) -> None:
+        """Raises ProxyError for an answer given at once (fault abort, overflow, no endpoint)."""
+        proxy, head, route = self.proxy, self.head, self.route
+        if route.fault is not None:  # a forward-only route's fault is request-scoped
+            decision = fault_filter.decide(route.fault, head, proxy.rng.random)
+            if decision.delay:
+                self._continue(proxy._serve_route(head, self.exchange, route, self.debug,
+                                                  self.outcome, decision))
+                return
+            proxy._abort_if(route, decision)
+        backend, self.cookie = proxy._pick_backend(head, route)
+        self.backend = backend
+        self.outcome.backend = backend.name
+        service = backend.runtime
+        proxy._admit(service)
+        try:
+            endpoint = self.endpoint = proxy._pick_endpoint(head, backend, ())
+        except ProxyError:
+            service.breaker.release_request()
+            raise
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + route.timeout if route.timeout else None
+        self.attempt_deadline = _attempt_deadline(
+            loop, self.deadline, route.retries.per_try_timeout if route.retries else None)
+        self.request_head = proxy._request_head(head, route, backend, False,
+                                                self.outcome.request_id)
+        conn = self.conn = endpoint.pool.take_idle()
+        if conn is None:  # a connect has to be awaited
+            self._continue(proxy._forward(head, self.exchange, route, backend, self.cookie,
+                                          self.debug, self.outcome, first=self))
+            return
+        endpoint.active += 1
+        proxy._send(conn, self.exchange, self.request_head, _NO_BODY, head.method == "HEAD")
+        conn.watch(self.on_upstream, self.attempt_deadline)
+
+    def on_upstream(self) -> None:
+        """The connection's news: the response head (maybe the whole response), a failure,
+        or the attempt's deadline."""
+        proxy, conn, route, outcome = self.proxy, self.conn, self.route, self.outcome
+        self.endpoint.active -= 1
+        response = conn.response
+        try:
+            if (response is None or response.status == 101 or not conn.response_received
+                    or (route.retries is not None
+                        and is_retryable(route.retries, "status", response.status))):
+                self._continue(proxy._forward(self.head, self.exchange, route, self.backend,
+                                              self.cookie, self.debug, outcome, first=self))
+                return
+            outcome.attempts = 1
+            outcome.endpoint = self.endpoint.address
+            service = self.backend.runtime
+            proxy.stats.record_attempt(AttemptOutcome(self.backend.service.name,
+                                                      self.endpoint.address, response.status))
+            proxy._judge(service, self.endpoint, response.status)
+            proxy._relay_whole(self.exchange, route, conn, response, self.cookie, self.debug,
+                               outcome)
+            service.breaker.release_request()
+            proxy._account(self.exchange, route, outcome, self.started)
+        except Exception:
+            # A bug; this runs in the connection's callback, where nobody else would see it.
+            logger.exception("unhandled error while serving %r", self.head)
+            conn.abort()
+            self.exchange.abort()
+        self.exchange.finish()
+
+    def _continue(self, work) -> None:
+        """Wait in a Task from here on, guarded and accounted like ``Proxy.handle``."""
+        self.exchange.continue_in_task(self.proxy._guarded(
+            self.exchange, self.route, self.outcome, self.started, self.debug, work))
+
+
+def _new_outcome(head: RequestHead) -> RequestOutcome:
+    return RequestOutcome(start=time.time(), method=head.method, host=head.host, path=head.path,
+                          request_id=head.header("x-request-id") or forwarding.new_request_id())
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -206,6 +206,15 @@ class CompiledRoute:
     path_prefixes: tuple[tuple[str, bool], ...] = ()  # (prefix, element-wise), longest first
     implicit: bool = False
     _predicate: object = field(default=None, repr=False)
+    # Only forwards, with nothing per attempt or per backend to do first: the pipeline's fast
+    # path (Proxy.serve_now) may serve it.
+    forward_only: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.forward_only = (
+            self.direct_response is None and self.redirect is None and not self.mirrors
+            and (self.fault is None or self.fault.scope == "request")
+            and all(backend.direct_status is None for backend in self.backends))
 
     def matches(self, head) -> bool:
         return self._predicate(head)

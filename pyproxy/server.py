@@ -90,7 +90,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
             print(f"pyproxy: cannot load the listener certificate: {exc}", file=sys.stderr)
             return 2
     listener = Listener(proxy.handle, timeouts=config.timeouts, limits=config.limits,
-                        scheme="https" if listener_tls else "http")
+                        scheme="https" if listener_tls else "http", serve_now=proxy.serve_now)
     listener.on_reject = stats.record_rejected
     control = ProxyControl(paths, loaded, runtime, stats, listener, overrides)
     control.canaries = CanaryController(runtime, stats)

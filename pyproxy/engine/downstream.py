@@ -23,6 +23,7 @@ from typing import Awaitable, Callable
 import httptools
 
 from pyproxy.engine import wire
+from pyproxy.engine.timer import Deadline
 from pyproxy.errors import ClientDisconnected, DownstreamError
 from pyproxy.messages import RequestHead
 
@@ -56,6 +57,11 @@ _ALLOW = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 _OWS = " \t"
 
 
+# What a connection's one timer is waiting for.
+_KEEP_ALIVE = 0  # the next request, between requests
+_HEADER = 1  # the rest of a request head that has started (a total, not an idle, timeout)
+
+
 class _StopParsing(Exception):
     """Raised inside a parser callback to stop reading requests without answering."""
 
@@ -64,8 +70,14 @@ class Listener:
     """Settings and live state shared by every connection of one listening socket."""
 
     def __init__(self, handler: Callable[[RequestHead, "DownstreamExchange"], Awaitable[None]],
-                 *, timeouts, limits, scheme: str = "http"):
+                 *, timeouts, limits, scheme: str = "http",
+                 serve_now: Callable[[RequestHead, "DownstreamExchange"], bool] | None = None):
         self.handler = handler
+        # Tried first for a plain request (no body, no upgrade): serves it without a Task
+        # and returns True, or returns False, having done nothing, and ``handler`` runs.
+        # Once it returns True it owns the exchange: it calls ``finish()``, or
+        # ``continue_in_task()`` when it has to wait after all.
+        self.serve_now = serve_now
         self.timeouts = timeouts
         self.limits = limits
         self.scheme = scheme
@@ -96,9 +108,9 @@ class Listener:
 class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "listener", "loop", "transport", "parser", "client_ip", "_url", "_headers",
-        "_header_bytes", "_parsing", "_queue", "_active", "_accepting", "_timer",
-        "_reading_paused", "_write_paused", "_drain_waiters", "_tunnel", "_head_started",
-        "_completed", "busy", "_begun", "_head_read",
+        "_header_bytes", "_parsing", "_queue", "_active", "_accepting", "_deadline",
+        "_waiting_for", "_reading_paused", "_write_paused", "_drain_waiters", "_tunnel",
+        "_head_started", "_completed", "busy", "_begun", "_head_read", "_feeding",
     )
 
     def __init__(self, listener: Listener):
@@ -114,7 +126,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._queue: deque[DownstreamExchange] = deque()  # parsed, waiting for their turn
         self._active: DownstreamExchange | None = None  # the request being answered
         self._accepting = True  # False after a Connection: close request or an error
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(self.loop, self._on_deadline)
+        self._waiting_for = _KEEP_ALIVE
+        self._feeding = False  # inside parser.feed_data (and so inside parser callbacks)
         self._reading_paused = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future] = []
@@ -139,11 +153,11 @@ class DownstreamProtocol(asyncio.Protocol):
             transport.close()
             return
         listener.connections.add(self)
-        self._arm_timer(listener.timeouts.keep_alive, self._on_idle_timeout)
+        self._arm_timer(listener.timeouts.keep_alive, _KEEP_ALIVE)
 
     def connection_lost(self, exc) -> None:
         self.listener.connections.discard(self)
-        self._cancel_timer()
+        self._deadline.close()
         self._accepting = False
         for waiter in self._drain_waiters:
             if not waiter.done():
@@ -204,25 +218,19 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ timers
 
-    def _arm_timer(self, delay: float, callback) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(delay, callback)
+    def _arm_timer(self, delay: float, waiting_for: int) -> None:
+        self._waiting_for = waiting_for
+        self._deadline.arm(delay)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.disarm()
 
-    def _on_idle_timeout(self) -> None:
-        self._timer = None
-        if not self.busy:
-            self.close()
-
-    def _on_header_timeout(self) -> None:
-        # Slowloris: the header block did not complete in time (a total, not an idle, timer).
-        self._timer = None
-        self._reject(DownstreamError("request header timeout", status=408))
+    def _on_deadline(self) -> None:
+        if self._waiting_for == _HEADER:
+            # Slowloris: the header block did not complete in time.
+            self._reject(DownstreamError("request header timeout", status=408))
+        elif not self.busy:
+            self.close()  # idle past the keep-alive timeout
 
     # ------------------------------------------------------------------ parsing
 
@@ -237,7 +245,8 @@ class DownstreamProtocol(asyncio.Protocol):
         begun = self._begun
         if not self._head_started and self._parsing is None:
             self._head_started = True
-            self._arm_timer(self.listener.timeouts.request_header, self._on_header_timeout)
+            self._arm_timer(self.listener.timeouts.request_header, _HEADER)
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -259,6 +268,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._reject(DownstreamError(f"malformed request: {exc}",
                                              status=_status_for(exc, method)))
             return
+        finally:
+            self._feeding = False
         # httptools buffers a header field until it is complete, without any limit: a
         # client streaming one endless header line would grow memory (and re-copy it per
         # read) until the header timeout. Count the reads spent inside one unfinished head.
@@ -285,7 +296,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if not self._head_started:
             # A pipelined request starts within the same read: its header timer starts now.
             self._head_started = True
-            self._arm_timer(self.listener.timeouts.request_header, self._on_header_timeout)
+            self._arm_timer(self.listener.timeouts.request_header, _HEADER)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -474,6 +485,10 @@ class DownstreamProtocol(asyncio.Protocol):
         if upgrade is not None:
             exchange.is_websocket = (upgrade.strip(_OWS).lower() == "websocket"
                                      and method == "GET" and version == "1.1")
+        # Only these may go to ``serve_now``, which starts forwarding while the parser is
+        # still inside this request: an upgrade request can still turn out to be refused
+        # (bytes after an h2c head), and a body is read by the pipeline's Task.
+        exchange.plain = not body_expected and upgrade is None and not answer_options
         return head, exchange
 
     # ------------------------------------------------------------------ dispatch
@@ -481,21 +496,28 @@ class DownstreamProtocol(asyncio.Protocol):
     def _start(self, exchange: "DownstreamExchange") -> None:
         self._active = exchange
         self.busy = True
-        exchange.task = self.loop.create_task(self._serve(exchange))
+        serve_now = self.listener.serve_now
+        if serve_now is not None and exchange.plain and serve_now(exchange.head, exchange):
+            return
+        exchange.task = self.loop.create_task(self._run(exchange, self._serve(exchange)))
 
     async def _serve(self, exchange: "DownstreamExchange") -> None:
+        error = exchange._error
+        if isinstance(error, DownstreamError):
+            # Refused while its bytes were parsed, before the pipeline got to run (a bad
+            # chunk or an oversized body in the same read as the head): answer here, so
+            # not even the request head reaches an upstream.
+            self.listener.rejected(error.status)
+            exchange.respond_locally(error.status, error.body)
+        elif exchange.answer_options:
+            exchange.respond_locally(200, b"", [("allow", _ALLOW)])
+        else:
+            await self.listener.handler(exchange.head, exchange)
+
+    async def _run(self, exchange: "DownstreamExchange", work: Awaitable[None]) -> None:
+        """Serve one exchange in a Task: whatever happens, it ends and the next one starts."""
         try:
-            error = exchange._error
-            if isinstance(error, DownstreamError):
-                # Refused while its bytes were parsed, before the pipeline got to run (a bad
-                # chunk or an oversized body in the same read as the head): answer here, so
-                # not even the request head reaches an upstream.
-                self.listener.rejected(error.status)
-                exchange.respond_locally(error.status, error.body)
-            elif exchange.answer_options:
-                exchange.respond_locally(200, b"", [("allow", _ALLOW)])
-            else:
-                await self.listener.handler(exchange.head, exchange)
+            await work
         except asyncio.CancelledError:
             exchange.abort()  # the client went away mid-response
         except Exception:
@@ -507,6 +529,11 @@ class DownstreamProtocol(asyncio.Protocol):
             self._finish(exchange)
 
     def _finish(self, exchange: "DownstreamExchange") -> None:
+        if self._feeding:
+            # Finished from inside a parser callback (a fast-path refusal): the parser must
+            # complete this request's bytes before the next one may start.
+            self.loop.call_soon(self._finish, exchange)
+            return
         self._active = None
         self.busy = False
         transport = self.transport
@@ -524,7 +551,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._resume_reading()
             self._start(nxt)
         elif self._parsing is None and not self._head_started:
-            self._arm_timer(self.listener.timeouts.keep_alive, self._on_idle_timeout)
+            self._arm_timer(self.listener.timeouts.keep_alive, _KEEP_ALIVE)
 
     def _reject(self, error: DownstreamError) -> None:
         """Answer a request we refuse before (or while) parsing it, then close."""
@@ -592,7 +619,7 @@ class DownstreamExchange:
         "task", "is_websocket", "upgrade_data", "_chunks", "_buffered", "_body_done",
         "_waiter", "_error", "bytes_in", "bytes_out", "response_started", "response_done",
         "aborted", "_chunked_out", "_no_body", "_pending_head", "_expected_out",
-        "answer_options",
+        "answer_options", "plain",
     )
 
     def __init__(self, conn: DownstreamProtocol, head: RequestHead, body_expected: bool,
@@ -621,6 +648,7 @@ class DownstreamExchange:
         self._pending_head: bytes | None = None
         self._expected_out: int | None = None
         self.answer_options = False  # OPTIONS with Max-Forwards: 0, answered by the engine
+        self.plain = False  # may be offered to Listener.serve_now
 
     # ------------------------------------------------------------------ body in (engine side)
 
@@ -784,6 +812,16 @@ class DownstreamExchange:
         self.start_response(status, block + list(headers or ()), len(body))
         self.write(body)
         self.end_response()
+
+    def finish(self) -> None:
+        """The response is over (sent, or given up on): serve the next request, or close.
+        Only for an exchange ``serve_now`` took; a Task-served one finishes by itself."""
+        self.conn._finish(self)
+
+    def continue_in_task(self, work: Awaitable[None]) -> None:
+        """``serve_now`` took this exchange but must now wait: run ``work`` as a Task with
+        the engine's usual safety net; the exchange finishes when it ends."""
+        self.task = self.conn.loop.create_task(self.conn._run(self, work))
 
     def upgrade(self) -> "_DownstreamTunnel":
         """After a 101 was written: the connection carries raw bytes from now on."""

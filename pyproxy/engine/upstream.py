@@ -16,6 +16,7 @@ from typing import Callable
 
 import httptools
 
+from pyproxy.engine.timer import Deadline
 from pyproxy.errors import (
     UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
 )
@@ -50,7 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool", "loop", "transport", "parser", "_headers", "_reason", "_head", "_head_waiter",
         "_chunks", "_buffered", "_complete", "_error", "_body_waiter", "_reading_paused",
         "_write_paused", "_drain_waiter", "_closed", "request_complete", "no_body_expected",
-        "upgraded", "_idle_timer", "in_use", "forgotten",
+        "upgraded", "_deadline", "in_use", "forgotten", "_notify",
     )
 
     def __init__(self, pool: "EndpointPool"):
@@ -63,7 +64,10 @@ class UpstreamConnection(asyncio.Protocol):
         # from clients stay strict.
         self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._closed = False
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # While idle in the pool: the idle timeout. While watched (see ``watch``): the
+        # response deadline.
+        self._deadline = Deadline(self.loop, self._on_deadline)
+        self._notify: Callable[[], None] | None = None
         self.in_use = True  # False while idle in the pool
         self.forgotten = False  # True once the pool has seen it close
         self._reset_exchange()
@@ -142,6 +146,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._close()
             else:
                 self._fail(UpstreamProtocolError(f"malformed response: {exc}"))
+        if self._notify is not None and self._head is not None:
+            self._notify_watcher()
 
     # ------------------------------------------------------------------ parser callbacks
 
@@ -196,6 +202,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ used by the pipeline
 
+    def watch(self, notify: Callable[[], None], deadline: float | None) -> None:
+        """Call ``notify`` once, instead of waking a waiting coroutine, when the response
+        head has arrived (with as much of the body as came with it), the connection failed,
+        or ``deadline`` (loop time) passed with neither: the pipeline's fast path serves
+        a request in callbacks this way, without a Task."""
+        self._notify = notify
+        if deadline is not None:
+            self._deadline.arm_at(deadline)
+
+    def _notify_watcher(self) -> None:
+        notify = self._notify
+        self._notify = None
+        self._deadline.disarm()
+        notify()
+
+    def _on_deadline(self) -> None:
+        if not self.in_use:
+            self._close()  # idle in the pool for idle_timeout
+        elif self._notify is not None:
+            self._notify_watcher()  # the watcher finds no response and times the attempt out
+
     def send(self, data: bytes) -> None:
         if not self._closed:
             self.transport.write(data)
@@ -226,6 +253,16 @@ class UpstreamConnection(asyncio.Protocol):
             if self._head is None:
                 raise self._error or UpstreamReset("upstream closed before the response")
         return self._head
+
+    @property
+    def response(self) -> ResponseHead | None:
+        """The response head, once it has arrived."""
+        return self._head
+
+    @property
+    def response_received(self) -> bool:
+        """The whole response has arrived (and waits in the buffer)."""
+        return self._complete and self._error is None and not self.upgraded
 
     @property
     def response_complete(self) -> bool:
@@ -327,6 +364,8 @@ class UpstreamConnection(asyncio.Protocol):
         for waiter in (self._head_waiter, self._body_waiter, self._drain_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        if self._notify is not None:
+            self._notify_watcher()
 
 
 _DEFAULT_CONTEXT: ssl_module.SSLContext | None = None
@@ -364,9 +403,7 @@ class EndpointPool:
         """The most recently used idle connection that is still open, if any."""
         while self.idle:
             conn = self.idle.pop()
-            if conn._idle_timer is not None:
-                conn._idle_timer.cancel()
-                conn._idle_timer = None
+            conn._deadline.disarm()
             if not conn.closed:
                 conn.in_use = True
                 return conn
@@ -408,16 +445,14 @@ class EndpointPool:
             conn._close()
             return
         conn.in_use = False
-        conn._idle_timer = conn.loop.call_later(self.idle_timeout, conn._close)
+        conn._deadline.arm(self.idle_timeout)
         self.idle.append(conn)
         if self.on_connection_idle is not None:
             self.on_connection_idle()
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Called on every close path; the close hook runs once per connection."""
-        if conn._idle_timer is not None:
-            conn._idle_timer.cancel()
-            conn._idle_timer = None
+        conn._deadline.close()
         if conn in self.idle:
             self.idle.remove(conn)
         if not conn.forgotten:

@@ -62,7 +62,7 @@ class InProcessProxy:
         self.stats.ejections_provider = self.runtime.ejections
         proxy = Proxy(self.runtime, self.stats, AccessLog("off"), rng=self.rng)
         self.listener = Listener(proxy.handle, timeouts=self.config.timeouts,
-                                 limits=self.config.limits)
+                                 limits=self.config.limits, serve_now=proxy.serve_now)
         self.listener.on_reject = self.stats.record_rejected
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(self.listener.protocol_factory, "127.0.0.1", 0)
