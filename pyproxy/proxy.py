@@ -733,13 +733,14 @@ class _FastRequest:
         except ProxyError:
             service.breaker.release_request()
             raise
-        loop = asyncio.get_running_loop()
+        conn = self.conn = endpoint.pool.take_idle()
+        # A pooled connection knows the loop; asyncio.get_running_loop() costs a getpid().
+        loop = conn.loop if conn is not None else asyncio.get_running_loop()
         self.deadline = loop.time() + route.timeout if route.timeout else None
         self.attempt_deadline = _attempt_deadline(
             loop, self.deadline, route.retries.per_try_timeout if route.retries else None)
         self.request_head = proxy._request_head(head, route, backend, False,
                                                 self.outcome.request_id)
-        conn = self.conn = endpoint.pool.take_idle()
         if conn is None:  # a connect has to be awaited
             self._continue(proxy._forward(head, self.exchange, route, backend, self.cookie,
                                           self.debug, self.outcome, first=self))
