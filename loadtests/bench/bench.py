@@ -160,15 +160,16 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def tree_ticks(pid: int | None) -> int:
-    """utime+stime of the process tree (a process's stat includes all its threads)."""
+def tree_ticks(pid: int | None, fields: tuple[int, ...] = (11, 12)) -> int:
+    """utime+stime of the process tree (a process's stat includes all its threads);
+    ``fields=(12,)``: stime alone, the time spent in the kernel on its behalf."""
     if pid is None:
         return 0
     t = 0
     for p in descendants(pid):
         f = _stat_fields(p)
         if f:
-            t += int(f[11]) + int(f[12])
+            t += sum(int(f[i]) for i in fields)
     return t
 
 
@@ -218,6 +219,8 @@ def snapshot(target_pid: int | None, origin_pid: int | None) -> dict:
         "busy": machine_busy_ticks(),
         "target": tree_ticks(target_pid),
         "origin": tree_ticks(origin_pid),
+        "target_sys": tree_ticks(target_pid, (12,)),
+        "origin_sys": tree_ticks(origin_pid, (12,)),
         "self": round((own.user + own.system) * HZ),
         "children": round((ch.ru_utime + ch.ru_stime) * HZ),
         "ksoftirqd": sum(tree_ticks(p) for p in KSOFTIRQD),
@@ -736,6 +739,8 @@ class Bench:
         cpu_s = w["target"] if pid else w["origin"]
         r["cpu_pct"] = round(100.0 * cpu_s / w["wall"], 1) if w["wall"] else None
         r["cpu_us_per_req"] = round(1e6 * cpu_s / r["requests"], 2) if r.get("requests") else None
+        sys_s = w["target_sys"] if pid else w["origin_sys"]
+        r["sys_us_per_req"] = round(1e6 * sys_s / r["requests"], 2) if r.get("requests") else None
         if rc != 0 or "rps" not in r:
             r["error"] = f"wrk rc {rc}: {out.strip()[-300:]}"
         elif not alive:
@@ -839,6 +844,7 @@ def summarize(runs: list[dict], targets: list[str], scens: list[str]) -> dict:
                 "mib_per_s": med([r.get("mib_per_s") for r in rr]),
                 "cpu_pct": med([r.get("cpu_pct") for r in rr]),
                 "cpu_us_per_req": med([r.get("cpu_us_per_req") for r in rr]),
+                "sys_us_per_req": med([r.get("sys_us_per_req") for r in rr]),
                 "rss_mib": max((r["rss_kib"] for r in rr), default=0) / 1024 or None,
                 "foreign_pct_max": max((r["foreign_pct"] for r in rr), default=None),
                 "noisy_rounds": sum(1 for r in rr if r.get("noisy")),
@@ -948,6 +954,8 @@ def render_md(meta: dict, summ: dict, chk: list[dict], targets: list[str], scens
             c1s += f" (+{c1['added_p50']:,.0f})"
         name = f"**{LABEL[t]}**" if t.startswith("pyproxy") else LABEL[t]
         cpu = fmt(a.get("cpu_us_per_req"), 1) + (" (origin)" if t == "direct" and a else "")
+        if a.get("sys_us_per_req") is not None:
+            cpu += f" · {fmt(a['sys_us_per_req'], 1)} kernel"
         r = fmt(rss.get(t), 1) + (" (origin)" if t == "direct" and rss.get(t) else "")
         L.append(f"| {name} | {fmt(a.get('rps'))} | {fmt(a.get('x_nginx'), 2)} | {fmt(a.get('x_envoy'), 2)} "
                  f"| {fmt(a.get('p50'))} / {fmt(a.get('p99'))} | {fmt(b4.get('rps'))} | {fmt(b4.get('x_nginx'), 2)} "
@@ -956,7 +964,7 @@ def render_md(meta: dict, summ: dict, chk: list[dict], targets: list[str], scens
     L.append("")
     L.append("Ratios are computed inside each round, then the median is taken. Added p50 = target p50 − direct "
              "p50 in the same round. CPU µs/req = the target's CPU time (all threads and child processes, "
-             "from /proc/PID/stat) ÷ requests. Peak RSS = VmHWM summed over the target's processes, max over its "
+             "from /proc/PID/stat) ÷ requests, and of that the kernel's share (stime: the syscalls, and the loopback TCP work done in them). Peak RSS = VmHWM summed over the target's processes, max over its "
              "runs. MiB/s is wrk's Transfer/sec.\n")
 
     L.append("## Checks against the targets\n")
@@ -987,7 +995,8 @@ def render_md(meta: dict, summ: dict, chk: list[dict], targets: list[str], scens
             errs += c["errors"]
             L.append(f"| {LABEL[t]} | {spread} | {fmt(c['x_nginx'], 2)} | {fmt(c['x_envoy'], 2)} | {fmt(c['p50'])} "
                      f"| {fmt(c['p99'])} | {add_s} | {fmt(c['mib_per_s'])} "
-                     f"| {fmt(c['cpu_pct'])}{' (origin)' if t == 'direct' else ''} | {fmt(c['cpu_us_per_req'], 1)} "
+                     f"| {fmt(c['cpu_pct'])}{' (origin)' if t == 'direct' else ''} | {fmt(c['cpu_us_per_req'], 1)}"
+                     f"{' · ' + fmt(c.get('sys_us_per_req'), 1) + ' kernel' if c.get('sys_us_per_req') is not None else ''} "
                      f"| {fmt(c['foreign_pct_max'])} | {c['noisy_rounds']} / {c['retried_rounds']} "
                      f"| {'; '.join(errs)[:200] or ''} |")
         L.append("")
