@@ -22,7 +22,7 @@ from typing import Sequence
 import uvloop
 
 from pyproxy.access_log import AccessLog
-from pyproxy.admin.api import build_admin_app, check_admin_binding, parser_problem, start_admin
+from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
 from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.config.model import Address, Config
 from pyproxy.control import ProxyControl
@@ -45,10 +45,6 @@ def _parse_address(text: str) -> Address:
 async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
                 started: asyncio.Future | None = None, rng: random.Random | None = None) -> int:
     """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code."""
-    problem = parser_problem()
-    if problem is not None:
-        print(f"pyproxy: refusing to start: {problem}", file=sys.stderr)
-        return 2
     try:
         loaded = load_config(paths)
     except ConfigInvalid as invalid:

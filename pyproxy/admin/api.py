@@ -1,7 +1,8 @@
 """The admin API (SPEC §6): health, readiness, metrics, config, reload and live route stats.
 
-This is the control plane, so it runs on aiohttp — never on the request path. It reads and
-drives the proxy only through ``AdminControl``, which the runtime implements.
+This is the control plane, never on the request path; it is served by the data plane's own
+engine (``admin/http.py`` says why). It reads and drives the proxy only through
+``AdminControl``, which the runtime implements.
 
 Security, enforced by one middleware for every route:
 
@@ -27,11 +28,12 @@ import importlib.resources
 import ipaddress
 import logging
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
-import aiohttp.http_parser
-from aiohttp import web
-
+from pyproxy.admin import http
+from pyproxy.admin.http import (
+    AdminApp, AdminRequest, AdminResponse, AdminServer, Handler, HTTPError, json_response,
+)
 from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
@@ -70,50 +72,50 @@ class AdminControl(Protocol):
         "generation": int, "errors": [str]}``."""
 
 
-CONTROL = web.AppKey("control", AdminControl)
-TOKEN = web.AppKey("token", str)
+CONTROL = "control"  # the AdminControl
+TOKEN = "token"  # the bearer token mutations need ("" = none)
 
 
 # ---------------------------------------------------------------------- handlers
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+async def healthz(request: AdminRequest) -> AdminResponse:
+    return json_response({"status": "alive"})
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readyz(request: AdminRequest) -> AdminResponse:
     if request.app[CONTROL].is_ready():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not ready"}, status=503)
+        return json_response({"status": "ready"})
+    return json_response({"status": "not ready"}, status=503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: AdminRequest) -> AdminResponse:
     body, content_type = render_metrics(request.app[CONTROL].stats)
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return AdminResponse(body=body, headers={"Content-Type": content_type})
 
 
-async def get_config(request: web.Request) -> web.Response:
-    return web.json_response(redact(request.app[CONTROL].config_view()))
+async def get_config(request: AdminRequest) -> AdminResponse:
+    return json_response(redact(request.app[CONTROL].config_view()))
 
 
-async def post_reload(request: web.Request) -> web.Response:
+async def post_reload(request: AdminRequest) -> AdminResponse:
     """200 when the new config serves (or nothing changed), 422 when it was rejected
     and the last good config keeps serving; the body says which and why."""
     result = await request.app[CONTROL].reload()
-    return web.json_response(result, status=422 if result["result"] == "failure" else 200)
+    return json_response(result, status=422 if result["result"] == "failure" else 200)
 
 
-async def get_routes(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROL].routes_view())
+async def get_routes(request: AdminRequest) -> AdminResponse:
+    return json_response(request.app[CONTROL].routes_view())
 
 
-async def get_services(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROL].services_view())
+async def get_services(request: AdminRequest) -> AdminResponse:
+    return json_response(request.app[CONTROL].services_view())
 
 
-async def _json_body(request: web.Request) -> dict:
+async def _json_body(request: AdminRequest) -> dict:
     try:
-        body = await request.json()
+        body = request.json()
     except ValueError:
         raise _BadRequest("body must be a JSON object") from None
     if not isinstance(body, dict):
@@ -125,7 +127,7 @@ class _BadRequest(Exception):
     """A request the admin refuses with 400 and this (input-free) message."""
 
 
-async def put_weights(request: web.Request) -> web.Response:
+async def put_weights(request: AdminRequest) -> AdminResponse:
     """``{"weights": {"svc/v1": 50, "svc/v2": 50}}``: backends not named get 0."""
     body = await _json_body(request)
     weights = body.get("weights")
@@ -134,19 +136,19 @@ async def put_weights(request: web.Request) -> web.Response:
         raise _BadRequest("'weights' must map backend names to numbers")
     request.app[CONTROL].set_weights(request.match_info["route"], weights,
                                      source=str(body.get("source", "api"))[:32])
-    return web.json_response(request.app[CONTROL].routes_view())
+    return json_response(request.app[CONTROL].routes_view())
 
 
-async def delete_weights(request: web.Request) -> web.Response:
+async def delete_weights(request: AdminRequest) -> AdminResponse:
     cleared = request.app[CONTROL].clear_weights(request.match_info["route"])
-    return web.json_response({"cleared": cleared})
+    return json_response({"cleared": cleared})
 
 
-async def get_faults(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROL].faults_view())
+async def get_faults(request: AdminRequest) -> AdminResponse:
+    return json_response(request.app[CONTROL].faults_view())
 
 
-async def post_fault(request: web.Request) -> web.Response:
+async def post_fault(request: AdminRequest) -> AdminResponse:
     """``{"route": R, "abort": {"status": 503} | "delay": {"fixed": "2s"}, "percent": 50,
     "duration": "30s"}``: the fault removes itself when the duration is up."""
     body = await _json_body(request)
@@ -165,19 +167,19 @@ async def post_fault(request: web.Request) -> web.Response:
         raise _BadRequest("'route' must be a route name")
     view = request.app[CONTROL].add_fault(route, duration, abort_status=status, delay=delay_s,
                                           percent=percent)
-    return web.json_response(view, status=201)
+    return json_response(view, status=201)
 
 
-async def delete_faults(request: web.Request) -> web.Response:
+async def delete_faults(request: AdminRequest) -> AdminResponse:
     cleared = request.app[CONTROL].clear_faults(request.match_info.get("route"))
-    return web.json_response({"cleared": cleared})
+    return json_response({"cleared": cleared})
 
 
-async def get_canaries(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROL].canaries_view())
+async def get_canaries(request: AdminRequest) -> AdminResponse:
+    return json_response(request.app[CONTROL].canaries_view())
 
 
-async def post_canary_action(request: web.Request) -> web.Response:
+async def post_canary_action(request: AdminRequest) -> AdminResponse:
     """promote / abort / pause / resume: the canary as it is afterwards; 404 for an unknown
     canary, 409 when the action does not apply in its phase (the body says why)."""
     try:
@@ -187,17 +189,17 @@ async def post_canary_action(request: web.Request) -> web.Response:
         return _error(404, str(exc))  # names configured canaries only, never the request's
     except CommandRefused as exc:
         return _error(409, str(exc))
-    return web.json_response(view)
+    return json_response(view)
 
 
-async def post_explain(request: web.Request) -> web.Response:
+async def post_explain(request: AdminRequest) -> AdminResponse:
     """``{"host": H, "path": P, "method": M, "headers": {k: v}}`` → the routing decision."""
     body = await _json_body(request)
     host, path = body.get("host"), body.get("path", "/")
     headers = body.get("headers") or {}
     if not isinstance(host, str) or not isinstance(path, str) or not isinstance(headers, dict):
         raise _BadRequest("expected host, path, optional method and headers")
-    return web.json_response(request.app[CONTROL].explain(
+    return json_response(request.app[CONTROL].explain(
         host, path, str(body.get("method", "GET")),
         [(str(k), str(v)) for k, v in headers.items()]))
 
@@ -224,86 +226,79 @@ def _dashboard_file(name: str) -> tuple[bytes, str]:
     return body, '"%s"' % hashlib.sha256(body).hexdigest()[:24]
 
 
-async def dashboard(request: web.Request) -> web.Response:
+async def dashboard(request: AdminRequest) -> AdminResponse:
     """``GET /`` (the page) and ``GET /ui/{name}`` (its script, styles and icon)."""
     name = request.match_info.get("name", "index.html")
     content_type = DASHBOARD_FILES.get(name)
     if content_type is None:
-        raise web.HTTPNotFound()
+        raise HTTPError(404)
     body, etag = _dashboard_file(name)
     headers = {"ETag": etag, "Cache-Control": "no-cache",
                "Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
                "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
-    if etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, headers={**headers, "Content-Type": content_type})
+    if etag in (tag.strip() for tag in request.header("If-None-Match", "").split(",")):
+        return AdminResponse(304, headers=headers)
+    return AdminResponse(body=body, headers={**headers, "Content-Type": content_type})
 
 
 ROUTES = [
-    web.get("/", dashboard),
-    web.get("/ui/{name}", dashboard),
-    web.get("/healthz", healthz),
-    web.get("/readyz", readyz),
-    web.get("/metrics", metrics),
-    web.get("/api/v1/config", get_config),
-    web.post("/api/v1/reload", post_reload),
-    web.get("/api/v1/routes", get_routes),
-    web.put("/api/v1/routes/{route}/weights", put_weights),
-    web.delete("/api/v1/routes/{route}/weights", delete_weights),
-    web.get("/api/v1/services", get_services),
-    web.get("/api/v1/faults", get_faults),
-    web.post("/api/v1/faults", post_fault),
-    web.delete("/api/v1/faults", delete_faults),
-    web.delete("/api/v1/faults/{route}", delete_faults),
-    web.post("/api/v1/explain", post_explain),
-    web.get("/api/v1/canaries", get_canaries),
-    web.post("/api/v1/canaries/{name}/{action:promote|abort|pause|resume}", post_canary_action),
+    http.get("/", dashboard),
+    http.get("/ui/{name}", dashboard),
+    http.get("/healthz", healthz),
+    http.get("/readyz", readyz),
+    http.get("/metrics", metrics),
+    http.get("/api/v1/config", get_config),
+    http.post("/api/v1/reload", post_reload),
+    http.get("/api/v1/routes", get_routes),
+    http.put("/api/v1/routes/{route}/weights", put_weights),
+    http.delete("/api/v1/routes/{route}/weights", delete_weights),
+    http.get("/api/v1/services", get_services),
+    http.get("/api/v1/faults", get_faults),
+    http.post("/api/v1/faults", post_fault),
+    http.delete("/api/v1/faults", delete_faults),
+    http.delete("/api/v1/faults/{route}", delete_faults),
+    http.post("/api/v1/explain", post_explain),
+    http.get("/api/v1/canaries", get_canaries),
+    http.post("/api/v1/canaries/{name}/{action:promote|abort|pause|resume}", post_canary_action),
 ]
 
 
 # ---------------------------------------------------------------------- security
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> AdminResponse:
+    return json_response({"error": message}, status=status, headers=headers)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _guard(request: AdminRequest, handler: Handler) -> AdminResponse:
     token = request.app[TOKEN]
     # A missing Host is fine: browsers, the only rebinding vector, always send one.
-    host = request.headers.get("Host")
+    host = request.header("Host")
     if not token and host is not None and not _is_loopback(_hostname(host)):
         return _error(403, "forbidden")
     if request.method in MUTATING_METHODS:
-        if token and not _bearer_matches(request.headers.get("Authorization", ""), token):
+        if token and not _bearer_matches(request.header("Authorization", ""), token):
             return _error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
-        origin = request.headers.get("Origin")
+        origin = request.header("Origin")
         if origin is not None and not _same_origin(origin, host or ""):
             return _error(403, "forbidden")
         if request.content_type != "application/json" and (
-            request.body_exists or request.content_type in FORM_CONTENT_TYPES
+            request.has_body or request.content_type in FORM_CONTENT_TYPES
         ):
             return _error(415, "content type must be application/json")
     return await handler(request)
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own 404/405/… and unexpected exceptions, as JSON with a fixed message."""
+async def _json_errors(request: AdminRequest, handler: Handler) -> AdminResponse:
+    """No such route (404), method (405) and unexpected exceptions, as JSON with a fixed
+    message."""
     try:
         return await handler(request)
     except (_BadRequest, InvalidOverride) as exc:
         # Messages are ours (they name config entities, never request bytes).
         return _error(400, str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        # The standard phrase, not exc.reason: a reason may carry request data.
+    except HTTPError as exc:
+        headers = {"Allow": ",".join(sorted(exc.allow))} if exc.allow else None
         return _error(exc.status, HTTPStatus(exc.status).phrase.lower(), headers)
     except Exception:
         log.exception("admin %s %s failed", request.method, request.path)
@@ -341,20 +336,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def parser_problem() -> str | None:
-    """Why the strict C (llhttp) parsers are not in use, or None when they are.
-
-    The data plane parses with httptools (llhttp, always C). The admin listener runs on
-    aiohttp, whose pure-Python fallback parser (used when its C extension is missing or
-    AIOHTTP_NO_EXTENSIONS is set) accepts framing the C one refuses — a request-smuggling
-    risk we do not run with.
-    """
-    if aiohttp.http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser":
-        return ("aiohttp is using its pure-Python HTTP parser (C extension missing or "
-                "AIOHTTP_NO_EXTENSIONS set); reinstall aiohttp with its C extension")
-    return None
-
-
 def check_admin_binding(host: str, token: str) -> None:
     """Refuse an admin listener reachable beyond this machine without a token (SPEC §6)."""
     if token or _is_loopback(host.strip("[]")):
@@ -388,24 +369,16 @@ def redact(value: Any) -> Any:
 # ---------------------------------------------------------------------- app
 
 
-def build_admin_app(control: AdminControl, token: str) -> web.Application:
+def build_admin_app(control: AdminControl, token: str) -> AdminApp:
     # _json_errors is outermost so that errors raised by the guard's handler are shaped too.
-    app = web.Application(middlewares=[_json_errors, _guard])
+    app = AdminApp(ROUTES, middlewares=[_json_errors, _guard])
     app[CONTROL] = control
     app[TOKEN] = token
-    app.add_routes(ROUTES)
     return app
 
 
-async def start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve ``app`` on ``host:port`` (port 0: any free port, see ``runner.addresses``).
-    The caller owns the runner and calls ``await runner.cleanup()``."""
-    # No aiohttp access log: scrapes every few seconds would drown the operational log.
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+async def start_admin(app: AdminApp, host: str, port: int) -> AdminServer:
+    """Serve ``app`` on ``host:port`` (port 0: any free port, see ``server.addresses``).
+    The caller owns the server and calls ``await server.cleanup()``. Requests are not
+    logged: scrapes every few seconds would drown the operational log."""
+    return await http.start_admin(app, host, port)

@@ -32,12 +32,13 @@ import asyncio
 import logging
 import random
 import time
-from typing import Callable, Iterable
-
-import aiohttp
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from pyproxy.config.model import Endpoint, HealthCheck
 from pyproxy.tasks import TaskGroup
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger("pyproxy")
 
@@ -122,6 +123,10 @@ class HealthChecker:
         ``jitter``, so many checkers do not fire at once)."""
         if self._session is not None:
             return
+        # Imported here: aiohttp's client costs every proxy process ~16 MiB of memory, and
+        # only services with health checks need it.
+        import aiohttp
+
         self._session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),  # a probe must not carry state between probes
             headers={"user-agent": "pyproxy-health-check"})
@@ -201,6 +206,8 @@ class HealthChecker:
         policy = self._policy
         host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host  # IPv6 literal
         url = f"{'https' if endpoint.tls else 'http'}://{host}:{endpoint.port}{policy.path}"
+        import aiohttp  # loaded by start()
+
         try:
             async with self._session.get(url, allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=policy.timeout)

@@ -151,12 +151,3 @@ async def test_explain_through_the_admin_shows_live_weights(tmp_path, echo_facto
         assert result["override"] == {"svc/v1": 1.0, "svc/v2": 3.0}
     finally:
         proxy.stop()
-
-
-def test_refuses_to_start_without_the_c_parser(tmp_path):
-    config = tmp_path / "pyproxy.yaml"
-    config.write_text("routes: []\n")
-    done = subprocess.run([sys.executable, "-m", "pyproxy", "run", "-c", str(config)],
-                          env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "pure-Python HTTP parser" in done.stderr

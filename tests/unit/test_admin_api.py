@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -304,3 +306,50 @@ async def test_weights_need_the_token_and_bad_input_is_a_fixed_400(serve, client
     assert (status, body) == (400, {"error": "no such route; routes: shop"})
     status, body, _ = await call(client, "PUT", url, json={"weights": "<b>"}, headers=AUTH)
     assert status == 400 and "<b>" not in str(body)
+
+
+# --------------------------------------------------------------------------- the wire
+# The admin runs on the data plane's engine: the same strict parsing protects it.
+
+
+async def _raw(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+
+
+async def test_smuggling_framing_is_refused_before_any_handler_runs(serve, control):
+    base = await serve()
+    answer = await _raw(base, b"POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert control.reloads == 0
+
+
+async def test_an_oversized_body_is_413_and_not_read(serve, control):
+    base = await serve()
+    answer = await _raw(base, b"POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                              b"Content-Type: application/json\r\n"
+                              b"Content-Length: 2000000\r\nConnection: close\r\n\r\n{}")
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert control.reloads == 0
+
+
+async def test_head_is_get_without_a_body_and_304_has_no_length(serve, client):
+    base = await serve()
+    async with client.head(f"{base}/healthz") as r:
+        assert r.status == 200 and int(r.headers["Content-Length"]) > 0
+        assert await r.read() == b""
+    async with client.get(f"{base}/") as r:
+        etag = r.headers["ETag"]
+    answer = await _raw(base, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-None-Match: "
+                              + etag.encode() + b"\r\nConnection: close\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 304 ") and b"content-length" not in head
