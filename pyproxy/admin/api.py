@@ -14,6 +14,11 @@ Security, enforced by one middleware for every route:
   (``check_admin_binding``), and then it also refuses requests whose ``Host`` is not a
   loopback name, so a hostile page whose domain was re-pointed to 127.0.0.1 cannot read it.
 
+With ``pyproxy run --workers N`` the leader serves this on the public address and merges the
+other workers' ``/metrics`` and live windows (``admin/peers.py``); the other workers serve it
+read-only on a private loopback port, for the leader (``read_only``: mutations are refused,
+since the state they change is the leader's to write).
+
 Errors are JSON ``{"error": ...}`` with a fixed message: nothing from the request is echoed.
 New endpoints go into ``ROUTES``.
 """
@@ -26,6 +31,7 @@ import hmac
 import importlib.resources
 import ipaddress
 import logging
+import os
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -35,6 +41,7 @@ from aiohttp import web
 from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
+from pyproxy.admin.peers import Peers
 from pyproxy.errors import InvalidOverride
 from pyproxy.metrics import Stats, render_metrics
 
@@ -65,13 +72,15 @@ class AdminControl(Protocol):
         """The effective config as plain JSON values, with ``generation`` and the last reload
         result. Secrets may be included: the admin redacts them."""
 
-    async def reload(self) -> dict:
-        """Reload from the config sources: ``{"result": "success"|"failure"|"unchanged",
-        "generation": int, "errors": [str]}``."""
+    async def reload_all(self) -> dict:
+        """Reload from the config sources, in every worker: ``{"result": "success"|"failure"|
+        "unchanged", "generation": int, "errors": [str]}`` (this process's result)."""
 
 
 CONTROL = web.AppKey("control", AdminControl)
 TOKEN = web.AppKey("token", str)
+PEERS = web.AppKey("peers", Peers | None)
+READ_ONLY = web.AppKey("read_only", bool)
 
 
 # ---------------------------------------------------------------------- handlers
@@ -89,7 +98,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     body, content_type = render_metrics(request.app[CONTROL].stats)
+    peers = request.app[PEERS]
+    if peers is not None:
+        body = await peers.metrics(body)
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def get_windows(request: web.Request) -> web.Response:
+    """This process's live windows as raw per-second buckets: the leader of ``--workers N``
+    adds them up (``admin/peers.py``)."""
+    return web.json_response({"pid": os.getpid(),
+                              "windows": request.app[CONTROL].stats.export_windows()})
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -99,7 +118,7 @@ async def get_config(request: web.Request) -> web.Response:
 async def post_reload(request: web.Request) -> web.Response:
     """200 when the new config serves (or nothing changed), 422 when it was rejected
     and the last good config keeps serving; the body says which and why."""
-    result = await request.app[CONTROL].reload()
+    result = await request.app[CONTROL].reload_all()
     return web.json_response(result, status=422 if result["result"] == "failure" else 200)
 
 
@@ -245,6 +264,7 @@ ROUTES = [
     web.get("/healthz", healthz),
     web.get("/readyz", readyz),
     web.get("/metrics", metrics),
+    web.get("/api/v1/windows", get_windows),
     web.get("/api/v1/config", get_config),
     web.post("/api/v1/reload", post_reload),
     web.get("/api/v1/routes", get_routes),
@@ -279,6 +299,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not token and host is not None and not _is_loopback(_hostname(host)):
         return _error(403, "forbidden")
     if request.method in MUTATING_METHODS:
+        if request.app[READ_ONLY]:
+            return _error(403, "this is a worker's private admin, read-only: "
+                               "send changes to the public admin address")
         if token and not _bearer_matches(request.headers.get("Authorization", ""), token):
             return _error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
         origin = request.headers.get("Origin")
@@ -388,11 +411,16 @@ def redact(value: Any) -> Any:
 # ---------------------------------------------------------------------- app
 
 
-def build_admin_app(control: AdminControl, token: str) -> web.Application:
+def build_admin_app(control: AdminControl, token: str, *, peers: Peers | None = None,
+                    read_only: bool = False) -> web.Application:
+    """``peers``: the leader of ``--workers N`` merges the other workers' metrics;
+    ``read_only``: the private admin of any other worker."""
     # _json_errors is outermost so that errors raised by the guard's handler are shaped too.
     app = web.Application(middlewares=[_json_errors, _guard])
     app[CONTROL] = control
     app[TOKEN] = token
+    app[PEERS] = peers
+    app[READ_ONLY] = read_only
     app.add_routes(ROUTES)
     return app
 
