@@ -209,8 +209,7 @@ class ProxyControl:
         fault = Fault(abort=AbortFault(abort_status, percent) if abort_status else None,
                       delay=DelayFault(delay, percent) if delay else None)
         active = self.runtime.add_fault(route, fault, duration)
-        # The dead-man's switch fires at the deadline itself, not at the next tick.
-        asyncio.get_running_loop().call_later(duration, self.runtime.expire_faults)
+        self.runtime.schedule_expiry(active)  # the dead-man's switch: at the deadline itself
         return _active_fault_view(active)
 
     def clear_faults(self, route: str | None = None) -> list[str]:

@@ -245,7 +245,5 @@ class StateSync:
         if state.weights == self.runtime.weight_overrides and live_faults == self.runtime.faults:
             return  # e.g. only a canary's progress changed: no need to recompile routes
         self.runtime.restore(state.weights, state.faults)
-        # Faults end at their deadline here too, not at the next once-a-second tick.
-        loop = asyncio.get_running_loop()
         for fault in self.runtime.faults.values():
-            loop.call_at(loop.time() + fault.remaining(), self.runtime.expire_faults)
+            self.runtime.schedule_expiry(fault)  # at the deadline here too, not the next tick
