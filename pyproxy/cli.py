@@ -146,7 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         paths = _config_paths(args.config)
         if args.state_dir:
-            os.makedirs(args.state_dir, exist_ok=True)
+            try:
+                os.makedirs(args.state_dir, exist_ok=True)
+                if not os.access(args.state_dir, os.W_OK | os.X_OK):
+                    raise PermissionError("not writable")
+            except OSError as exc:
+                print(f"pyproxy: cannot keep state in {args.state_dir}: {exc}", file=sys.stderr)
+                return 2
         if args.workers > 1:
             from pyproxy.supervisor import run_workers
 

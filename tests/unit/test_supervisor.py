@@ -56,3 +56,12 @@ def test_workers_must_be_a_count(capsys):
     with pytest.raises(SystemExit):
         _build_parser().parse_args(["run", "--workers", "-2"])
     assert "expected a number of processes" in capsys.readouterr().err
+
+
+def test_an_unusable_state_dir_is_refused_before_anything_starts(tmp_path, capsys):
+    from pyproxy.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "-c", str(tmp_path), "--state-dir", str(blocker / "state")]) == 2
+    assert "cannot keep state in" in capsys.readouterr().err
