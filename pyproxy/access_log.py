@@ -5,11 +5,17 @@ formatting costs microseconds the event loop should not pay. So ``log()`` only a
 ``RequestOutcome`` to a deque; a daemon thread formats whatever has accumulated and writes it
 as one batch. When the writer cannot keep up, the queue is bounded: lines are dropped and
 counted (``dropped``) rather than letting memory grow without limit.
+
+With ``pyproxy run --workers N`` every worker writes to the same stdout. A pipe keeps a write
+of at most ``PIPE_BUF`` bytes whole, but may interleave longer ones with other writers' — so
+there (``shared=True``) each write() carries whole lines and at most ``PIPE_BUF`` bytes
+(a single longer line goes alone). A regular file keeps every write whole anyway.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import sys
 import threading
 import time
@@ -44,7 +50,8 @@ class _Timestamps:
 class AccessLog:
     """``log()`` is safe to call on the event loop; ``close()`` flushes what is queued."""
 
-    def __init__(self, fmt: str = "json", stream: TextIO | None = None):
+    def __init__(self, fmt: str = "json", stream: TextIO | None = None, *,
+                 shared: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"access log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self.format = fmt
@@ -52,6 +59,7 @@ class AccessLog:
         self._dropped_full = 0  # event loop: the queue was full
         self._dropped_write = 0  # writer: the stream refused a batch
         self._stream = stream if stream is not None else sys.stdout
+        self._shared = shared  # other processes write to the same stream
         self._pending: deque[RequestOutcome] = deque()
         self._wakeup = threading.Event()
         self._closing = False
@@ -110,11 +118,12 @@ class AccessLog:
             self._write([self._format_line(pending.popleft()) for _ in range(count)])
 
     def _write(self, lines: list[str]) -> None:
-        try:
-            self._stream.write("\n".join(lines) + "\n")
-            self._stream.flush()
-        except (OSError, ValueError):  # broken pipe, closed stream: lose the batch, keep serving
-            self._dropped_write += len(lines)
+        for chunk in _pipe_sized(lines) if self._shared else [lines]:
+            try:
+                self._stream.write("\n".join(chunk) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # broken pipe, closed stream: lose it, keep serving
+                self._dropped_write += len(chunk)
 
     def _json_line(self, o: RequestOutcome) -> str:
         # ensure_ascii (the default) escapes any non-ASCII a client put in host or path.
@@ -144,6 +153,20 @@ class AccessLog:
             f"{_text(o.backend)}@{_text(o.endpoint)} {o.status} {_text(o.flags)} "
             f"{o.attempts} {o.duration * 1000:.1f}ms in={o.bytes_in} out={o.bytes_out}"
         )
+
+
+def _pipe_sized(lines: list[str]) -> list[list[str]]:
+    """``lines`` in runs of at most PIPE_BUF bytes with their newlines (both formats are
+    ASCII, so characters are bytes)."""
+    chunks: list[list[str]] = []
+    size = select.PIPE_BUF + 1
+    for line in lines:
+        if size + len(line) + 1 > select.PIPE_BUF:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 1
+    return chunks
 
 
 def _text(value: str) -> str:

@@ -31,6 +31,19 @@ def _config_paths(given: list[str] | None) -> list[str]:
     )
 
 
+def _worker_count(text: str) -> int:
+    """``--workers``: a count, or ``0``/``auto`` for one per CPU this process may run on."""
+    if text in ("0", "auto"):
+        return len(os.sched_getaffinity(0))
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError("expected a number of processes, or 0 / auto")
+    return count
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyproxy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,8 +53,13 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="YAML file or directory (repeatable)")
     run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
     run.add_argument("--admin", metavar="HOST:PORT", help="override the admin listen address")
-    run.add_argument("--workers", type=int, default=1, metavar="N",
-                     help="processes sharing the port (only 1 is supported so far)")
+    run.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                     help="processes sharing the listen port (SO_REUSEPORT) under a supervisor "
+                          "that restarts them; 0 or 'auto': one per CPU (default 1)")
+    run.add_argument("--state-dir", metavar="DIR",
+                     help="keep run-time state (weight overrides, faults, canary progress) in "
+                          "DIR: shared by the workers and kept across restarts (default: none; "
+                          "with --workers, a temporary directory)")
 
     validate = sub.add_parser("validate", help="check config files and print a summary")
     validate.add_argument("paths", nargs="+", metavar="PATH")
@@ -126,13 +144,24 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.command == "run":
-        if args.workers != 1:
-            print("pyproxy: --workers > 1 is not available yet; run one process per core "
-                  "behind a Service instead", file=sys.stderr)
-            return 2
+        paths = _config_paths(args.config)
+        if args.state_dir:
+            try:
+                os.makedirs(args.state_dir, exist_ok=True)
+                if not os.access(args.state_dir, os.W_OK | os.X_OK):
+                    raise PermissionError("not writable")
+            except OSError as exc:
+                print(f"pyproxy: cannot keep state in {args.state_dir}: {exc}", file=sys.stderr)
+                return 2
+        if args.workers > 1:
+            from pyproxy.supervisor import run_workers
+
+            return run_workers(paths, args.workers, listen=args.listen, admin=args.admin,
+                               state_dir=args.state_dir)
         from pyproxy.server import run_server
 
-        return run_server(_config_paths(args.config), listen=args.listen, admin=args.admin)
+        return run_server(paths, listen=args.listen, admin=args.admin,
+                          state_dir=args.state_dir)
     if args.command == "validate":
         from pyproxy.config.summary import validate_command
 

@@ -21,6 +21,7 @@ from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
 from pyproxy.metrics import Stats
 from pyproxy.runtime import Runtime
+from pyproxy.shared_state import StateSync
 
 logger = logging.getLogger("pyproxy")
 
@@ -41,6 +42,7 @@ class ProxyControl:
                             "time": time.time(), "errors": []}
         self._reload_lock = asyncio.Lock()
         self.canaries: CanaryController | None = None  # set by the server
+        self.shared: StateSync | None = None  # set by the server with a state directory
 
     def is_ready(self) -> bool:
         return self.serving and not self.listener.draining
@@ -93,6 +95,14 @@ class ProxyControl:
             self.last_reload = {"result": "success", "generation": self.runtime.generation,
                                 "time": time.time(), "errors": []}
             return self.last_reload
+
+    async def reload_all(self) -> dict:
+        """``POST /api/v1/reload``: this process now; with ``--workers N`` the others too,
+        when they see the request in the state file. The answer is this process's."""
+        result = await self.reload()
+        if self.shared is not None:
+            self.shared.request_reload()
+        return result
 
     # ------------------------------------------------------------------ views
 
@@ -199,8 +209,7 @@ class ProxyControl:
         fault = Fault(abort=AbortFault(abort_status, percent) if abort_status else None,
                       delay=DelayFault(delay, percent) if delay else None)
         active = self.runtime.add_fault(route, fault, duration)
-        # The dead-man's switch fires at the deadline itself, not at the next tick.
-        asyncio.get_running_loop().call_later(duration, self.runtime.expire_faults)
+        self.runtime.schedule_expiry(active)  # the dead-man's switch: at the deadline itself
         return _active_fault_view(active)
 
     def clear_faults(self, route: str | None = None) -> list[str]:

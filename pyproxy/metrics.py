@@ -26,12 +26,13 @@ import time
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from pyproxy.outcome import AttemptOutcome, RequestOutcome
@@ -57,6 +58,8 @@ EjectionsProvider = Callable[[], Iterable[tuple[str, str, bool]]]
 WorkloadsProvider = Callable[[], Mapping[str, tuple[str, str, str]]]
 # one dict per canary: name, weight, phases {phase: 0|1}, failed_checks, transitions, checks
 CanariesProvider = Callable[[], Iterable[dict]]
+# (route, backend) → other workers' ``_Window.export()`` of it (``--workers N``, on the leader)
+PeerWindows = Callable[[], Mapping[tuple[str, str], Sequence[dict]]]
 
 
 def _code(status: int) -> str:
@@ -141,6 +144,36 @@ class _Window:
         self.total_successes += ok
         self.total_latency[bucket] += 1
 
+    def export(self, now: int) -> dict:
+        """Plain values (JSON) for another worker to add up: the seconds still in the window
+        with their counts and non-zero latency buckets, and the totals."""
+        seconds = [[second, self.requests[i], self.successes[i], _sparse(self.latency[i])]
+                   for i, second in enumerate(self.second) if now - self.size < second <= now]
+        return {"first": self.first, "seconds": seconds,
+                "totals": [self.total_requests, self.total_successes,
+                           _sparse(self.total_latency)]}
+
+    def absorb(self, export: dict, now: int) -> None:
+        """Add an ``export`` of the same (route, backend), from another worker."""
+        self.first = min(self.first, export["first"])
+        for second, requests, successes, latency in export["seconds"]:
+            if not now - self.size < second <= now:
+                continue  # aged out since it was exported
+            i = second % self.size
+            if self.second[i] != second:
+                self.second[i] = second
+                self.requests[i] = self.successes[i] = 0
+                self.latency[i] = [0] * (len(WINDOW_BUCKETS) + 1)
+            self.requests[i] += requests
+            self.successes[i] += successes
+            for bucket, count in latency:
+                self.latency[i][bucket] += count
+        requests, successes, latency = export["totals"]
+        self.total_requests += requests
+        self.total_successes += successes
+        for bucket, count in latency:
+            self.total_latency[bucket] += count
+
     def summary(self, now: int) -> dict:
         requests = successes = 0
         latency = [0] * (len(WINDOW_BUCKETS) + 1)
@@ -151,6 +184,11 @@ class _Window:
                 latency = [a + b for a, b in zip(latency, self.latency[i])]
         span = max(1, min(self.size, now - self.first + 1))
         return _summarize(requests, successes, span, latency)
+
+
+def _sparse(counts: list[int]) -> list[list[int]]:
+    """[[bucket, count], ...] of the non-zero buckets: latencies bunch up in a few."""
+    return [[bucket, count] for bucket, count in enumerate(counts) if count]
 
 
 @dataclass(frozen=True)
@@ -222,6 +260,9 @@ class Stats:
         self.ejections_provider: EjectionsProvider | None = None
         self.workloads_provider: WorkloadsProvider | None = None
         self.canaries_provider: CanariesProvider | None = None
+        # The leader of ``--workers N`` sets this: the windows below then add up the other
+        # workers' requests, so the views and the canary judge see the whole proxy.
+        self.peer_windows: PeerWindows | None = None
         # metrics.linkerd_compat: also export Linkerd-named series (set from the config)
         self.linkerd_compat = False
         self._linkerd_latency: dict[str, _LinkerdLatency] = {}
@@ -311,14 +352,15 @@ class Stats:
         (seconds) over the last ``window`` seconds; ``rps`` is averaged over the whole
         seconds covered (fewer right after start). Rates and percentiles are None
         without requests."""
-        window = self._windows.get((route, backend))
+        now = int(self._clock())
+        window = self._window((route, backend), now)
         if window is None:
             return _idle()
-        return window.summary(int(self._clock()))
+        return window.summary(now)
 
     def totals(self, route: str, backend: str) -> Totals:
         """Cumulative counts for interval deltas (see ``Totals``)."""
-        window = self._windows.get((route, backend))
+        window = self._window((route, backend), int(self._clock()))
         if window is None:
             return Totals(0, 0, (0,) * (len(WINDOW_BUCKETS) + 1))
         return Totals(window.total_requests, window.total_successes, tuple(window.total_latency))
@@ -334,9 +376,10 @@ class Stats:
         provided = self.weights_provider() if self.weights_provider else ()
         weights = {(route, backend): share for route, backend, share in provided}
         now = int(self._clock())
+        peers = self.peer_windows() if self.peer_windows else {}
         routes: dict[str, dict[str, dict]] = {}
-        for key, window in list(self._windows.items()):
-            summary = window.summary(now)
+        for key in {**self._windows, **peers}:
+            summary = self._window(key, now, peers).summary(now)
             if summary["requests"] or key in weights:
                 routes.setdefault(key[0], {})[key[1]] = summary
         for route, backend in weights:
@@ -347,6 +390,29 @@ class Stats:
                 summary["weight"] = weights.get((route, backend))
                 summary["share"] = round(summary["requests"] / total, 4) if total else None
         return routes
+
+    def export_windows(self) -> list[dict]:
+        """Every (route, backend)'s window as plain values, for the leader of ``--workers N``
+        to add up (``GET /api/v1/windows``). Window seconds are ``time.monotonic()`` seconds,
+        one clock for every process on the machine, so they line up across workers."""
+        now = int(self._clock())
+        return [{"route": route, "backend": backend, **window.export(now)}
+                for (route, backend), window in list(self._windows.items())]
+
+    def _window(self, key: tuple[str, str], now: int,
+                peers: Mapping[tuple[str, str], Sequence[dict]] | None = None) -> _Window | None:
+        """This process's window of ``key``, or with ``peer_windows`` a new one adding up
+        every worker's."""
+        own = self._windows.get(key)
+        if peers is None:
+            peers = self.peer_windows() if self.peer_windows else {}
+        others = peers.get(key, ())
+        if not others:
+            return own
+        merged = _Window(self.window, now)
+        for export in ([own.export(now)] if own is not None else []) + list(others):
+            merged.absorb(export, now)
+        return merged
 
 
 class _Collector:
@@ -558,3 +624,98 @@ def render_metrics(stats: Stats) -> tuple[bytes, str]:
     """``/metrics``: the body and its content type (the classic Prometheus text format,
     which every scraper version reads)."""
     return generate_latest(stats.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+# ---------------------------------------------------------------------- --workers N
+
+# The leader's /metrics adds up every worker's exposition. Counters and histograms are summed
+# per label set. Gauges are combined by what they measure:
+GAUGE_MERGE: Mapping[str, Callable[[list[float]], float]] = {
+    # requests in flight in each process: the proxy's are their sum
+    "pyproxy_active_requests": sum,
+    # outlier detection runs in each worker: 1 while any worker has the endpoint ejected
+    "pyproxy_endpoint_ejected": max,
+    # every worker reloads the same files: 0 when any worker's last reload failed
+    "pyproxy_config_last_reload_success": min,
+}
+# Every other gauge (backend weights, config generation, canary weight, phase and failed
+# checks) describes state the workers share, or that only the leader has: the leader's value.
+
+
+def parse_exposition(text: str) -> list[Metric]:
+    """A worker's ``/metrics`` body, parsed by prometheus_client's own parser."""
+    return list(text_string_to_metric_families(text))
+
+
+def merge_expositions(workers: Sequence[Sequence[Metric]]) -> list[Metric]:
+    """One exposition from several workers' families. ``workers[0]`` is the leader's: a
+    shared-state gauge takes the first value seen, which is the leader's when it has one."""
+    families: dict[str, Metric] = {}
+    # family → (sample name, labels) → (labels as first seen, values from each worker)
+    samples: dict[str, dict[tuple, tuple[dict, list[float]]]] = {}
+    for worker in workers:
+        for family in worker:
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                samples[family.name] = {}
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples[family.name].setdefault(key, (sample.labels, []))[1].append(sample.value)
+    for name, family in families.items():
+        combine = GAUGE_MERGE.get(name, _first) if family.type == "gauge" else sum
+        for (sample_name, _), (labels, values) in samples[name].items():
+            family.add_sample(sample_name, labels, combine(values))
+    return list(families.values())
+
+
+def _first(values: list[float]) -> float:
+    return values[0]
+
+
+def cumulative_only(families: Iterable[Metric]) -> list[Metric]:
+    """The counters and histograms: what a worker that has exited still contributes, so the
+    proxy's totals do not drop (Prometheus would read a drop as a reset)."""
+    return [f for f in families if f.type in ("counter", "histogram")]
+
+
+def window_totals(exports: Iterable[dict]) -> dict:
+    """Window exports of one (route, backend) folded into one that keeps only their summed
+    totals: what a worker that has exited still contributes to the canary's interval counts
+    (its seconds simply age out)."""
+    requests = successes = 0
+    latency = [0] * (len(WINDOW_BUCKETS) + 1)
+    first = None
+    for export in exports:
+        more_requests, more_successes, more_latency = export["totals"]
+        requests += more_requests
+        successes += more_successes
+        for bucket, count in more_latency:
+            latency[bucket] += count
+        first = export["first"] if first is None else min(first, export["first"])
+    return {"first": first, "seconds": [], "totals": [requests, successes, _sparse(latency)]}
+
+
+def workers_family(up: int, count: int) -> Metric:
+    family = GaugeMetricFamily("pyproxy_workers", "Worker processes (--workers N) by state: up "
+                               "answered this scrape, down did not (exited, restarting).",
+                               labels=["state"])
+    family.add_metric(["up"], up)
+    family.add_metric(["down"], count - up)
+    return family
+
+
+class _Fixed:
+    """A collector of families already built."""
+
+    def __init__(self, families: Sequence[Metric]):
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def render_families(families: Sequence[Metric]) -> bytes:
+    """Families (``merge_expositions``) in the same text format as ``render_metrics``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families))
+    return generate_latest(registry)

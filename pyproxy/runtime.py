@@ -15,6 +15,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 from pyproxy.config.model import (
     Backend, Config, DirectResponse, Endpoint, Fault, HeaderRules, Mirror, PathMatch, Redirect,
@@ -279,6 +280,10 @@ class Runtime:
         self.faults: dict[str, ActiveFault] = {}
         self.services: dict[str, ServiceRuntime] = {}
         self._tls_contexts: dict[UpstreamTLS, ssl.SSLContext] = {}
+        # Called after each change made through the methods below (weights set or cleared,
+        # faults added or cleared); not when faults expire or a reload prunes overrides.
+        # With a state file, the leader writes it from here (``shared_state``).
+        self.on_change: Callable[[], None] | None = None
 
     def compile(self, config: Config) -> Snapshot:
         """Build a snapshot for ``config``. Service state (pools, breakers, detectors) is
@@ -368,6 +373,7 @@ class Runtime:
         self.weight_overrides[route] = WeightOverride(dict(weights), source)
         logger.info("weights of route %s set by %s: %s", route, source, weights)
         self.refresh()
+        self._changed()
 
     def clear_weights(self, route: str | None = None) -> list[str]:
         cleared = [r for r in self.weight_overrides if route is None or r == route]
@@ -376,6 +382,7 @@ class Runtime:
             logger.info("weight override of route %s cleared", r)
         if cleared:
             self.refresh()
+            self._changed()
         return cleared
 
     def add_fault(self, route: str, fault: Fault, duration: float) -> ActiveFault:
@@ -389,6 +396,7 @@ class Runtime:
         self.faults[route] = active
         logger.info("fault on route %s for %.1fs: %s", route, duration, fault)
         self.refresh()
+        self._changed()
         return active
 
     def clear_faults(self, route: str | None = None) -> list[str]:
@@ -398,6 +406,7 @@ class Runtime:
             logger.info("fault on route %s cleared", r)
         if cleared:
             self.refresh()
+            self._changed()
         return cleared
 
     def expire_faults(self, now: float | None = None) -> list[str]:
@@ -410,6 +419,27 @@ class Runtime:
         if expired:
             self.refresh()
         return expired
+
+    def schedule_expiry(self, fault: ActiveFault) -> None:
+        """End ``fault`` at its deadline rather than at the next tick. A few milliseconds
+        after it: event-loop timers may fire up to a millisecond early (uvloop counts whole
+        milliseconds), and ``expire_faults`` compares with the wall clock."""
+        asyncio.get_running_loop().call_later(fault.remaining() + 0.005, self.expire_faults)
+
+    def restore(self, weights: Mapping[str, WeightOverride],
+                faults: Mapping[str, ActiveFault]) -> None:
+        """Replace every run-time override at once: state another worker set, or an earlier
+        run saved (``shared_state``). Faults whose time is up are left out; what no longer
+        fits the config is dropped, as on a reload."""
+        now = time.time()
+        self.weight_overrides = dict(weights)
+        self.faults = {route: fault for route, fault in faults.items() if fault.expires > now}
+        self._prune_overrides(self.snapshot)
+        self.refresh()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _prune_overrides(self, snapshot: Snapshot) -> bool:
         """Overrides whose route or backends vanished in a reload go with them."""

@@ -1,10 +1,17 @@
 """Composition root: load the config, start the listener and the admin, handle signals.
 
-``run_server`` is what ``pyproxy run`` calls. Lifecycle (SPEC §7): SIGTERM turns /readyz
-503 at once, keeps serving for ``drain_delay`` so load balancers notice, then stops
-accepting, lets in-flight requests finish for up to ``drain_timeout`` and exits 0. SIGHUP,
-``POST /api/v1/reload`` and file changes reload the config; an invalid one is rejected whole
-and the last good one keeps serving.
+``run_server`` is what ``pyproxy run`` calls; with ``--workers N`` the supervisor
+(``supervisor.py``) starts N processes that each call ``run_worker``. Lifecycle (SPEC §7):
+SIGTERM turns /readyz 503 at once, keeps serving for ``drain_delay`` so load balancers
+notice, then stops accepting, lets in-flight requests finish for up to ``drain_timeout`` and
+exits 0. SIGHUP, ``POST /api/v1/reload`` and file changes reload the config; an invalid one is
+rejected whole and the last good one keeps serving.
+
+A worker differs from the single process in a few places only: it binds the listener with
+``SO_REUSEPORT`` (the kernel spreads connections over the workers), it keeps run-time state in
+step through the state file (``shared_state.py``), and only the leader (worker 0) serves the
+public admin, runs canaries and merges the others' metrics (``admin/peers.py``); the others
+serve a read-only admin on a private loopback port.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import random
 import signal
 import ssl
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import uvloop
 
 from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
-from pyproxy.config.load import ConfigInvalid, load_config
+from pyproxy.admin.peers import Peers, register
+from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import Address, Config
 from pyproxy.control import ProxyControl
 from pyproxy.engine.downstream import Listener
@@ -32,6 +40,7 @@ from pyproxy.metrics import Stats, backend_workloads
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch
 from pyproxy.runtime import Runtime
+from pyproxy.shared_state import StateFile, StateSync
 from pyproxy.tasks import TaskGroup
 
 logger = logging.getLogger("pyproxy")
@@ -42,9 +51,35 @@ def _parse_address(text: str) -> Address:
     return Address(host.strip("[]") or "0.0.0.0", int(port))
 
 
-async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
-                started: asyncio.Future | None = None, rng: random.Random | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code."""
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """One of the N processes of ``pyproxy run --workers N`` (started by ``supervisor``)."""
+
+    index: int  # 0 is the leader: the public admin, the canaries, the state file's writer
+    count: int
+    state_dir: str
+    supervisor: int  # its pid: a worker whose supervisor is gone stops
+
+    @property
+    def is_leader(self) -> bool:
+        return self.index == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Startup:
+    """What is checked before anything binds: the config as it will serve."""
+
+    loaded: LoadedConfig
+    config: Config
+    overrides: dict  # --listen / --admin: they outlive reloads
+    listener_tls: "ListenerCertificate | None"
+
+
+def prepare(paths: Sequence[str], *, listen: str | None = None,
+            admin: str | None = None) -> Startup | int:
+    """Load and check the config (and the listener certificate); on a problem, print it and
+    return the exit code (2). The supervisor of ``--workers N`` runs this before any worker
+    starts, each worker again."""
     try:
         loaded = load_config(paths)
     except ConfigInvalid as invalid:
@@ -66,6 +101,30 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     except ValueError as exc:
         print(f"pyproxy: {exc}", file=sys.stderr)
         return 2
+    listener_tls = None
+    if config.tls is not None:
+        try:
+            listener_tls = ListenerCertificate(config.tls)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"pyproxy: cannot load the listener certificate: {exc}", file=sys.stderr)
+            return 2
+    return Startup(loaded, config, overrides, listener_tls)
+
+
+async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
+                started: asyncio.Future | None = None, rng: random.Random | None = None,
+                state_dir: str | None = None, worker: Worker | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code.
+    ``state_dir``: keep run-time state in a state file there; ``worker``: run as one of
+    ``--workers N`` (its ``state_dir`` is the supervisor's)."""
+    startup = prepare(paths, listen=listen, admin=admin)
+    if isinstance(startup, int):
+        return startup
+    loaded, config, overrides = startup.loaded, startup.config, startup.overrides
+    listener_tls = startup.listener_tls
+    if worker is not None:
+        state_dir = worker.state_dir
+    leader = worker is None or worker.is_leader
 
     loop = asyncio.get_running_loop()
     runtime = Runtime()
@@ -76,37 +135,41 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     stats.workloads_provider = lambda: backend_workloads(runtime.snapshot.config)
     stats.linkerd_compat = config.metrics.linkerd_compat
     stats.record_reload(True, runtime.generation)
-    access_log = AccessLog(config.access_log.format)
+    access_log = AccessLog(config.access_log.format, shared=worker is not None)
     proxy = Proxy(runtime, stats, access_log, rng=rng)
-    listener_tls = None
-    if config.tls is not None:
-        try:
-            listener_tls = ListenerCertificate(config.tls)
-        except (OSError, ssl.SSLError) as exc:
-            print(f"pyproxy: cannot load the listener certificate: {exc}", file=sys.stderr)
-            return 2
     listener = Listener(proxy.handle, timeouts=config.timeouts, limits=config.limits,
                         scheme="https" if listener_tls else "http", serve_now=proxy.serve_now)
     listener.on_reject = stats.record_rejected
     control = ProxyControl(paths, loaded, runtime, stats, listener, overrides)
-    control.canaries = CanaryController(runtime, stats)
+    _share_state(control, state_dir, leader)
+    peers = None
+    if worker is not None and leader:
+        peers = Peers(worker.state_dir, worker.count)
+        stats.peer_windows = peers.windows
     tasks = TaskGroup()
 
     try:
         server = await loop.create_server(
             listener.protocol_factory, config.listen.host, config.listen.port,
-            reuse_address=True, backlog=2048,
+            reuse_address=True, reuse_port=worker is not None, backlog=2048,
             ssl=listener_tls.context if listener_tls else None)
     except OSError as exc:
         print(f"pyproxy: cannot listen on {config.listen}: {exc}", file=sys.stderr)
         return 1
+    # The leader (or the only process) serves the admin where configured; any other worker
+    # privately, for the leader to merge its metrics and windows.
+    admin_address = config.admin.listen if leader else Address("127.0.0.1", 0)
     try:
-        admin_runner = await start_admin(build_admin_app(control, config.admin.token),
-                                         config.admin.listen.host, config.admin.listen.port)
+        admin_runner = await start_admin(
+            build_admin_app(control, config.admin.token, peers=peers, read_only=not leader),
+            admin_address.host, admin_address.port)
     except OSError as exc:
-        print(f"pyproxy: cannot listen on admin {config.admin.listen}: {exc}", file=sys.stderr)
+        print(f"pyproxy: cannot listen on admin {admin_address}: {exc}", file=sys.stderr)
         server.close()
         return 1
+    admin_bound = admin_runner.addresses[0] if admin_runner.addresses else None
+    if not leader:
+        register(worker.state_dir, worker.index, *admin_bound[:2])
 
     stop = loop.create_future()
 
@@ -120,14 +183,22 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(_sighup(control), "sighup-reload"))
     tasks.spawn(watch(paths, control.reload), "config-watch")
     tasks.spawn(_tick(runtime, listener_tls), "tick")
-    tasks.spawn(control.canaries.run(), "canaries")
+    if control.canaries is not None:
+        tasks.spawn(control.canaries.run(), "canaries")
+    if control.shared is not None:
+        tasks.spawn(control.shared.run(), "state-sync")
+    if peers is not None:
+        tasks.spawn(peers.run(), "peer-windows")
+    if worker is not None:
+        tasks.spawn(_watch_supervisor(worker.supervisor, request_stop), "supervisor-watch")
 
     control.serving = True
     bound = server.sockets[0].getsockname()
-    logger.info("pyproxy listening on %s:%s, admin on %s", bound[0], bound[1],
-                config.admin.listen)
+    logger.info("pyproxy listening on %s:%s, admin on %s%s", bound[0], bound[1],
+                Address(*admin_bound[:2]) if admin_bound else admin_address,
+                "" if leader else " (private, read-only)")
     if started is not None and not started.done():
-        started.set_result((bound, admin_runner.addresses[0] if admin_runner.addresses else None))
+        started.set_result((bound, admin_bound))
     try:
         signame = await stop
     except asyncio.CancelledError:
@@ -137,11 +208,40 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     await _drain(server, listener, runtime.snapshot.config, delay=signame == "SIGTERM")
     await tasks.cancel_all()
     await admin_runner.cleanup()
+    if peers is not None:
+        await peers.aclose()
     await runtime.aclose()
     access_log.close()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     return 0
+
+
+def _share_state(control: ProxyControl, state_dir: str | None, leader: bool) -> None:
+    """Give the proxy its state file (with a state directory) and its canaries (the leader):
+    run-time state from an earlier run or the other workers is applied before serving, and
+    the leader writes the file after every change — its own, the canaries'."""
+    runtime = control.runtime
+    saved_canaries: dict = {}
+    if state_dir is not None:
+        control.shared = StateSync(StateFile(state_dir), runtime, leader=leader,
+                                   reload=control.reload)
+        saved_canaries = control.shared.load().canaries
+    if not leader:
+        return  # canaries run in the leader only; their weights reach here through the file
+    control.canaries = CanaryController(runtime, control.stats, saved=saved_canaries)
+    if control.shared is not None:
+        control.shared.canaries = control.canaries.export
+        runtime.on_change = control.canaries.on_change = control.shared.save
+        control.shared.save()  # what no longer fits the config is gone from the file too
+
+
+async def _watch_supervisor(supervisor: int, stop: Callable[[str], None]) -> None:
+    """A worker whose supervisor is gone (killed outright) stops rather than serve alone:
+    nothing would restart it or tell it to drain."""
+    while os.getppid() == supervisor:
+        await asyncio.sleep(1.0)
+    stop("supervisor gone")
 
 
 async def _sighup(control: ProxyControl) -> None:
@@ -207,7 +307,18 @@ async def _drain(server: asyncio.AbstractServer, listener: Listener, config: Con
     logger.info("drained; %d requests still in flight were cut", listener.in_flight())
 
 
-def run_server(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return uvloop.run(serve(paths, listen=listen, admin=admin))
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def run_server(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
+               state_dir: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
+    return uvloop.run(serve(paths, listen=listen, admin=admin, state_dir=state_dir))
+
+
+def run_worker(paths: Sequence[str], worker: Worker, *, listen: str | None = None,
+               admin: str | None = None) -> int:
+    """One worker process of ``--workers N``; its log lines say which."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format=LOG_FORMAT.replace("%(name)s", f"%(name)s worker {worker.index}"))
+    return uvloop.run(serve(paths, listen=listen, admin=admin, worker=worker))

@@ -15,6 +15,11 @@ Security, enforced by one middleware for every route:
   (``check_admin_binding``), and then it also refuses requests whose ``Host`` is not a
   loopback name, so a hostile page whose domain was re-pointed to 127.0.0.1 cannot read it.
 
+With ``pyproxy run --workers N`` the leader serves this on the public address and merges the
+other workers' ``/metrics`` and live windows (``admin/peers.py``); the other workers serve it
+read-only on a private loopback port, for the leader (``read_only``: mutations are refused,
+since the state they change is the leader's to write).
+
 Errors are JSON ``{"error": ...}`` with a fixed message: nothing from the request is echoed.
 New endpoints go into ``ROUTES``.
 """
@@ -27,6 +32,7 @@ import hmac
 import importlib.resources
 import ipaddress
 import logging
+import os
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -34,6 +40,7 @@ from pyproxy.admin import http
 from pyproxy.admin.http import (
     AdminApp, AdminRequest, AdminResponse, AdminServer, Handler, HTTPError, json_response,
 )
+from pyproxy.admin.peers import Peers
 from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
@@ -67,13 +74,15 @@ class AdminControl(Protocol):
         """The effective config as plain JSON values, with ``generation`` and the last reload
         result. Secrets may be included: the admin redacts them."""
 
-    async def reload(self) -> dict:
-        """Reload from the config sources: ``{"result": "success"|"failure"|"unchanged",
-        "generation": int, "errors": [str]}``."""
+    async def reload_all(self) -> dict:
+        """Reload from the config sources, in every worker: ``{"result": "success"|"failure"|
+        "unchanged", "generation": int, "errors": [str]}`` (this process's result)."""
 
 
 CONTROL = "control"  # the AdminControl
 TOKEN = "token"  # the bearer token mutations need ("" = none)
+PEERS = "peers"  # admin.peers.Peers of the leader of --workers N, else None
+READ_ONLY = "read_only"  # a non-leader worker's private admin
 
 
 # ---------------------------------------------------------------------- handlers
@@ -91,7 +100,17 @@ async def readyz(request: AdminRequest) -> AdminResponse:
 
 async def metrics(request: AdminRequest) -> AdminResponse:
     body, content_type = render_metrics(request.app[CONTROL].stats)
+    peers = request.app[PEERS]
+    if peers is not None:
+        body = await peers.metrics(body)
     return AdminResponse(body=body, headers={"Content-Type": content_type})
+
+
+async def get_windows(request: AdminRequest) -> AdminResponse:
+    """This process's live windows as raw per-second buckets: the leader of ``--workers N``
+    adds them up (``admin/peers.py``)."""
+    return json_response({"pid": os.getpid(),
+                          "windows": request.app[CONTROL].stats.export_windows()})
 
 
 async def get_config(request: AdminRequest) -> AdminResponse:
@@ -101,7 +120,7 @@ async def get_config(request: AdminRequest) -> AdminResponse:
 async def post_reload(request: AdminRequest) -> AdminResponse:
     """200 when the new config serves (or nothing changed), 422 when it was rejected
     and the last good config keeps serving; the body says which and why."""
-    result = await request.app[CONTROL].reload()
+    result = await request.app[CONTROL].reload_all()
     return json_response(result, status=422 if result["result"] == "failure" else 200)
 
 
@@ -247,6 +266,7 @@ ROUTES = [
     http.get("/healthz", healthz),
     http.get("/readyz", readyz),
     http.get("/metrics", metrics),
+    http.get("/api/v1/windows", get_windows),
     http.get("/api/v1/config", get_config),
     http.post("/api/v1/reload", post_reload),
     http.get("/api/v1/routes", get_routes),
@@ -277,6 +297,9 @@ async def _guard(request: AdminRequest, handler: Handler) -> AdminResponse:
     if not token and host is not None and not _is_loopback(_hostname(host)):
         return _error(403, "forbidden")
     if request.method in MUTATING_METHODS:
+        if request.app[READ_ONLY]:
+            return _error(403, "this is a worker's private admin, read-only: "
+                               "send changes to the public admin address")
         if token and not _bearer_matches(request.header("Authorization", ""), token):
             return _error(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
         origin = request.header("Origin")
@@ -369,11 +392,16 @@ def redact(value: Any) -> Any:
 # ---------------------------------------------------------------------- app
 
 
-def build_admin_app(control: AdminControl, token: str) -> AdminApp:
+def build_admin_app(control: AdminControl, token: str, *, peers: Peers | None = None,
+                    read_only: bool = False) -> AdminApp:
+    """``peers``: the leader of ``--workers N`` merges the other workers' metrics;
+    ``read_only``: the private admin of any other worker."""
     # _json_errors is outermost so that errors raised by the guard's handler are shaped too.
     app = AdminApp(ROUTES, middlewares=[_json_errors, _guard])
     app[CONTROL] = control
     app[TOKEN] = token
+    app[PEERS] = peers
+    app[READ_ONLY] = read_only
     return app
 
 

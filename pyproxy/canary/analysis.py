@@ -244,6 +244,33 @@ class CanaryMachine:
                 due.append("confirm-promotion")
         return tuple(due)
 
+    def export(self) -> dict:
+        """Where the analysis stands, as plain values (JSON): ``restore`` continues from it
+        after a restart."""
+        return {"phase": self.phase, "step": self.step, "weight": self.weight,
+                "failed_checks": self.failed_checks, "paused_from": self.paused_from,
+                "events": [event.as_dict() for event in self.events]}
+
+    def restore(self, saved: Mapping) -> None:
+        """Continue the analysis ``export`` saved for the same canary definition; raises
+        ValueError when ``saved`` is not such an export."""
+        try:
+            phase, paused_from = saved["phase"], saved["paused_from"]
+            step, weight = int(saved["step"]), float(saved["weight"])
+            failed_checks = int(saved["failed_checks"])
+            events = [Event(float(e["time"]), str(e["phase"]), float(e["weight"]),
+                            str(e["message"])) for e in saved["events"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a saved canary analysis: {exc!r}") from None
+        if phase not in PHASES or paused_from not in (None, *ACTIVE) \
+                or not 0 <= step <= len(self.steps):
+            raise ValueError("not a saved canary analysis of this definition")
+        self.phase, self.paused_from = phase, paused_from
+        self.step, self.weight, self.failed_checks = step, weight, failed_checks
+        self.events.clear()
+        self.events.extend(events)
+        self._record(f"resumed after a restart at {_pct(self.weight)}")
+
     def __repr__(self) -> str:
         return (f"<CanaryMachine {self.canary.name} {self.phase} weight={self.weight:g} "
                 f"step={self.step}/{len(self.steps)} failed={self.failed_checks}>")

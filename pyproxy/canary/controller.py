@@ -14,10 +14,14 @@ whatever the interval's length (the 30-s ``window_stats`` would blur two steps t
 
 Lifecycle: the controller follows the config — a canary added on reload starts, one whose
 definition changed starts over, one removed stops and its override is cleared so the
-configured split serves again. State lives in memory: after a restart the analysis starts
-over, so make a promotion permanent by editing the split (and removing the canary). If
-someone else changes the route's weights while a canary runs (``pyproxy set-weight``), the
-canary pauses rather than fight; ``resume`` takes the route back.
+configured split serves again. State lives in memory, and with a state directory
+(``--state-dir``, ``--workers N``) also in the state file (``shared_state``): ``export``
+gives it, ``on_change`` says when to write it, and a controller started with ``saved``
+resumes each canary whose definition is unchanged where it stood (phase, step, weight,
+failed checks, events) — its next check comes one interval after the restart. Without one,
+the analysis starts over after a restart, so make a promotion permanent by editing the split
+(and removing the canary). If someone else changes the route's weights while a canary runs
+(``pyproxy set-weight``), the canary pauses rather than fight; ``resume`` takes the route back.
 
 Webhooks are POSTed JSON (``name``, ``type``, ``phase``, ``route``, ``primary``,
 ``candidate``, ``weight``, ``failed_checks``) with the hook's timeout; 2xx is "ok" —
@@ -28,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import urlsplit
 
 from pyproxy.canary.analysis import (
@@ -70,6 +75,7 @@ class _Runner:
         self.interval = 0  # judged intervals so far
         self.last_check: dict | None = None
         self.finishing = False
+        self.resumed = False  # restored from saved state rather than started afresh
 
 
 class CanaryController:
@@ -77,9 +83,14 @@ class CanaryController:
 
     def __init__(self, runtime: Runtime, stats: Stats, *, poll: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time,
+                 saved: Mapping[str, dict] | None = None,
+                 on_change: Callable[[], None] | None = None):
         self.runtime = runtime
         self.stats = stats
+        # canary name → ``export()`` entry of an earlier run, until that canary starts
+        self._saved = dict(saved or {})
+        self.on_change = on_change  # called whenever ``export()`` may have changed
         self._poll = poll  # how often the config is checked for added/changed canaries
         self._clock = clock
         self._wall = wall
@@ -136,7 +147,9 @@ class CanaryController:
                              self._blocked[canary.name])
                 continue
             self._start(canary)
+        self._saved.clear()  # what no started canary took is for canaries no longer configured
         self._canaries = snapshot.config.canaries
+        self._changed()
 
     def _start(self, canary: Canary) -> None:
         self._transitions.setdefault(canary.name, Counter())["initializing"] += 1
@@ -144,6 +157,14 @@ class CanaryController:
         machine = CanaryMachine(canary, clock=self._wall,
                                 on_event=functools.partial(self._on_event, canary))
         runner = self._runners[canary.name] = _Runner(canary, machine)
+        saved = self._saved.pop(canary.name, None)
+        if saved is not None and saved.get("definition") == _fingerprint(canary):
+            try:
+                machine.restore(saved)
+                runner.resumed = True
+            except ValueError as exc:
+                logger.error("canary %s: saved state ignored, starting over: %s",
+                             canary.name, exc)
         runner.task = asyncio.get_running_loop().create_task(self._run(runner),
                                                              name=f"canary-{canary.name}")
 
@@ -155,13 +176,20 @@ class CanaryController:
         override = self.runtime.weight_overrides.get(runner.canary.route)
         if override is not None and override.source == "canary":
             self.runtime.clear_weights(runner.canary.route)
+        self._changed()
 
     async def _run(self, runner: _Runner) -> None:
         interval = runner.canary.interval
         try:
-            if any(h.type == "pre-rollout" for h in runner.canary.webhooks):
-                self._apply(runner)  # the candidate gets nothing until pre-rollout hooks pass
-            await self._tick(runner)
+            if runner.resumed:
+                self._apply(runner)  # where it stood; judged from now on
+                runner.baseline = self._snapshot(runner)
+                if runner.machine.is_finishing:
+                    await self._finish(runner)  # the post-rollout hooks had not run
+            else:
+                if any(h.type == "pre-rollout" for h in runner.canary.webhooks):
+                    self._apply(runner)  # the candidate gets nothing until pre-rollout hooks pass
+                await self._tick(runner)
             while not runner.machine.is_final:
                 runner.next_check = self._clock() + interval
                 await asyncio.sleep(interval)
@@ -186,6 +214,7 @@ class CanaryController:
         machine.tick(judgement, dict(zip(due, answers)))
         self._apply(runner)
         runner.baseline = self._snapshot(runner)
+        self._changed()
         if machine.is_finishing:
             await self._finish(runner)
 
@@ -225,6 +254,7 @@ class CanaryController:
                 logger.warning("canary %s: post-rollout webhook failed: %s",
                                runner.canary.name, result.detail)
         runner.machine.finish()
+        self._changed()
 
     # ------------------------------------------------------------------ routing
 
@@ -339,6 +369,7 @@ class CanaryController:
                                                           name=f"canary-{name}-finish")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        self._changed()
         return self.describe(runner)
 
     def view(self) -> dict:
@@ -370,6 +401,18 @@ class CanaryController:
             "events": [event.as_dict() for event in machine.events],
         }
 
+    def export(self) -> dict[str, dict]:
+        """canary name → its analysis as plain values (JSON), with a fingerprint of its
+        definition: what ``saved`` takes after a restart. Saved entries of canaries not
+        started yet are kept."""
+        running = {name: {"definition": _fingerprint(runner.canary), **runner.machine.export()}
+                   for name, runner in self._runners.items()}
+        return {**self._saved, **running}
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
     def metrics(self) -> list[dict]:
         """For ``/metrics`` (``Stats.canaries_provider``)."""
         return [{"name": name, "weight": runner.machine.weight,
@@ -389,6 +432,11 @@ def _definition(canary: Canary) -> dict:
                        "latency_p99_max_s": canary.checks.latency_p99_max,
                        "relative_to_primary": canary.checks.relative_to_primary},
             "webhooks": [{"type": h.type, "url": _shown(h.url)} for h in canary.webhooks]}
+
+
+def _fingerprint(canary: Canary) -> str:
+    """Changes whenever the canary's definition does (a changed definition starts over)."""
+    return hashlib.sha256(repr(canary).encode()).hexdigest()[:16]
 
 
 def _shown(url: str) -> str:

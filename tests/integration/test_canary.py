@@ -369,6 +369,56 @@ async def test_reload_restarts_a_changed_canary_and_a_removed_one_lets_go(fake_f
     assert "shop" not in proxy.runtime.weight_overrides  # the configured 90/10 serves again
 
 
+async def test_a_restarted_controller_resumes_where_the_canary_stood(fake_factory,
+                                                                    proxy_factory):
+    # With a state file (--state-dir, --workers N) the leader saves export() on every change
+    # and a restarted leader starts its controller with it; here both ends are in-process.
+    v1 = await fake_factory("shop-v1")
+    v2 = await fake_factory("shop-v2")
+    config = shop_config(v1, v2, interval=0.3, step_weights=(10, 20, 30, 40), max_weight=40)
+    proxy = await proxy_factory(config)
+    changes = []
+    first = CanaryController(proxy.runtime, proxy.stats, poll=0.05,
+                             on_change=lambda: changes.append(1))
+    first.sync()
+    task = asyncio.get_running_loop().create_task(first.run())
+    try:
+        async with Load(proxy.url):
+            await wait_for(lambda: view(first)["step"] >= 2, 5, "a second step")
+        first.command("shop", "pause")
+        saved = first.export()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert changes  # every step and command is a reason to write the state file
+    assert saved["shop"]["phase"] == "paused" and saved["shop"]["definition"]
+
+    second = CanaryController(proxy.runtime, proxy.stats, poll=0.05, saved=saved)
+    second.sync()
+    task = asyncio.get_running_loop().create_task(second.run())
+    try:
+        c = view(second)
+        assert (c["phase"], c["step"], c["candidate_weight"], c["paused_from"]) == \
+            ("paused", saved["shop"]["step"], saved["shop"]["weight"], "progressing")
+        assert c["events"][-1]["message"] == \
+            f"resumed after a restart at {saved['shop']['weight']:g}%"
+        assert second.export()["shop"]["step"] == saved["shop"]["step"]
+        assert second.command("shop", "resume")["phase"] == "progressing"
+        async with Load(proxy.url):
+            await wait_for(phase_is(second, "promoted"), 5, "the promotion")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    proxy.reload(shop_config(v1, v2, interval=0.3, max_weight=20))  # a new definition
+    third = CanaryController(proxy.runtime, proxy.stats, poll=0.05, saved=second.export())
+    third.sync()
+    try:
+        assert (view(third)["phase"], view(third)["step"]) == ("initializing", 0)  # over again
+    finally:
+        await third.aclose()
+
+
 # ---------------------------------------------------------------------------- the real thing
 
 

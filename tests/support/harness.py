@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -93,12 +94,15 @@ class InProcessProxy:
 
 
 class ProxyProcess:
-    """``python -m pyproxy run`` on free ports; waits for /readyz."""
+    """``python -m pyproxy run`` on free ports; waits for /readyz (with ``workers`` > 1, until
+    the leader's /metrics counts every worker up)."""
 
     def __init__(self, *config_paths: str | Path, env: dict | None = None,
-                 stdout: Path | None = None):
+                 stdout: Path | None = None, workers: int = 1, extra_args: tuple = ()):
         self.config_paths = [str(p) for p in config_paths]
         self.stdout = stdout  # where the access log goes (default: discarded)
+        self.workers = workers
+        self.extra_args = [str(a) for a in extra_args]  # e.g. ("--state-dir", path)
         self.port = free_port()
         self.admin_port = free_port()
         self.env = {**os.environ, **(env or {})}
@@ -117,23 +121,32 @@ class ProxyProcess:
         for path in self.config_paths:
             args += ["-c", path]
         args += ["--listen", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}"]
+        if self.workers != 1:
+            args += ["--workers", str(self.workers)]
+        args += self.extra_args
         out = open(self.stdout, "wb") if self.stdout else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
-        import urllib.request
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pyproxy exited {self.proc.returncode}: "
                                    f"{self.proc.stderr.read().decode()}")
             try:
                 with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=0.5) as r:
-                    if r.status == 200:
+                    if r.status == 200 and self._all_workers_up():
                         return self
             except OSError:
                 pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("pyproxy did not become ready")
+
+    def _all_workers_up(self) -> bool:
+        if self.workers == 1:
+            return True
+        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        return metric_value(text, "pyproxy_workers", state="up") == self.workers
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -160,3 +160,34 @@ def test_a_failing_stream_loses_lines_but_not_the_writer():
     log.log(sample())
     log.close()
     assert log.dropped == 2
+
+
+class _Writes(io.StringIO):
+    """A stream that records each write() as the writer thread made it."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_a_shared_stream_gets_whole_lines_at_most_pipe_buf_at_a_time():
+    # --workers N: every worker writes to the same stdout, where a pipe keeps only writes of
+    # up to PIPE_BUF bytes whole.
+    import select
+
+    stream = _Writes()
+    log = AccessLog("json", stream, shared=True)
+    outcomes = [sample(request_id=f"r{i}") for i in range(300)]
+    outcomes.append(sample(path="/" + "x" * 5000))  # longer than PIPE_BUF alone: goes alone
+    for o in outcomes:
+        log.log(o)
+    log.close()
+    assert len(stream.getvalue().splitlines()) == 301
+    for write in stream.writes:
+        assert write.endswith("\n")
+        assert len(write) <= select.PIPE_BUF or write.count("\n") == 1
+    assert len(stream.writes) > 10

@@ -36,7 +36,7 @@ class FakeControl:
     def config_view(self) -> dict:
         return self.view
 
-    async def reload(self) -> dict:
+    async def reload_all(self) -> dict:
         self.reloads += 1
         return self.reload_result
 
@@ -57,8 +57,9 @@ async def serve(control):
     """``await serve(token)`` → base URL of a running admin; stopped after the test."""
     runners = []
 
-    async def start(token: str = TOKEN) -> str:
-        runner = await start_admin(build_admin_app(control, token), "127.0.0.1", 0)
+    async def start(token: str = TOKEN, read_only: bool = False) -> str:
+        runner = await start_admin(build_admin_app(control, token, read_only=read_only),
+                                   "127.0.0.1", 0)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         return f"http://{host}:{port}"
@@ -306,6 +307,19 @@ async def test_weights_need_the_token_and_bad_input_is_a_fixed_400(serve, client
     assert (status, body) == (400, {"error": "no such route; routes: shop"})
     status, body, _ = await call(client, "PUT", url, json={"weights": "<b>"}, headers=AUTH)
     assert status == 400 and "<b>" not in str(body)
+
+
+async def test_a_workers_private_admin_reads_but_refuses_changes(serve, client, control):
+    base = await serve(read_only=True)
+    assert (await call(client, "GET", f"{base}/metrics"))[0] == 200
+    status, body, _ = await call(client, "GET", f"{base}/api/v1/windows")
+    assert status == 200 and body["windows"] == [] and isinstance(body["pid"], int)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, body, _ = await call(client, "PUT", f"{base}/api/v1/routes/shop/weights",
+                                 json={"weights": {"shop/v1": 1}}, headers=auth)
+    assert status == 403 and "public admin" in body["error"]
+    status, _, _ = await call(client, "POST", f"{base}/api/v1/reload", headers=auth)
+    assert status == 403 and control.reloads == 0
 
 
 # --------------------------------------------------------------------------- the wire

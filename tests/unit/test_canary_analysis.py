@@ -247,6 +247,37 @@ def test_a_rollback_hook_works_while_paused():
     assert (m.phase, m.weight) == ("rolling_back", 0)
 
 
+def test_export_and_restore_continue_the_analysis_where_it_stood():
+    m = machine()
+    run(m, [(None, {}), (PASS, {}), (FAIL, {})])
+    m.pause()
+    saved = m.export()
+    assert (saved["phase"], saved["step"], saved["weight"], saved["failed_checks"],
+            saved["paused_from"]) == ("paused", 2, 20, 1, "progressing")
+
+    clock = FakeClock(2000.0)
+    again = machine(clock=clock)  # the same canary after a restart
+    again.restore(saved)
+    assert (again.phase, again.step, again.weight, again.failed_checks, again.paused_from) == \
+        ("paused", 2, 20, 1, "progressing")
+    assert [e.message for e in again.events][:-1] == [e.message for e in m.events]
+    assert again.events[-1].message == "resumed after a restart at 20%"
+    assert again.events[-1].time == 2000.0
+    again.resume()
+    run(again, [(FAIL, {}), (FAIL, {})])  # failed checks carried over: 3 reach the threshold
+    assert (again.phase, again.weight) == ("rolling_back", 0)
+
+
+@pytest.mark.parametrize("change", [
+    {"phase": "dancing"}, {"step": 9}, {"paused_from": "promoted"}, {"weight": "lots"},
+    {"events": [{"time": 1.0}]},
+])
+def test_restore_refuses_what_is_not_an_export_of_this_canary(change):
+    saved = {**machine().export(), **change}
+    with pytest.raises(ValueError, match="not a saved canary analysis"):
+        machine().restore(saved)
+
+
 def test_pause_during_initializing_resumes_initializing():
     m = machine()
     m.pause()

@@ -17,7 +17,8 @@ LAYERS = [
                "canary.analysis"]),
     ("effects", ["engine", "upstream", "metrics", "access_log"]),
     ("pipeline", ["proxy", "runtime", "explain"]),
-    ("edges", ["server", "control", "admin", "reload", "canary", "demo"]),
+    ("edges", ["server", "supervisor", "shared_state", "control", "admin", "reload", "canary",
+               "demo"]),
     ("entry", ["cli", "__main__"]),
 ]
 
