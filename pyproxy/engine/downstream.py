@@ -40,8 +40,10 @@ MAX_PIPELINED = 16
 # the rest of the read is dropped and the connection closes after the queued answers: a
 # pipelining client retries what went unanswered (RFC 9112 §9.3.2).
 MAX_PIPELINED_PARSED = 4 * MAX_PIPELINED
-WRITE_HIGH_WATER = 256 * 1024
-WRITE_LOW_WATER = 64 * 1024
+# Unsent response bytes per client before the relay waits for drain (see READ_HIGH_WATER
+# in upstream.py for why 64 KiB).
+WRITE_HIGH_WATER = 64 * 1024
+WRITE_LOW_WATER = 16 * 1024
 
 # reg-name or IP literal, optional port; no userinfo, no whitespace (RFC 9110 §7.2, §4.2.3).
 _VALID_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?\Z")
