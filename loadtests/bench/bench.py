@@ -7,8 +7,9 @@
 Layout (2-core machine): the origin (nginx, one process) and wrk (-t1) share core 0; the target
 under test runs alone on core 1 and is started only for its own run and stopped after it, so
 idle proxies never share the core with the one being measured. Scenarios are visited target by
-target in a fixed order, round after round (A B C ... A B C ...); ratios are computed inside a
-round and then the median is taken.
+target, forward in odd rounds and backward in even ones (A B C, C B A, A B C): whatever a run
+leaves behind (sockets in TIME_WAIT, a warm or cold cache) falls on a different neighbour each
+round. Ratios are computed inside a round and then the median is taken.
 
 Noise guard: foreign CPU = whole-machine busy time minus the time of our processes (target,
 origin, wrk, this script, ksoftirqd). Before each run we wait (bounded) until foreign load is
@@ -921,7 +922,7 @@ def render_md(meta: dict, summ: dict, chk: list[dict], targets: list[str], scens
     L.append("- **tools** " + " · ".join(f"{k} {val}" for k, val in v.items()))
     L.append(f"- **layout** {m['host_layout']}; every target started only for its own run; wrk `-t1`")
     L.append(f"- **params** {p['rounds']} round(s), {p['warm']:g} s warm-up + {p['dur']:g} s measured per run, "
-             f"targets in fixed order each round, medians reported; quiet guard: foreign load "
+             f"targets forward in odd rounds and backward in even ones, medians reported; quiet guard: foreign load "
              f"≤ {p['quiet_max']:g}% of a core (wait ≤ {p['quiet_wait']:g} s, ≤ {p['max_tries']} tries)"
              + (" — **quick mode**" if p["quick"] else ""))
     L.append(f"- **command** `{p['command']}` · wall time {meta.get('wall_s', 0) / 60:.1f} min")
@@ -1110,7 +1111,7 @@ def cmd_run(args) -> int:
         runs_left = len(scens) * args.rounds * len(targets)
         for scen in scens:
             for rnd in range(1, args.rounds + 1):
-                for t in targets:
+                for t in (targets if rnd % 2 else targets[::-1]):
                     if time.monotonic() > deadline:
                         out_of_time = True
                         break
