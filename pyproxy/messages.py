@@ -7,7 +7,7 @@ The engine parses bytes into a ``RequestHead`` and hands the pipeline an ``Excha
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Awaitable, Protocol
 from urllib.parse import parse_qsl
 
 
@@ -111,6 +111,11 @@ class Exchange(Protocol):
     def abort(self) -> None: ...
 
     def upgrade(self) -> "Tunnel": ...
+
+    # Only for an exchange the pipeline took with ``serve_now`` (served in callbacks):
+    def finish(self) -> None: ...  # the response is over: next request, or close
+
+    def continue_in_task(self, work: Awaitable[None]) -> None: ...  # wait after all, in a Task
 
 
 class Tunnel(Protocol):

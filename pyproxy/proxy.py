@@ -93,8 +93,8 @@ class Proxy:
 
     async def _guarded(self, exchange: Exchange, route: CompiledRoute | None,
                        outcome: RequestOutcome, started: float, debug: bool, work) -> None:
-        """Await one request's ``work``: the one place its failures become responses, and
-        where it is accounted when it ends."""
+        """Await one request's ``work``, turning what it raises into the response
+        (``_respond_error``) and accounting the request when it ends."""
         try:
             await work
         except ProxyError as error:
