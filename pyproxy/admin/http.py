@@ -16,7 +16,7 @@ import asyncio
 import json
 import re
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 from pyproxy.config.model import Limits, Timeouts
 from pyproxy.engine.downstream import Listener
@@ -43,10 +43,6 @@ class AdminRequest:
     @property
     def path(self) -> str:
         return self.head.path
-
-    @property
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.head.query, keep_blank_values=True))
 
     def header(self, name: str, default: str | None = None) -> str | None:
         value = self.head.header(name.lower())
