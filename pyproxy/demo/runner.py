@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from pyproxy.demo.ports import free_ports
 from pyproxy.demo.scenarios import Plan, Ports, build_plan
 
 READY_TIMEOUT = 15.0  # seconds for every child to answer its readiness probe
@@ -78,19 +78,8 @@ async def _demo(scenario: str, port: int, admin_port: int, rps: float) -> int:
 
 
 def _pick_ports(port: int, admin_port: int) -> Ports:
-    """The storefront proxy gets the requested ports; the rest get free ones from the OS.
-
-    All sockets stay bound until every port is picked, so no port is handed out twice.
-    """
-    sockets = [socket.socket() for _ in range(8)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        free = [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-    return Ports(port, admin_port, *free)
+    """The storefront proxy gets the requested ports; the rest get free ones."""
+    return Ports(port, admin_port, *free_ports(8))
 
 
 def _config_yaml(scenario: str, config: dict[str, Any]) -> str:

@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.support import (DEPLOY, REPO, copy_config, free_port, http, samples, tool,
+from tests.deploy.support import (DEPLOY, REPO, copy_config, http, samples, tool,
                                   wait_status)
+from tests.support.backends import free_port
 from tests.stats_bounds import assert_binomial
 
 COMPOSE_DIR = DEPLOY / "compose"

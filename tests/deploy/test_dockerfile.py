@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from tests.deploy.support import REPO, free_port, http, tool, wait_status
+from tests.deploy.support import REPO, http, tool, wait_status
+from tests.support.backends import free_port
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"

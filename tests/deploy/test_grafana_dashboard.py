@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.deploy.support import DEPLOY, free_port, http, samples, wait_status
+from tests.deploy.support import DEPLOY, http, samples, wait_status
+from tests.support.backends import free_port
 from tests.support.harness import ProxyProcess
 
 DASHBOARD = DEPLOY / "grafana" / "pyproxy-dashboard.json"

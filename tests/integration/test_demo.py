@@ -23,15 +23,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.backends import free_port
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
 READY_TIMEOUT = 40.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def child_pids(pid: int) -> set[int]:

@@ -15,6 +15,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from pyproxy.demo import ports
+
 
 class EchoBackend:
     def __init__(self, name: str):
@@ -141,11 +143,8 @@ async def read_request_head(reader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports for processes a test starts: picked outside the ephemeral range, see demo/ports.py.
+free_port = ports.free_port
 
 
 class WebSocketEchoBackend:

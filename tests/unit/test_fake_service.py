@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from pyproxy.demo.fake_service import STREAM_PATTERN, parse_latency, start_fake_service
+from tests.support.backends import free_port
 
 
 @pytest.fixture
@@ -44,10 +45,6 @@ async def fetch(client, url, **kwargs):
         return response.status, await response.json()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- replies
@@ -320,3 +317,13 @@ def test_command_rejects_bad_options_with_exit_2(option, value):
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 2
     assert option in stderr
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
+    from pyproxy.demo.ports import _ephemeral_start, free_ports
+
+    picked = free_ports(20) + free_ports(20)
+    assert len(set(picked)) == 40  # never the same port twice in a process
+    assert all(20000 <= port < _ephemeral_start() for port in picked)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", picked[-1]))
