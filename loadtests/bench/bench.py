@@ -11,8 +11,8 @@ target, forward in odd rounds and backward in even ones (A B C, C B A, A B C): w
 leaves behind (sockets in TIME_WAIT, a warm or cold cache) falls on a different neighbour each
 round. Ratios are computed inside a round and then the median is taken.
 
-Noise guard: foreign CPU = whole-machine busy time minus the time of our processes (target,
-origin, wrk, this script, ksoftirqd). Before each run we wait (bounded) until foreign load is
+Noise guard: foreign CPU = whole-machine busy time, hypervisor steal included, minus the time of
+our processes (target, origin, wrk, this script, ksoftirqd). Before each run we wait (bounded) until foreign load is
 below --quiet-max % of one core; a run during which it was higher is repeated (bounded) and the
 quietest attempt is kept, marked "noisy" if it is still over.
 
@@ -191,8 +191,10 @@ def tree_hwm_kib(pid: int) -> int:
 def machine_busy_ticks() -> int:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice; guest is inside user
-    return v[0] + v[1] + v[2] + v[5] + v[6]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest is inside user.
+    # Steal (v[7]) is time the hypervisor gave this VM's CPUs to someone else: contention our
+    # runs feel but no process here shows, so it counts as foreign load too.
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
 
 
 KSOFTIRQD: list[int] = []
@@ -1011,8 +1013,8 @@ def render_md(meta: dict, summ: dict, chk: list[dict], targets: list[str], scens
     L.append("- nginx proxy: 64 KiB proxy buffers and `proxy_max_temp_file_size 0`, so 1 MiB responses stream "
              "through memory (its 4 KiB defaults cost it ~45% at 1 MiB). "
              "Envoy runs with its defaults (request ids, x-envoy headers, stats).")
-    L.append("- Foreign % = whole-machine busy CPU minus our processes during the measured window, in % of one "
-             "core; ±5% is accounting noise. Runs over the limit were repeated; 'noisy' marks a kept run still over.")
+    L.append("- Foreign % = whole-machine busy CPU (hypervisor steal included) minus our processes during the "
+             "measured window, in % of one core; ±5% is accounting noise. Runs over the limit were repeated; 'noisy' marks a kept run still over.")
     L.append("- Configs, raw wrk output and the run log are in `results/configs/`, `results/raw/`, `results/run.log`.")
     return "\n".join(L) + "\n"
 
