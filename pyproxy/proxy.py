@@ -53,43 +53,43 @@ class Proxy:
     # ------------------------------------------------------------------ entry
 
     async def handle(self, head: RequestHead, exchange: Exchange) -> None:
-        """Serve one request in the engine's Task: every request ``serve_now`` leaves."""
-        snapshot = self.runtime.snapshot  # this request finishes on this snapshot
-        started = time.perf_counter()  # uvloop's loop.time() only has millisecond steps
-        outcome = _new_outcome(head)
-        route = snapshot.table.match(head)
-        if route is not None:
-            outcome.route = route.name
-            self.stats.request_started(route.name)
-        debug = snapshot.config.debug_headers
+        """Serve one request in the engine's Task (one with a body or an upgrade)."""
+        route, outcome, started, debug = self._begin(head)
         await self._guarded(exchange, route, outcome, started, debug,
                             self._serve_route(head, exchange, route, debug, outcome))
 
-    def serve_now(self, head: RequestHead, exchange: Exchange) -> bool:
+    def serve_now(self, head: RequestHead, exchange: Exchange) -> None:
         """Serve a plain request (no body, no upgrade) without a Task when its route only
         forwards: sent on an idle pooled connection and relayed from the connection's
         callback when the response arrives whole (``_FastRequest``). Whatever has to wait
-        (a connect, a delay fault, a streamed, failed or retried response) continues in a
-        Task on the ordinary pipeline from exactly where it stands.
-
-        False, having done nothing, when the route is not such a route: ``handle`` serves it.
-        """
-        snapshot = self.runtime.snapshot
-        route = snapshot.table.match(head)
+        (a connect, a delay fault, a streamed, failed or retried response, or a route that
+        does more than forward) continues in a Task on the ordinary pipeline from exactly
+        where it stands."""
+        route, outcome, started, debug = self._begin(head)
         if route is None or not route.forward_only:
-            return False
-        started = time.perf_counter()
-        outcome = _new_outcome(head)
-        outcome.route = route.name
-        self.stats.request_started(route.name)
-        debug = snapshot.config.debug_headers
+            exchange.continue_in_task(self._guarded(
+                exchange, route, outcome, started, debug,
+                self._serve_route(head, exchange, route, debug, outcome)))
+            return
         try:
             _FastRequest(self, head, exchange, route, outcome, started, debug).start()
         except ProxyError as error:
             self._respond_error(exchange, error, outcome, debug)
             self._account(exchange, route, outcome, started)
             exchange.finish()
-        return True
+
+    def _begin(self, head: RequestHead
+               ) -> tuple[CompiledRoute | None, RequestOutcome, float, bool]:
+        """Route a new request on the current snapshot (it finishes on it) and open its
+        outcome: (route or None, outcome, start time, debug headers on?)."""
+        snapshot = self.runtime.snapshot
+        started = time.perf_counter()  # uvloop's loop.time() only has millisecond steps
+        outcome = _new_outcome(head)
+        route = snapshot.table.match(head)
+        if route is not None:
+            outcome.route = route.name
+            self.stats.request_started(route.name)
+        return route, outcome, started, snapshot.config.debug_headers
 
     async def _guarded(self, exchange: Exchange, route: CompiledRoute | None,
                        outcome: RequestOutcome, started: float, debug: bool, work) -> None:
@@ -327,11 +327,9 @@ class Proxy:
                             service.breaker.release_retry()
                             retrying = False
                     status = response.status if response is not None else 0
-                    self.stats.record_attempt(AttemptOutcome(backend.service.name, endpoint.address,
-                                                             status))
                     if response is not None:
                         failure = "status"
-                    self._judge(service, endpoint, response.status if response is not None else None)
+                    self._attempt_ended(backend, endpoint, status or None)
                 if (failure is not None and attempt < max_attempts
                         and is_retryable(policy, failure, status)
                         and (deadline is None or loop.time() < deadline)):
@@ -494,9 +492,13 @@ class Proxy:
             service.connection_closed()  # the slot never became a connection
             raise
 
-    def _judge(self, service: ServiceRuntime, endpoint: EndpointState, status: int | None
-               ) -> None:
-        """Feed one real attempt's result to outlier detection."""
+    def _attempt_ended(self, backend: CompiledBackend, endpoint: EndpointState,
+                       status: int | None) -> None:
+        """Count one real attempt (``status`` None: no response) and feed its result to
+        outlier detection."""
+        self.stats.record_attempt(AttemptOutcome(backend.service.name, endpoint.address,
+                                                 status or 0))
+        service = backend.runtime
         detector = service.detector
         if detector is None:
             return
@@ -764,13 +766,10 @@ class _FastRequest:
                 return
             outcome.attempts = 1
             outcome.endpoint = self.endpoint.address
-            service = self.backend.runtime
-            proxy.stats.record_attempt(AttemptOutcome(self.backend.service.name,
-                                                      self.endpoint.address, response.status))
-            proxy._judge(service, self.endpoint, response.status)
+            proxy._attempt_ended(self.backend, self.endpoint, response.status)
             proxy._relay_whole(self.exchange, route, conn, response, self.cookie, self.debug,
                                outcome)
-            service.breaker.release_request()
+            self.backend.runtime.breaker.release_request()
             proxy._account(self.exchange, route, outcome, self.started)
         except Exception:
             # A bug; this runs in the connection's callback, where nobody else would see it.

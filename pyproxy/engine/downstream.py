@@ -73,12 +73,11 @@ class Listener:
 
     def __init__(self, handler: Callable[[RequestHead, "DownstreamExchange"], Awaitable[None]],
                  *, timeouts, limits, scheme: str = "http",
-                 serve_now: Callable[[RequestHead, "DownstreamExchange"], bool] | None = None):
+                 serve_now: Callable[[RequestHead, "DownstreamExchange"], None] | None = None):
         self.handler = handler
-        # Tried first for a plain request (no body, no upgrade): serves it without a Task
-        # and returns True, or returns False, having done nothing, and ``handler`` runs.
-        # Once it returns True it owns the exchange: it calls ``finish()``, or
-        # ``continue_in_task()`` when it has to wait after all.
+        # Takes every plain request (no body, no upgrade) instead of ``handler``, without a
+        # Task: it owns the exchange and calls ``finish()`` when the response is over, or
+        # ``continue_in_task()`` when it has to wait.
         self.serve_now = serve_now
         self.timeouts = timeouts
         self.limits = limits
@@ -499,7 +498,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._active = exchange
         self.busy = True
         serve_now = self.listener.serve_now
-        if serve_now is not None and exchange.plain and serve_now(exchange.head, exchange):
+        if serve_now is not None and exchange.plain:
+            serve_now(exchange.head, exchange)
             return
         exchange.task = self.loop.create_task(self._run(exchange, self._serve(exchange)))
 

@@ -267,10 +267,6 @@ class UpstreamConnection(asyncio.Protocol):
         """The whole response has arrived (and waits in the buffer)."""
         return self._complete and self._error is None and not self.upgraded
 
-    @property
-    def response_complete(self) -> bool:
-        return self._complete and not self._chunks
-
     async def read_body(self, idle_timeout: float | None = None) -> bytes:
         """The next response body chunk; b"" at the end. Raises UpstreamReset if cut short,
         UpstreamTimeout if nothing arrives for ``idle_timeout`` seconds.
