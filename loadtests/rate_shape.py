@@ -17,7 +17,6 @@ import math
 import re
 
 from locust import LoadTestShape, events
-
 from locustfile import CanaryUser, StickyUser, StorefrontUser, TesterUser  # noqa: F401
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")

@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from pyproxy.outcome import RequestOutcome
 
@@ -32,7 +33,7 @@ BATCH_LINES = 1000  # lines per write() call: few syscalls, bounded memory per b
 class _Timestamps:
     """RFC 3339 UTC timestamps with milliseconds; the seconds part is formatted once per second."""
 
-    __slots__ = ("_second", "_prefix")
+    __slots__ = ("_prefix", "_second")
 
     def __init__(self) -> None:
         self._second = -1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyproxy.messages import RequestHead
 from pyproxy.routing.matchers import compile_match, describe_match
 from pyproxy.routing.table import host_matches
-from pyproxy.runtime import CompiledRoute, Snapshot, Runtime
+from pyproxy.runtime import CompiledRoute, Runtime, Snapshot
 
 
 def request_head(host: str, path: str, method: str = "GET",

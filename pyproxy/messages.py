@@ -7,7 +7,8 @@ The engine parses bytes into a ``RequestHead`` and hands the pipeline an ``Excha
 
 from __future__ import annotations
 
-from typing import Awaitable, Protocol
+from collections.abc import Awaitable
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 
@@ -20,8 +21,17 @@ class RequestHead:
     """
 
     __slots__ = (
-        "method", "path", "query", "version", "headers", "host", "client_ip",
-        "scheme", "_header_map", "_query_map", "_cookie_map",
+        "_cookie_map",
+        "_header_map",
+        "_query_map",
+        "client_ip",
+        "headers",
+        "host",
+        "method",
+        "path",
+        "query",
+        "scheme",
+        "version",
     )
 
     def __init__(self, method: str, path: str, query: str, version: str,
@@ -110,7 +120,7 @@ class Exchange(Protocol):
 
     def abort(self) -> None: ...
 
-    def upgrade(self) -> "Tunnel": ...
+    def upgrade(self) -> Tunnel: ...
 
     # Only for an exchange the pipeline took with ``serve_now`` (served in callbacks):
     def finish(self) -> None: ...  # the response is over: next request, or close

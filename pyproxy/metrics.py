@@ -25,8 +25,8 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -114,8 +114,17 @@ class _Window:
     stale and reset on first use, so nothing has to run on a timer.
     """
 
-    __slots__ = ("size", "first", "second", "requests", "successes", "latency",
-                 "total_requests", "total_successes", "total_latency")
+    __slots__ = (
+        "first",
+        "latency",
+        "requests",
+        "second",
+        "size",
+        "successes",
+        "total_latency",
+        "total_requests",
+        "total_successes",
+    )
 
     def __init__(self, size: int, now: int):
         self.size = size
@@ -201,7 +210,7 @@ class Totals:
     successes: int = 0
     latency: tuple[int, ...] = ()
 
-    def since(self, earlier: "Totals", seconds: float) -> dict:
+    def since(self, earlier: Totals, seconds: float) -> dict:
         """Same keys as ``window_stats``, over the ``seconds`` between the two snapshots."""
         before = earlier.latency or (0,) * len(self.latency)
         latency = [a - b for a, b in zip(self.latency, before)]

@@ -16,8 +16,17 @@ import time
 from pyproxy.engine import wire
 from pyproxy.engine.upstream import ResponseHead, UpstreamConnection
 from pyproxy.errors import (
-    ClientDisconnected, DownstreamError, InjectedAbort, NoHealthyUpstream, NoRoute, Overflow,
-    ProxyError, UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
+    ClientDisconnected,
+    DownstreamError,
+    InjectedAbort,
+    NoHealthyUpstream,
+    NoRoute,
+    Overflow,
+    ProxyError,
+    UpstreamConnectFailure,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
 )
 from pyproxy.filters import fault as fault_filter
 from pyproxy.filters import headers as header_filter
@@ -237,7 +246,7 @@ class Proxy:
 
     async def _forward(self, head: RequestHead, exchange: Exchange, route: CompiledRoute,
                        backend: CompiledBackend, cookie, debug: bool,
-                       outcome: RequestOutcome, first: "_FastRequest | None" = None) -> None:
+                       outcome: RequestOutcome, first: _FastRequest | None = None) -> None:
         """``first``: the fast path's request, admitted already, whose first attempt has
         its endpoint picked and may be in flight on ``first.conn``."""
         service = backend.runtime
@@ -258,7 +267,7 @@ class Proxy:
     async def _forward_admitted(self, head: RequestHead, exchange: Exchange,
                                 route: CompiledRoute, backend: CompiledBackend, cookie,
                                 debug: bool, outcome: RequestOutcome,
-                                first: "_FastRequest | None") -> None:
+                                first: _FastRequest | None) -> None:
         loop = asyncio.get_running_loop()
         service = backend.runtime
         retrying = False  # a retry slot is held for the current attempt
@@ -701,8 +710,22 @@ class _FastRequest:
     its first attempt, so retries, timeouts and streaming have one implementation.
     """
 
-    __slots__ = ("proxy", "head", "exchange", "route", "outcome", "started", "debug", "backend",
-                 "cookie", "endpoint", "conn", "request_head", "deadline", "attempt_deadline")
+    __slots__ = (
+        "attempt_deadline",
+        "backend",
+        "conn",
+        "cookie",
+        "deadline",
+        "debug",
+        "endpoint",
+        "exchange",
+        "head",
+        "outcome",
+        "proxy",
+        "request_head",
+        "route",
+        "started",
+    )
 
     def __init__(self, proxy: Proxy, head: RequestHead, exchange: Exchange,
                  route: CompiledRoute, outcome: RequestOutcome, started: float, debug: bool):

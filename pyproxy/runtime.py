@@ -14,12 +14,25 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from pyproxy.config.model import (
-    Backend, Config, DirectResponse, Endpoint, Fault, HeaderRules, Mirror, PathMatch, Redirect,
-    Retries, Rewrite, Route, Service, Sticky, UpstreamTLS,
+    Backend,
+    Config,
+    DirectResponse,
+    Endpoint,
+    Fault,
+    HeaderRules,
+    Mirror,
+    PathMatch,
+    Redirect,
+    Retries,
+    Rewrite,
+    Route,
+    Service,
+    Sticky,
+    UpstreamTLS,
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
 from pyproxy.errors import InvalidOverride
@@ -42,7 +55,7 @@ DEFAULT_ROUTE_TIMEOUT = 15.0
 class EndpointState:
     """One endpoint's live state; the same object across reloads while the endpoint exists."""
 
-    __slots__ = ("service", "endpoint", "address", "pool", "active")
+    __slots__ = ("active", "address", "endpoint", "pool", "service")
 
     def __init__(self, service: str, endpoint: Endpoint, pool: EndpointPool):
         self.service = service
@@ -135,14 +148,14 @@ class ServiceRuntime:
         return f"<ServiceRuntime {self.name} {self.breaker!r} {self.detector!r}>"
 
 
-def _prefix_of(path: "PathMatch") -> str:
+def _prefix_of(path: PathMatch) -> str:
     """The literal prefix a prefix match consumed (element-wise prefixes drop a trailing /)."""
     if path.kind == "segment_prefix":
         return path.value.rstrip("/") or "/"
     return path.value
 
 
-def _address(endpoint: "EndpointState") -> str:
+def _address(endpoint: EndpointState) -> str:
     return endpoint.address
 
 
@@ -166,8 +179,18 @@ def _spawn(coro, name: str) -> None:
 
 
 class CompiledBackend:
-    __slots__ = ("name", "service", "subset", "endpoints", "balancer", "hash_on", "headers",
-                 "index", "runtime", "direct_status")
+    __slots__ = (
+        "balancer",
+        "direct_status",
+        "endpoints",
+        "hash_on",
+        "headers",
+        "index",
+        "name",
+        "runtime",
+        "service",
+        "subset",
+    )
 
     def __init__(self, backend: Backend, service: Service, endpoints: tuple[EndpointState, ...],
                  index: int, runtime: ServiceRuntime):

@@ -24,18 +24,18 @@ import random
 import signal
 import ssl
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import uvloop
 
 from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
 from pyproxy.admin.peers import Peers, register
+from pyproxy.canary.controller import CanaryController
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import Address, Config
 from pyproxy.control import ProxyControl
 from pyproxy.engine.downstream import Listener
-from pyproxy.canary.controller import CanaryController
 from pyproxy.metrics import Stats, backend_workloads
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch
@@ -72,7 +72,7 @@ class Startup:
     loaded: LoadedConfig
     config: Config
     overrides: dict  # --listen / --admin: they outlive reloads
-    listener_tls: "ListenerCertificate | None"
+    listener_tls: ListenerCertificate | None
 
 
 def prepare(paths: Sequence[str], *, listen: str | None = None,
@@ -250,7 +250,7 @@ async def _sighup(control: ProxyControl) -> None:
     logger.info("SIGHUP reload: %s (generation %d)", result["result"], result["generation"])
 
 
-async def _tick(runtime: Runtime, listener_tls: "ListenerCertificate | None") -> None:
+async def _tick(runtime: Runtime, listener_tls: ListenerCertificate | None) -> None:
     """Once-a-second work off the request path: ejected endpoints return, faults expire,
     a rotated listener certificate is picked up."""
     while True:

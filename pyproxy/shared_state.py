@@ -32,9 +32,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from pyproxy.config.model import AbortFault, DelayFault, Fault
 from pyproxy.runtime import ActiveFault, Runtime, WeightOverride

@@ -35,8 +35,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from pyproxy.admin.peers import clear_registry
 from pyproxy.config.model import Address

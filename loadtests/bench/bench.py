@@ -378,7 +378,7 @@ def machine_info() -> dict:
     with open("/proc/meminfo") as f:
         mem = int(f.readline().split()[1]) // (1024 * 1024)
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "mem_gib": mem,
@@ -1252,7 +1252,7 @@ def render_flamegraph(raw: Path, svg: Path, title: str) -> None:
     height = (depth_max[0] + 1) * H + 3 * PAD + 20
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W:.0f}" height="{height}" '
            f'font-family="monospace" font-size="11">',
-           f'<rect width="100%" height="100%" fill="#f8f8f8"/>',
+           '<rect width="100%" height="100%" fill="#f8f8f8"/>',
            f'<text x="{PAD}" y="{PAD + 10}" font-size="13">{esc(title)} — {total} samples</text>']
     for name, x, depth, w, n in rects:
         y = height - PAD - (depth + 1) * H
@@ -1312,7 +1312,7 @@ def cmd_profile(args) -> int:
         w = parse_wrk(wout)
         head = [f"# py-spy of pyproxy (b) under wrk -t1 -c50 {url} ({args.dur:g} s sampled at {args.rate} Hz, "
                 f"--nonblocking)",
-                f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
+                f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; "
                 f"wrk over {total:g} s: {w.get('rps', 0):,.0f} rps (sampling costs some throughput); "
                 f"foreign load before: {q['last_pct']:g}% of a core{'' if q['quiet'] else ' (NOT quiet)'}",
                 "# py-spy: " + "; ".join(l.strip() for l in o1.splitlines() if "Samples:" in l or "rror" in l),

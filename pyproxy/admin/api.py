@@ -38,7 +38,13 @@ from typing import Any, Protocol
 
 from pyproxy.admin import http
 from pyproxy.admin.http import (
-    AdminApp, AdminRequest, AdminResponse, AdminServer, Handler, HTTPError, json_response,
+    AdminApp,
+    AdminRequest,
+    AdminResponse,
+    AdminServer,
+    Handler,
+    HTTPError,
+    json_response,
 )
 from pyproxy.admin.peers import Peers
 from pyproxy.canary.analysis import CommandRefused

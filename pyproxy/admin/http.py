@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
 from pyproxy.config.model import Limits, Timeouts
@@ -28,9 +29,9 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 class AdminRequest:
-    __slots__ = ("head", "body", "match_info", "app")
+    __slots__ = ("app", "body", "head", "match_info")
 
-    def __init__(self, head: RequestHead, body: bytes, app: "AdminApp"):
+    def __init__(self, head: RequestHead, body: bytes, app: AdminApp):
         self.head = head
         self.body = body
         self.match_info: dict[str, str] = {}  # the route's {name} segments, percent-decoded
@@ -67,7 +68,7 @@ class AdminRequest:
 
 
 class AdminResponse:
-    __slots__ = ("status", "body", "headers")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int = 200, body: bytes = b"",
                  headers: dict[str, str] | None = None):
@@ -99,7 +100,7 @@ _PLACEHOLDER = re.compile(r"\{(\w+)(?::([^{}]+))?\}")
 
 
 class Route:
-    __slots__ = ("method", "pattern", "handler")
+    __slots__ = ("handler", "method", "pattern")
 
     def __init__(self, method: str, path: str, handler: Handler):
         self.method = method

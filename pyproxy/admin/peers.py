@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyproxy.metrics import (
-    cumulative_only, merge_expositions, parse_exposition, render_families, window_totals,
+    cumulative_only,
+    merge_expositions,
+    parse_exposition,
+    render_families,
+    window_totals,
     workers_family,
 )
 
@@ -183,7 +187,7 @@ class Peers:
                     return await response.read()
                 logger.warning("worker %d answered %s with %d", peer.index, path,
                                response.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             logger.debug("worker %d did not answer %s: %r", peer.index, path, exc)
         return None
 

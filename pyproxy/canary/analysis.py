@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Mapping
+from typing import Literal
 
 from pyproxy.config.model import Canary, CanaryChecks
 
@@ -57,7 +58,7 @@ class IntervalStats:
     p99: float | None = None
 
     @classmethod
-    def of(cls, summary: Mapping) -> "IntervalStats":
+    def of(cls, summary: Mapping) -> IntervalStats:
         """From a ``Stats`` summary dict (``requests``, ``success_rate``, ``p99``)."""
         return cls(int(summary.get("requests") or 0), summary.get("success_rate"),
                    summary.get("p99"))

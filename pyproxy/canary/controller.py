@@ -36,11 +36,19 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pyproxy.canary.analysis import (
-    ACTIVE, PHASES, CanaryMachine, CommandRefused, Event, HookResult, IntervalStats, aggregate,
+    ACTIVE,
+    PHASES,
+    CanaryMachine,
+    CommandRefused,
+    Event,
+    HookResult,
+    IntervalStats,
+    aggregate,
     judge,
 )
 from pyproxy.config.model import Canary, Webhook
@@ -322,7 +330,7 @@ class CanaryController:
                 await r.read()
                 ok = 200 <= r.status < 300
                 result = HookResult(ok, f"{hook.type} {_shown(hook.url)} answered {r.status}")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result = HookResult(False, f"{hook.type} {_shown(hook.url)} timed out after "
                                        f"{hook.timeout:g}s")
         except aiohttp.ClientError as exc:

@@ -23,15 +23,38 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pyproxy.config.load import read_documents
 from pyproxy.config.model import (
-    AccessLog, AdminConfig, Backend, Backoff, Canary, CanaryChecks, Config, ConnectionPool,
-    Endpoint, Fault, HeaderChanges, HeaderRules, HealthCheck, Limits, LoadBalancer, Match,
-    MetricsConfig, Mirror, OutlierDetection, Retries, Route, Service, StringMatch, Timeouts,
-    UpstreamTLS, Webhook,
+    AccessLog,
+    AdminConfig,
+    Backend,
+    Backoff,
+    Canary,
+    CanaryChecks,
+    Config,
+    ConnectionPool,
+    Endpoint,
+    Fault,
+    HeaderChanges,
+    HeaderRules,
+    HealthCheck,
+    Limits,
+    LoadBalancer,
+    Match,
+    MetricsConfig,
+    Mirror,
+    OutlierDetection,
+    Retries,
+    Route,
+    Service,
+    StringMatch,
+    Timeouts,
+    UpstreamTLS,
+    Webhook,
 )
 from pyproxy.config.parse import ConfigInvalid, ConfigIssue, Document, parse_documents
 

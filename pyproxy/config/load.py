@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -192,7 +193,7 @@ class _Converter:
             return self._constructor.construct_object(node)
         except yaml.MarkedYAMLError as problem:  # an unknown tag
             message = str(problem.problem)
-        except Exception:  # noqa: BLE001 - PyYAML's constructors raise what int(), date() ... raise
+        except Exception:
             kind = node.tag.rsplit(":", 1)[-1]
             message = f"{node.value!r} is not a valid {kind} (quote it if you mean text)"
         self._issue(node, path, message)

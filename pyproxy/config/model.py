@@ -8,8 +8,10 @@ are non-negative floats (relative).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
+
 
 def kubernetes_short_name(host: str) -> str | None:
     """``name`` for ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local`` (SPEC §2:
@@ -73,7 +75,7 @@ class Backend:
     subset: str | None = None
     weight: float = 1.0
     # Per-backend header changes (Istio destination headers, Gateway API backendRef filters).
-    headers: "HeaderChanges | None" = None
+    headers: HeaderChanges | None = None
     # Answer this status instead of forwarding: Gateway API requires 500 for the share of
     # an invalid or unresolvable backendRef. ``service`` then only names it.
     direct_status: int | None = None

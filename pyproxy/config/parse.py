@@ -26,8 +26,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from pyproxy.config.model import (
     AbortFault,
@@ -49,6 +50,7 @@ from pyproxy.config.model import (
     HeaderRules,
     HealthCheck,
     Limits,
+    ListenerTLS,
     LoadBalancer,
     Match,
     MetricsConfig,
@@ -64,7 +66,8 @@ from pyproxy.config.model import (
     StickyCookie,
     StringMatch,
     Timeouts,
-    Webhook, ListenerTLS, UpstreamTLS,
+    UpstreamTLS,
+    Webhook,
 )
 
 __all__ = [

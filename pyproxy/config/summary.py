@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pyproxy.config.load import ConfigInvalid, ConfigIssue, LoadedConfig, load_config
 from pyproxy.config.model import (

@@ -35,8 +35,9 @@ import signal
 import socket
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -70,7 +71,7 @@ def parse_latency(text: str) -> tuple[float, float]:
 
 
 def _timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
 
 
 class FakeService:
@@ -229,7 +230,7 @@ class FakeService:
             async with self._session.get(url, headers=headers) as response:
                 raw = await response.read()
                 return {"code": response.status, "body": _decode(raw)}
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return {"code": -1, "error": f"{type(exc).__name__}: {exc}"}
 
     def _log_line(self, request: web.Request, code: int, start: float) -> None:

@@ -139,7 +139,7 @@ class Children:
         for child in running:
             try:
                 await asyncio.wait_for(child.process.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 say(f"pyproxy demo: {child.name} did not stop within {STOP_TIMEOUT:.0f}s; "
                     "killing it")
                 child.process.kill()
@@ -188,7 +188,7 @@ async def _answers_200(session: aiohttp.ClientSession, url: str) -> bool:
     try:
         async with session.get(url) as response:
             return response.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return False
 
 
@@ -326,7 +326,7 @@ async def generate_load(url: str, rps: float, tester_every: int = 0) -> None:
         try:
             async with session.get(url, headers=headers) as response:
                 body = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             window.record(None)
             return
         window.record(response.status, body)  # the window current when the answer came

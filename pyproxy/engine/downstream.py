@@ -18,7 +18,7 @@ import asyncio
 import logging
 import re
 from collections import deque
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httptools
 
@@ -71,9 +71,9 @@ class _StopParsing(Exception):
 class Listener:
     """Settings and live state shared by every connection of one listening socket."""
 
-    def __init__(self, handler: Callable[[RequestHead, "DownstreamExchange"], Awaitable[None]],
+    def __init__(self, handler: Callable[[RequestHead, DownstreamExchange], Awaitable[None]],
                  *, timeouts, limits, scheme: str = "http",
-                 serve_now: Callable[[RequestHead, "DownstreamExchange"], None] | None = None):
+                 serve_now: Callable[[RequestHead, DownstreamExchange], None] | None = None):
         self.handler = handler
         # Takes every plain request (no body, no upgrade) instead of ``handler``, without a
         # Task: it owns the exchange and calls ``finish()`` when the response is over, or
@@ -93,7 +93,7 @@ class Listener:
         if self.on_reject is not None:
             self.on_reject(status)
 
-    def protocol_factory(self) -> "DownstreamProtocol":
+    def protocol_factory(self) -> DownstreamProtocol:
         return DownstreamProtocol(self)
 
     def in_flight(self) -> int:
@@ -108,10 +108,30 @@ class Listener:
 
 class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
-        "listener", "loop", "transport", "parser", "client_ip", "_url", "_headers",
-        "_header_bytes", "_parsing", "_queue", "_active", "_accepting", "_deadline",
-        "_waiting_for", "_reading_paused", "_write_paused", "_drain_waiters", "_tunnel",
-        "_head_started", "_completed", "busy", "_begun", "_head_read", "_feeding",
+        "_accepting",
+        "_active",
+        "_begun",
+        "_completed",
+        "_deadline",
+        "_drain_waiters",
+        "_feeding",
+        "_head_read",
+        "_head_started",
+        "_header_bytes",
+        "_headers",
+        "_parsing",
+        "_queue",
+        "_reading_paused",
+        "_tunnel",
+        "_url",
+        "_waiting_for",
+        "_write_paused",
+        "busy",
+        "client_ip",
+        "listener",
+        "loop",
+        "parser",
+        "transport",
     )
 
     def __init__(self, listener: Listener):
@@ -370,7 +390,7 @@ class DownstreamProtocol(asyncio.Protocol):
             # h2c and friends are served as plain HTTP/1.1; bytes after them are refused.
             exchange.fail(DownstreamError("data after an upgrade request", status=400))
 
-    def _validate_head(self, method: str, version: str) -> tuple[RequestHead, "DownstreamExchange"]:
+    def _validate_head(self, method: str, version: str) -> tuple[RequestHead, DownstreamExchange]:
         """Everything llhttp accepts but a proxy must still refuse or normalise."""
         if version not in ("1.1", "1.0"):
             raise DownstreamError(f"version {version}", status=505)
@@ -494,7 +514,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ dispatch
 
-    def _start(self, exchange: "DownstreamExchange") -> None:
+    def _start(self, exchange: DownstreamExchange) -> None:
         self._active = exchange
         self.busy = True
         serve_now = self.listener.serve_now
@@ -503,7 +523,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         exchange.task = self.loop.create_task(self._run(exchange, self._serve(exchange)))
 
-    async def _serve(self, exchange: "DownstreamExchange") -> None:
+    async def _serve(self, exchange: DownstreamExchange) -> None:
         error = exchange._error
         if isinstance(error, DownstreamError):
             # Refused while its bytes were parsed, before the pipeline got to run (a bad
@@ -516,7 +536,7 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             await self.listener.handler(exchange.head, exchange)
 
-    async def _run(self, exchange: "DownstreamExchange", work: Awaitable[None]) -> None:
+    async def _run(self, exchange: DownstreamExchange, work: Awaitable[None]) -> None:
         """Serve one exchange in a Task: whatever happens, it ends and the next one starts."""
         try:
             await work
@@ -530,7 +550,7 @@ class DownstreamProtocol(asyncio.Protocol):
         finally:
             self._finish(exchange)
 
-    def _finish(self, exchange: "DownstreamExchange") -> None:
+    def _finish(self, exchange: DownstreamExchange) -> None:
         if self._feeding:
             # Finished from inside a parser callback (a fast-path refusal): the parser must
             # complete this request's bytes before the next one may start.
@@ -585,7 +605,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def start_tunnel(self, exchange: "DownstreamExchange") -> "_DownstreamTunnel":
+    def start_tunnel(self, exchange: DownstreamExchange) -> _DownstreamTunnel:
         self._cancel_timer()
         self._tunnel = _DownstreamTunnel(self, exchange.upgrade_data)
         self._resume_reading()
@@ -617,11 +637,31 @@ class DownstreamExchange:
     """One request on a downstream connection: its body to read, its response to write."""
 
     __slots__ = (
-        "conn", "head", "body_expected", "content_length", "send_continue", "keep_alive",
-        "task", "is_websocket", "upgrade_data", "_chunks", "_buffered", "_body_done",
-        "_waiter", "_error", "bytes_in", "bytes_out", "response_started", "response_done",
-        "aborted", "_chunked_out", "_no_body", "_pending_head", "_expected_out",
-        "answer_options", "plain",
+        "_body_done",
+        "_buffered",
+        "_chunked_out",
+        "_chunks",
+        "_error",
+        "_expected_out",
+        "_no_body",
+        "_pending_head",
+        "_waiter",
+        "aborted",
+        "answer_options",
+        "body_expected",
+        "bytes_in",
+        "bytes_out",
+        "conn",
+        "content_length",
+        "head",
+        "is_websocket",
+        "keep_alive",
+        "plain",
+        "response_done",
+        "response_started",
+        "send_continue",
+        "task",
+        "upgrade_data",
     )
 
     def __init__(self, conn: DownstreamProtocol, head: RequestHead, body_expected: bool,
@@ -825,7 +865,7 @@ class DownstreamExchange:
         the engine's usual safety net; the exchange finishes when it ends."""
         self.task = self.conn.loop.create_task(self.conn._run(self, work))
 
-    def upgrade(self) -> "_DownstreamTunnel":
+    def upgrade(self) -> _DownstreamTunnel:
         """After a 101 was written: the connection carries raw bytes from now on."""
         pending = self._pending_head
         if pending is not None:

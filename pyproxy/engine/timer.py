@@ -11,11 +11,11 @@ late, and when it fires early (the deadline moved on since), it sleeps again for
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 
 class Deadline:
-    __slots__ = ("_loop", "_callback", "_when", "_handle", "_handle_when")
+    __slots__ = ("_callback", "_handle", "_handle_when", "_loop", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]):
         self._loop = loop

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import httptools
 
 from pyproxy.engine.timer import Deadline
 from pyproxy.errors import (
-    UpstreamConnectFailure, UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
+    UpstreamConnectFailure,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
 )
 
 # A response body waiting to be written downstream: reading from the upstream pauses past
@@ -37,7 +40,7 @@ def _time_out(waiter: asyncio.Future) -> None:
 
 
 class ResponseHead:
-    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive")
+    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "reason", "status")
 
     def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
                  content_length: int | None, chunked: bool, keep_alive: bool):
@@ -51,13 +54,33 @@ class ResponseHead:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "pool", "loop", "transport", "parser", "_headers", "_reason", "_head", "_head_waiter",
-        "_chunks", "_buffered", "_complete", "_error", "_body_waiter", "_reading_paused",
-        "_write_paused", "_drain_waiter", "_closed", "request_complete", "no_body_expected",
-        "upgraded", "_deadline", "in_use", "forgotten", "_notify",
+        "_body_waiter",
+        "_buffered",
+        "_chunks",
+        "_closed",
+        "_complete",
+        "_deadline",
+        "_drain_waiter",
+        "_error",
+        "_head",
+        "_head_waiter",
+        "_headers",
+        "_notify",
+        "_reading_paused",
+        "_reason",
+        "_write_paused",
+        "forgotten",
+        "in_use",
+        "loop",
+        "no_body_expected",
+        "parser",
+        "pool",
+        "request_complete",
+        "transport",
+        "upgraded",
     )
 
-    def __init__(self, pool: "EndpointPool"):
+    def __init__(self, pool: EndpointPool):
         self.pool = pool
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None

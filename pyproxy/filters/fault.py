@@ -8,8 +8,8 @@ triggered faults (SPEC §5) apply only when the request carries the route's shar
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pyproxy.config.model import AbortFault, DelayFault, Fault
 from pyproxy.config.parse import parse_duration

@@ -32,7 +32,8 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from pyproxy.config.model import Endpoint, HealthCheck
 from pyproxy.tasks import TaskGroup
@@ -49,8 +50,13 @@ OnChange = Callable[[str, str, bool], None]
 class HealthState:
     """One endpoint's active-health state machine (pure; see the module docstring)."""
 
-    __slots__ = ("healthy_threshold", "unhealthy_threshold", "healthy", "successes",
-                 "failures")
+    __slots__ = (
+        "failures",
+        "healthy",
+        "healthy_threshold",
+        "successes",
+        "unhealthy_threshold",
+    )
 
     def __init__(self, healthy_threshold: int = 1, unhealthy_threshold: int = 3):
         self.healthy_threshold = healthy_threshold
@@ -84,7 +90,7 @@ class HealthState:
 class _Target:
     """An endpoint being probed: its address, state, task and last probe."""
 
-    __slots__ = ("endpoint", "state", "task", "last_checked", "last_result")
+    __slots__ = ("endpoint", "last_checked", "last_result", "state", "task")
 
     def __init__(self, endpoint: Endpoint, policy: HealthCheck):
         self.endpoint = endpoint

@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence, TypeVar
+from typing import Literal, TypeVar
 
 from pyproxy.config.model import OutlierDetection
 
@@ -92,8 +93,14 @@ class OutlierEvent:
 
 
 class _Endpoint:
-    __slots__ = ("consecutive_5xx", "consecutive_gateway", "times_ejected", "until", "reason",
-                 "clean")
+    __slots__ = (
+        "clean",
+        "consecutive_5xx",
+        "consecutive_gateway",
+        "reason",
+        "times_ejected",
+        "until",
+    )
 
     def __init__(self):
         self.consecutive_5xx = 0

@@ -33,7 +33,7 @@ def is_retryable(policy: Retries, failure: Failure, status: int = 0) -> bool:
         return True
     if "gateway-error" in on and status in _GATEWAY:
         return True
-    return "retriable-status-codes" in on and status in policy.status_codes or (
+    return ("retriable-status-codes" in on and status in policy.status_codes) or (
         bool(policy.status_codes) and status in policy.status_codes)
 
 

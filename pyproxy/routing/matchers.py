@@ -8,7 +8,7 @@ conditions; a route's list of entries is an OR.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from pyproxy.config.model import Match, PathMatch, StringMatch
 from pyproxy.messages import RequestHead

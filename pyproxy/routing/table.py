@@ -9,7 +9,8 @@ host that is the name of a known service, goes straight to that service (SPEC §
 
 from __future__ import annotations
 
-from typing import Generic, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 from pyproxy.config.model import kubernetes_short_name
 from pyproxy.messages import RequestHead

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
+from collections.abc import Sequence
 from random import Random
-from typing import Protocol, Sequence
+from typing import Protocol
 
 
 class _Endpoint(Protocol):

@@ -6,13 +6,14 @@ Pure: the caller supplies the random draw, so tests pin it with a seeded RNG.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Generic, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class WeightedSplit(Generic[T]):
-    __slots__ = ("choices", "weights", "total", "_cumulative", "_only")
+    __slots__ = ("_cumulative", "_only", "choices", "total", "weights")
 
     def __init__(self, choices: Sequence[T], weights: Sequence[float]):
         if len(choices) != len(weights):

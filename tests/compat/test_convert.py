@@ -12,7 +12,12 @@ from pyproxy.cli import main
 from pyproxy.config.convert import convert
 from pyproxy.config.load import load_config
 from tests.compat.test_validate_examples import (
-    GW, ISTIO, SERVICES, SMI, _companions, _examples,
+    GW,
+    ISTIO,
+    SERVICES,
+    SMI,
+    _companions,
+    _examples,
 )
 
 

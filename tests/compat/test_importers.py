@@ -10,8 +10,19 @@ import pytest
 
 from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.config.model import (
-    Backend, Backoff, ConnectionPool, ConsistentHash, DirectResponse, HeaderChanges,
-    LoadBalancer, Mirror, OutlierDetection, PathMatch, Retries, Sticky, StickyCookie,
+    Backend,
+    Backoff,
+    ConnectionPool,
+    ConsistentHash,
+    DirectResponse,
+    HeaderChanges,
+    LoadBalancer,
+    Mirror,
+    OutlierDetection,
+    PathMatch,
+    Retries,
+    Sticky,
+    StickyCookie,
     StringMatch,
 )
 

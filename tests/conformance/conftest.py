@@ -12,7 +12,6 @@ import pytest_asyncio
 
 from tests.conformance.rawhttp import start_recording
 
-
 if os.environ.get("PYPROXY_TEST_UVLOOP") == "1":
     def pytest_asyncio_loop_factories(config, item):
         import uvloop

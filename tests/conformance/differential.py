@@ -22,7 +22,6 @@ import httptools
 from tests.conformance.rawhttp import _ResponseReader
 from tests.support.backends import RawBackend, free_port
 
-
 # ---------------------------------------------------------------------------- HAProxy
 
 
@@ -83,7 +82,7 @@ class HAProxy:
     def config(self) -> str:
         return HAPROXY_CONFIG.format(port=self.port, upstream_port=self.upstream_port)
 
-    async def start(self, timeout: float = 10.0) -> "HAProxy":
+    async def start(self, timeout: float = 10.0) -> HAProxy:
         self.config_path.write_text(self.config)
         stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([self.binary, "-db", "-f", str(self.config_path)],
@@ -147,7 +146,7 @@ class Upstream:
     def port(self) -> int:
         return self.backend.port
 
-    async def start(self) -> "Upstream":
+    async def start(self) -> Upstream:
         self.backend = await RawBackend(self._serve).start()
         return self
 
@@ -416,7 +415,7 @@ async def exchange(port: int, raw: bytes, *, timeout: float = 3.0,
             wait = min(left, quiet) if parsed.done and parsed.current is None else left
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if parsed.done:
                     break
                 continue

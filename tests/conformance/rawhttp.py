@@ -14,7 +14,6 @@ from pyproxy.config.model import Backend, Config, Route
 from tests.support.backends import RawBackend
 from tests.support.harness import service
 
-
 # ---------------------------------------------------------------------------- client side
 
 
@@ -111,7 +110,7 @@ async def read_responses(reader, writer, data=b"", *, responses: int = 1,
             break
         try:
             chunk = await asyncio.wait_for(reader.read(65536), left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         except ConnectionError:
             closed = reset = True

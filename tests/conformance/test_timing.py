@@ -17,12 +17,22 @@ import aiohttp
 import pytest
 
 from pyproxy.config.model import (
-    Backend, Config, DirectResponse, Limits, Match, PathMatch, Route, Timeouts,
+    Backend,
+    Config,
+    DirectResponse,
+    Limits,
+    Match,
+    PathMatch,
+    Route,
+    Timeouts,
 )
 from pyproxy.engine import downstream
 from tests.conformance.corpus import BY_ID
 from tests.conformance.rawhttp import (
-    one_route, read_responses, send, wait_for,
+    one_route,
+    read_responses,
+    send,
+    wait_for,
 )
 from tests.support.backends import RawBackend, WebSocketEchoBackend, read_request_head
 from tests.support.harness import service

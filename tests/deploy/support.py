@@ -166,7 +166,7 @@ def remap_addresses(text: str, mapping: dict[str, str]) -> str:
     """
     import re
 
-    def swap(found: "re.Match[str]") -> str:
+    def swap(found: re.Match[str]) -> str:
         return mapping.get(found.group(0), found.group(0))
 
     return re.sub(r"(?<![\w.-])[A-Za-z0-9][\w.-]*:\d+(?![\w.-])", swap, text)

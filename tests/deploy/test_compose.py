@@ -27,10 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.support import (DEPLOY, REPO, copy_config, http, samples, tool,
-                                  wait_status)
-from tests.support.backends import free_port
+from tests.deploy.support import DEPLOY, REPO, copy_config, http, samples, tool, wait_status
 from tests.stats_bounds import assert_binomial
+from tests.support.backends import free_port
 
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"

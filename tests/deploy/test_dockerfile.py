@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from tests.deploy.support import REPO, http, tool, wait_status
 from tests.support.backends import free_port
 

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.support import (DEPLOY, REPO, http, remap_addresses, samples, tool,
-                                  wait_status)
+from tests.deploy.support import DEPLOY, REPO, http, remap_addresses, samples, tool, wait_status
 from tests.support.backends import free_port
 from tests.support.harness import ProxyProcess
 

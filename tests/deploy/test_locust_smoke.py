@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.support import DEPLOY, REPO, copy_config, tool, wait_status
-from tests.support.backends import free_port
 from tests.stats_bounds import assert_binomial, binomial_bounds
+from tests.support.backends import free_port
 from tests.support.harness import ProxyProcess
 
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"

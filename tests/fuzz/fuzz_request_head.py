@@ -19,7 +19,7 @@ from pathlib import Path
 import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-from tests.support.fake_transport import FakeTransport  # noqa: E402
+from tests.support.fake_transport import FakeTransport
 
 with atheris.instrument_imports():
     from pyproxy.config.model import Limits, Timeouts

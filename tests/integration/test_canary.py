@@ -44,7 +44,7 @@ class Load:
         self.statuses: collections.Counter = collections.Counter()
         self._task: asyncio.Task | None = None
 
-    async def __aenter__(self) -> "Load":
+    async def __aenter__(self) -> Load:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -212,7 +212,7 @@ class Hooks:
         self.default: dict[str, int] = {"rollback": 404}
         self.runner: web.AppRunner | None = None
 
-    async def start(self) -> "Hooks":
+    async def start(self) -> Hooks:
         app = web.Application()
         app.router.add_post("/{kind}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)

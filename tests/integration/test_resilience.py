@@ -11,8 +11,16 @@ import aiohttp
 from aiohttp import web
 
 from pyproxy.config.model import (
-    AbortFault, Backend, Config, ConnectionPool, Fault, HealthCheck, OutlierDetection, Retries,
-    Backoff, Route,
+    AbortFault,
+    Backend,
+    Backoff,
+    Config,
+    ConnectionPool,
+    Fault,
+    HealthCheck,
+    OutlierDetection,
+    Retries,
+    Route,
 )
 from tests.stats_bounds import assert_binomial
 from tests.support.harness import service

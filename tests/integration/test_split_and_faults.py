@@ -9,7 +9,14 @@ import json
 import aiohttp
 
 from pyproxy.config.model import (
-    AbortFault, Backend, Config, DelayFault, Fault, Route, Sticky, StickyCookie,
+    AbortFault,
+    Backend,
+    Config,
+    DelayFault,
+    Fault,
+    Route,
+    Sticky,
+    StickyCookie,
 )
 from tests.stats_bounds import assert_binomial
 from tests.support.harness import service

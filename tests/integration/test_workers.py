@@ -18,7 +18,7 @@ import time
 
 import aiohttp
 
-from tests.integration.test_process import _atomic_write, _write_config
+from tests.integration.test_process import _write_config
 from tests.support.backends import free_port
 from tests.support.harness import ProxyProcess, metric_value
 

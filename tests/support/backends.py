@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,7 +26,7 @@ class EchoBackend:
         self.runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self) -> "EchoBackend":
+    async def start(self) -> EchoBackend:
         app = web.Application(client_max_size=1 << 40)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
@@ -94,7 +94,7 @@ class RawBackend:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self) -> "RawBackend":
+    async def start(self) -> RawBackend:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -157,7 +157,7 @@ class WebSocketEchoBackend:
         self.runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self) -> "WebSocketEchoBackend":
+    async def start(self) -> WebSocketEchoBackend:
         app = web.Application()
         app.router.add_get("/ws", self._handle)
         self.runner = web.AppRunner(app, access_log=None)

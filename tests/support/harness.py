@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxy.access_log import AccessLog
 from pyproxy.config.model import Config, Endpoint, Service
@@ -21,9 +22,6 @@ from pyproxy.engine.downstream import Listener
 from pyproxy.metrics import Stats, render_metrics
 from pyproxy.proxy import Proxy
 from pyproxy.runtime import Runtime
-
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.support.backends import free_port
 
 
@@ -57,7 +55,7 @@ class InProcessProxy:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self) -> "InProcessProxy":
+    async def start(self) -> InProcessProxy:
         self.runtime.swap(self.runtime.compile(self.config))
         self.stats.weights_provider = self.runtime.backend_weights
         self.stats.ejections_provider = self.runtime.ejections
@@ -116,7 +114,7 @@ class ProxyProcess:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, timeout: float = 15.0) -> "ProxyProcess":
+    def start(self, timeout: float = 15.0) -> ProxyProcess:
         args = [sys.executable, "-m", "pyproxy", "run"]
         for path in self.config_paths:
             args += ["-c", path]

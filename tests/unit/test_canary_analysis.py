@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from pyproxy.canary.analysis import (
-    CanaryMachine, CommandRefused, HookResult, IntervalStats, aggregate, judge, weight_steps,
+    CanaryMachine,
+    CommandRefused,
+    HookResult,
+    IntervalStats,
+    aggregate,
+    judge,
+    weight_steps,
 )
 from pyproxy.config.model import Canary, CanaryChecks
 from pyproxy.metrics import Stats

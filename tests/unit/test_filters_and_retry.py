@@ -7,7 +7,14 @@ import itertools
 import pytest
 
 from pyproxy.config.model import (
-    AbortFault, Backoff, DelayFault, Fault, HeaderChanges, Redirect, Retries, Rewrite,
+    AbortFault,
+    Backoff,
+    DelayFault,
+    Fault,
+    HeaderChanges,
+    Redirect,
+    Retries,
+    Rewrite,
 )
 from pyproxy.filters import fault, headers
 from pyproxy.filters.rewrite import redirect_location, rewrite_path

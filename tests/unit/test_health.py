@@ -57,7 +57,7 @@ class HealthBackend:
         self.runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self) -> "HealthBackend":
+    async def start(self) -> HealthBackend:
         app = web.Application()
         app.router.add_get("/health", self._health)
         self.runner = web.AppRunner(app, access_log=None)

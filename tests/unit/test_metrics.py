@@ -9,8 +9,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxy.metrics import (
-    DURATION_BUCKETS, Stats, cumulative_only, merge_expositions, parse_exposition,
-    render_families, render_metrics, window_totals, workers_family,
+    DURATION_BUCKETS,
+    Stats,
+    cumulative_only,
+    merge_expositions,
+    parse_exposition,
+    render_families,
+    render_metrics,
+    window_totals,
+    workers_family,
 )
 from pyproxy.outcome import AttemptOutcome, RequestOutcome
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyproxy.config.model import Match, PathMatch, StringMatch
 from pyproxy.messages import RequestHead

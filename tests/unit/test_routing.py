@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pyproxy.config.model import Match, PathMatch, StringMatch
+from pyproxy.config.model import Match, PathMatch, StringMatch, kubernetes_short_name
 from pyproxy.messages import RequestHead
 from pyproxy.routing.matchers import compile_match, compile_matches, describe_match
-from pyproxy.config.model import kubernetes_short_name
 from pyproxy.routing.table import RouteTable, host_matches
 
 

@@ -9,11 +9,24 @@ import time
 
 import pytest
 
-from pyproxy.config.model import AbortFault, Backend, Config, DelayFault, Endpoint, Fault, Route
-from pyproxy.config.model import Service
+from pyproxy.config.model import (
+    AbortFault,
+    Backend,
+    Config,
+    DelayFault,
+    Endpoint,
+    Fault,
+    Route,
+    Service,
+)
 from pyproxy.runtime import ActiveFault, Runtime, WeightOverride
 from pyproxy.shared_state import (
-    SharedState, StateFile, StateSync, decode, describe_changes, encode,
+    SharedState,
+    StateFile,
+    StateSync,
+    decode,
+    describe_changes,
+    encode,
 )
 
 

@@ -20,11 +20,16 @@ Whatever pyproxy cannot honour is a warning naming the file, line, manifest and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pyproxy.config.compat.common import (
-    ImportContext, ImportedRoute, Manifest, Report, _describe,
+    ImportContext,
+    ImportedRoute,
+    Manifest,
+    Report,
+    _describe,
 )
 from pyproxy.config.model import Service
 
@@ -75,7 +80,7 @@ class ImportResult:
 
 
 def import_manifests(
-    documents: Sequence["Document"], *, services: Mapping[str, Service],
+    documents: Sequence[Document], *, services: Mapping[str, Service],
     declared_services: set[str], taken_route_names: set[str], report: Report,
 ) -> ImportResult:
     from pyproxy.config.compat import gateway_api, istio, smi  # one module per family
@@ -134,7 +139,7 @@ _VERSIONS = {
 }
 
 
-def _manifest(ctx: ImportContext, document: "Document") -> Manifest | None:
+def _manifest(ctx: ImportContext, document: Document) -> Manifest | None:
     value = document.value
     api_version, kind = value.get("apiVersion"), value.get("kind")
     bad = None

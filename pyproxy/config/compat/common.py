@@ -14,10 +14,12 @@ Messages start with the manifest (``VirtualService reviews: ...``); the issue's 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pyproxy.config.model import Route, Service, kubernetes_short_name
+
 # One wording for "got ..." in every config message (parse does not import compat at
 # module level, so this is no cycle).
 from pyproxy.config.parse import _describe
@@ -39,7 +41,7 @@ class Invalid(Exception):
 class Manifest:
     """One Kubernetes object: where it is, what it is, and its identity."""
 
-    doc: "Document"
+    doc: Document
     api_version: str
     group: str  # "" for the core API ("v1")
     version: str
@@ -56,10 +58,10 @@ class Manifest:
     def key(self) -> tuple[str, str]:
         return self.namespace, self.name
 
-    def root(self, ctx: "ImportContext") -> "Node":
+    def root(self, ctx: ImportContext) -> Node:
         return Node(self, self.doc.value, "", ctx)
 
-    def spec(self, ctx: "ImportContext") -> "Node":
+    def spec(self, ctx: ImportContext) -> Node:
         """``spec`` as a node (an empty mapping when absent)."""
         value = self.doc.value.get("spec")
         return Node(self, {} if value is None else value, "spec", ctx)
@@ -68,8 +70,8 @@ class Manifest:
 @dataclass(frozen=True)
 class ImportedRoute:
     route: Route
-    position: "Document"  # where the route goes among the documents (first match wins)
-    origin: "Document"  # the manifest it came from
+    position: Document  # where the route goes among the documents (first match wins)
+    origin: Document  # the manifest it came from
     label: str  # "VirtualService reviews"
     path: str = ""  # the key path of the rule it came from ("spec.http[0]")
 
@@ -180,7 +182,7 @@ def is_host(host: str) -> bool:
     return host == "*" or _HOST.fullmatch(host) is not None
 
 
-def intersect_hosts(route: str | None, listener: str | None) -> str | None | bool:
+def intersect_hosts(route: str | None, listener: str | None) -> str | bool | None:
     """The hostname both allow: ``route`` (a route's or VirtualService's hostname) against a
     listener's (a Gateway's). ``None`` means "any host"; ``False``: they do not intersect."""
     if listener is None or listener == "*":
@@ -227,7 +229,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: header n
 class Node:
     """A value inside a manifest, with its key path, for reading and for messages."""
 
-    __slots__ = ("m", "value", "path", "ctx")
+    __slots__ = ("ctx", "m", "path", "value")
 
     def __init__(self, m: Manifest, value: Any, path: str, ctx: ImportContext):
         self.m, self.value, self.path, self.ctx = m, value, path, ctx

@@ -33,11 +33,29 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pyproxy.config.compat.common import (
-    ImportContext, Invalid, Manifest, Node, intersect_hosts, qualified_names,
+    ImportContext,
+    Invalid,
+    Manifest,
+    Node,
+    intersect_hosts,
+    qualified_names,
 )
 from pyproxy.config.model import (
-    Backend, Backoff, DirectResponse, HeaderChanges, HeaderRules, Match, Mirror, PathMatch,
-    Redirect, Retries, Rewrite, Route, Sticky, StickyCookie, StringMatch,
+    Backend,
+    Backoff,
+    DirectResponse,
+    HeaderChanges,
+    HeaderRules,
+    Match,
+    Mirror,
+    PathMatch,
+    Redirect,
+    Retries,
+    Rewrite,
+    Route,
+    Sticky,
+    StickyCookie,
+    StringMatch,
 )
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"

@@ -29,13 +29,37 @@ import re
 from dataclasses import replace
 
 from pyproxy.config.compat.common import (
-    ImportContext, Invalid, Manifest, Node, intersect_hosts, is_host, kubernetes_short_name,
+    ImportContext,
+    Invalid,
+    Manifest,
+    Node,
+    intersect_hosts,
+    is_host,
+    kubernetes_short_name,
     qualified_names,
 )
 from pyproxy.config.model import (
-    AbortFault, Backend, Backoff, ConnectionPool, ConsistentHash, DelayFault, DirectResponse,
-    Fault, HeaderChanges, HeaderRules, LoadBalancer, Match, Mirror, OutlierDetection,
-    PathMatch, Redirect, Retries, Rewrite, Route, Service, StringMatch,
+    AbortFault,
+    Backend,
+    Backoff,
+    ConnectionPool,
+    ConsistentHash,
+    DelayFault,
+    DirectResponse,
+    Fault,
+    HeaderChanges,
+    HeaderRules,
+    LoadBalancer,
+    Match,
+    Mirror,
+    OutlierDetection,
+    PathMatch,
+    Redirect,
+    Retries,
+    Rewrite,
+    Route,
+    Service,
+    StringMatch,
 )
 
 # Methods a prefix or regex method match is expanded over (pyproxy matches a method list).

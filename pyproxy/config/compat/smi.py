@@ -17,7 +17,12 @@ whole value. Several matches are ORed; conditions inside one match are ANDed.
 from __future__ import annotations
 
 from pyproxy.config.compat.common import (
-    ImportContext, Invalid, Manifest, Node, kubernetes_short_name, qualified_names,
+    ImportContext,
+    Invalid,
+    Manifest,
+    Node,
+    kubernetes_short_name,
+    qualified_names,
 )
 from pyproxy.config.model import Backend, Match, PathMatch, Route, StringMatch
 
