@@ -1,4 +1,4 @@
-"""The bad-input corpus of /work/shared/reference/reliability.md §2.1 and §2.3, as data.
+"""The bad-input corpus of docs/reliability.md §2.1 and §2.3, as data.
 
 Every request case is the exact byte string of the reference (rows 1–75; rows 64–66 and 68
 are built from the reference's description). ``status`` is what pyproxy must answer:
