@@ -6,7 +6,8 @@
    ``resilience``, ``filters``, ``upstream.forwarding`` and ``canary.analysis`` each decide
    one thing from plain values, so they meet only in the model (``config.model``) and the
    foundation. Inside its own package a logic module imports freely.
-3. Each third-party library has one home.
+3. No import cycles among the imports a module runs when it is loaded.
+4. Each third-party library has one home.
 
 Module names are listed for the target layout and, where a module is moving, for the old
 one too (marked ``old:``): both trees pass while the restructuring is merged. Once merged,
@@ -112,6 +113,25 @@ def _own_imports(path: Path) -> list[str]:
     return [i[len("pyproxy."):] for i in _imports(path) if i.startswith("pyproxy.")]
 
 
+def _load_time_imports(path: Path) -> set[str]:
+    """The pyproxy modules ``path`` imports when it is loaded: its top-level statements,
+    not imports inside functions (deferred on purpose) or under ``if TYPE_CHECKING:``."""
+    names = {_module_name(p) for p in _sources()}
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name[len("pyproxy."):] for a in node.names
+                      if a.name.startswith("pyproxy.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.startswith("pyproxy."):
+            module = node.module[len("pyproxy."):]
+            found.add(module)
+            # `from pyproxy.admin import http` imports the module pyproxy.admin.http
+            found |= {f"{module}.{a.name}" for a in node.names
+                      if f"{module}.{a.name}" in names}
+    return {m for m in found if m in names and m != _module_name(path)}
+
+
 def _sources() -> list[Path]:
     return [p for p in sorted(ROOT.rglob("*.py")) if _module_name(p)]
 
@@ -158,6 +178,26 @@ def test_known_sideways_imports_still_exist():
     present = {(_module_name(p), t) for p in _sources() for t in _own_imports(p)}
     stale = [pair for pair in KNOWN_SIDEWAYS if pair not in present]
     assert stale == []
+
+
+def test_no_import_cycles():
+    graph = {_module_name(p): _load_time_imports(p) for p in _sources()}
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in trail:
+            cycles.append([*trail[trail.index(module):], module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            visit(target, [*trail, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert [" → ".join(cycle) for cycle in cycles] == []
 
 
 def test_each_third_party_library_has_one_home():
