@@ -31,7 +31,7 @@ COPY deploy/docker/pyproxy.yaml /etc/pyproxy/pyproxy.yaml
 USER 10001:10001
 # 8080: the proxy listener; 9901: admin API, /metrics, /readyz, /healthz, dashboard.
 EXPOSE 8080 9901
-# SIGTERM drains (SPEC §7): /readyz turns 503, drain_delay, then in-flight requests finish.
+# SIGTERM drains (docs/operations.md): /readyz turns 503, drain_delay, then in-flight requests finish.
 STOPSIGNAL SIGTERM
 # slim has no curl: probe /readyz with the interpreter that is already there.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

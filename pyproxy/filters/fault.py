@@ -2,7 +2,7 @@
 
 Pure: ``decide`` takes the route's fault and a source of uniform draws and says what to do.
 Percentages keep sub-percent precision (``0.1`` = one request in a thousand). Header-
-triggered faults (SPEC §5) apply only when the request carries the route's shared secret.
+triggered faults (docs/responses.md) apply only when the request carries the route's shared secret.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A route answers for its ``hosts`` (exact names, ``*.suffix`` wildcards, or every
 it lists none) and its match block. Kubernetes short names work both ways: a route for
 ``stockmanager`` also answers ``stockmanager.NS``, ``stockmanager.NS.svc`` and
 ``stockmanager.NS.svc.cluster.local``. A request that no configured route takes, for a
-host that is the name of a known service, goes straight to that service (SPEC §2).
+host that is the name of a known service, goes straight to that service (docs/configuration.md).
 """
 
 from __future__ import annotations
