@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyproxy.cli import main
-from pyproxy.config.convert import convert
+from pyproxy.cli_text.convert import convert
 from pyproxy.config.load import load_config
 from tests.compat.test_validate_examples import (
     GW,

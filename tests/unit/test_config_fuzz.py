@@ -17,9 +17,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pyproxy.cli_text.validate import config_to_json, format_summary
+from pyproxy.config.assemble import assemble
+from pyproxy.config.document import Document
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
-from pyproxy.config.parse import Document, parse_documents
-from pyproxy.config.summary import config_to_json, format_summary
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -99,7 +100,7 @@ def check_outcome(outcome: Any, *, every_error_has_a_key_path: bool) -> None:
 
 def parse(value: Any) -> Any:
     try:
-        return parse_documents([Document("fuzz.yaml", value)], env={"X": "1"})
+        return assemble([Document("fuzz.yaml", value)], env={"X": "1"})
     except ConfigInvalid as invalid:
         return invalid
 

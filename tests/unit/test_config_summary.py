@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyproxy.config.summary import format_duration, validate_command
+from pyproxy.cli_text.validate import format_duration, validate_command
 
 CONFIG = """\
 listen: 0.0.0.0:8080
@@ -186,7 +186,7 @@ def test_format_duration(seconds, text):
 
 def test_summary_shows_inverted_matches_and_fixed_status_backends():
     from pyproxy.config.model import Backend, Route, StringMatch
-    from pyproxy.config.summary import _backend_lines, _string_match
+    from pyproxy.cli_text.validate import _backend_lines, _string_match
 
     assert _string_match(StringMatch("exact", "tester", invert=True)) == "!= tester"
     assert _string_match(StringMatch("prefix", "te", invert=True)) == "not prefix te"

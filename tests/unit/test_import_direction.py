@@ -19,7 +19,7 @@ LAYERS = [
     ("pipeline", ["proxy", "runtime", "explain"]),
     ("edges", ["server", "supervisor", "shared_state", "control", "admin", "reload", "canary",
                "demo"]),
-    ("entry", ["cli", "__main__"]),
+    ("entry", ["cli", "cli_text", "__main__"]),
 ]
 
 # Where each third-party library may be imported (module prefixes).

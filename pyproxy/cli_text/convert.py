@@ -1,7 +1,8 @@
 """``pyproxy convert``: Istio / SMI / Gateway API manifests (and native blocks) → native YAML.
 
-The config is loaded exactly as ``pyproxy run`` would load it (``config.parse``, with the
-importers of ``config.compat``), then written back in the native format (SPEC §2): every
+The config is loaded exactly as ``pyproxy run`` would load it (``config.assemble``, with the
+importers of ``config.compat``), then written back in the native format
+(docs/configuration.md): every
 setting that differs from its default, every service, route and canary, in order. What the
 importers could not honour is kept as ``# warning: ...`` comments next to the route or
 service it concerns (the rest at the top), and each imported route says which manifest it
@@ -27,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyproxy.config.assemble import RouteOrigin, assemble
+from pyproxy.config.document import ConfigInvalid, ConfigIssue, Document
 from pyproxy.config.load import read_documents
 from pyproxy.config.model import (
     AccessLog,
@@ -56,7 +59,6 @@ from pyproxy.config.model import (
     UpstreamTLS,
     Webhook,
 )
-from pyproxy.config.parse import ConfigInvalid, ConfigIssue, Document, parse_documents
 
 __all__ = ["convert", "convert_command"]
 
@@ -67,9 +69,8 @@ def convert(paths: Sequence[str], env: Mapping[str, str] | None = None
             ) -> tuple[str, tuple[ConfigIssue, ...]]:
     """The native YAML for ``paths`` and the warnings; raises ConfigInvalid on errors."""
     files, documents, _ = read_documents(paths)  # the same reading as load_config
-    origins: dict[str, tuple[str, int | None, str, str]] = {}
-    config, warnings = parse_documents(documents, os.environ if env is None else env,
-                                       origins=origins)
+    origins: dict[str, RouteOrigin] = {}
+    config, warnings = assemble(documents, os.environ if env is None else env, origins=origins)
     return _Writer(config, warnings, origins, documents, files).text(), warnings
 
 
@@ -101,7 +102,7 @@ def convert_command(paths: Sequence[str], output: str | None) -> int:
 
 class _Writer:
     def __init__(self, config: Config, warnings: Sequence[ConfigIssue],
-                 origins: Mapping[str, tuple[str, int | None, str, str]],
+                 origins: Mapping[str, RouteOrigin],
                  documents: Sequence[Document], files: Sequence[str]):
         self.config = config
         self.origins = origins
@@ -163,7 +164,8 @@ class _Writer:
         if config.routes:
             self.lines += ["", "routes:"]
             for route in config.routes:
-                source, line, label, _ = self.origins.get(route.name, ("", None, "", ""))
+                source, line, label, _ = self.origins.get(route.name,
+                                                          RouteOrigin("", None, "", ""))
                 if label:
                     self.lines += _comment(f"from {label} ({source}:{line})", 2)
                 for warning in self.by_route.get(route.name, []):
