@@ -87,6 +87,9 @@ def _validate_each(paths: Sequence[str], as_json: bool) -> int:
     files, missing = config_files(paths)
     results: list[dict[str, Any]] = [
         {"path": issue.file, **_result(None, [issue], ())} for issue in missing]
+    if not as_json:
+        for issue in missing:
+            print(issue, file=sys.stderr)
     valid = 0
     for file in files:
         try:
