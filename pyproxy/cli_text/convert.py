@@ -125,14 +125,14 @@ class _Writer:
             if label:
                 routes_of.setdefault((source, line), []).append((path, name))
         for warning in warnings:
-            document = next((d for source, first, last, d in spans
-                             if source == warning.file and warning.line is not None
-                             and first <= warning.line <= last), None)
-            if document is None:
+            found = next((d for source, first, last, d in spans
+                          if source == warning.file and warning.line is not None
+                          and first <= warning.line <= last), None)
+            if found is None:
                 self.general.append(warning)
                 continue
-            routes = routes_of.get((document.source, document.line("")), [])
-            service = _service_named(document, self.config)
+            routes = routes_of.get((found.source, found.line("")), [])
+            service = _service_named(found, self.config)
             if routes:
                 # The route made from the rule the warning is about, else the first one.
                 route = next((name for path, name in routes if warning.path == path
@@ -214,8 +214,9 @@ class _Writer:
 
 def _service_named(document: Document, config: Config) -> str | None:
     """The native service a DestinationRule (or any manifest with spec.host) is about."""
-    value = document.value if isinstance(document.value, dict) else {}
-    spec = value.get("spec") if isinstance(value.get("spec"), dict) else {}
+    spec = document.value.get("spec") if isinstance(document.value, dict) else None
+    if not isinstance(spec, dict):
+        return None
     host = spec.get("host") or spec.get("service")
     if not isinstance(host, str):
         return None
@@ -270,9 +271,12 @@ def _flow(value: Any) -> str | None:
             return None
         text = "{" + ", ".join(f"{k}: {v}" for k, v in parts) + "}"
     elif isinstance(value, list):
-        items = [_flow(item) for item in value]
-        if any(item is None for item in items):
-            return None
+        items = []
+        for item in value:
+            flow = _flow(item)
+            if flow is None:
+                return None
+            items.append(flow)
         text = "[" + ", ".join(items) + "]"
     else:
         return _scalar(value)

@@ -137,7 +137,7 @@ def config_to_json(config: Config) -> dict[str, Any]:
     routes = []
     for route in config.routes:
         plain = _plain(route)
-        for backend, share in zip(plain["backends"], _shares(route)):
+        for backend, share in zip(plain["backends"], _shares(route), strict=True):
             backend["share"] = round(share, 3)
         if route.fault and route.fault.header_secret:
             plain["fault"]["header_secret"] = REDACTED
@@ -334,7 +334,7 @@ def _backend_lines(route: Route) -> list[str]:
         return []
     return _table([[backend.name, f"{share:.1f}%", f"(weight {backend.weight:g})"
                     + (f", answers {backend.direct_status}" if backend.direct_status else "")]
-                   for backend, share in zip(route.backends, _shares(route))])
+                   for backend, share in zip(route.backends, _shares(route), strict=True)])
 
 
 def _redirect(redirect: Redirect) -> str:

@@ -30,6 +30,7 @@ StringMatchKind = Literal["exact", "prefix", "suffix", "regex", "present", "abse
 # "segment_prefix" is Gateway API's PathPrefix: element-wise, so /foo matches /foo and
 # /foo/bar but not /foobar (a trailing slash in the value is ignored).
 PathMatchKind = Literal["exact", "prefix", "regex", "segment_prefix"]
+LoadBalancerKind = Literal["round_robin", "least_request", "random", "consistent_hash"]
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ class Fault:
     # "request": drawn once per request, an injected abort is not retried (client-side fault).
     # "attempt": drawn again for every attempt, so retries can recover from it.
     scope: Literal["request", "attempt"] = "request"
-    # Header-triggered faults (docs/responses.md) are honoured only when the request carries this secret
-    # in ``x-pyproxy-fault-secret``; None disables them.
+    # Header-triggered faults (docs/responses.md) are honoured only when the request carries
+    # this secret in ``x-pyproxy-fault-secret``; None disables them.
     header_secret: str | None = None
 
 
@@ -243,7 +244,7 @@ class ConsistentHash:
 
 @dataclass(frozen=True)
 class LoadBalancer:
-    kind: Literal["round_robin", "least_request", "random", "consistent_hash"] = "round_robin"
+    kind: LoadBalancerKind = "round_robin"
     hash_on: ConsistentHash | None = None
 
 

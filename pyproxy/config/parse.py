@@ -31,6 +31,7 @@ of the format:
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -65,11 +66,13 @@ from pyproxy.config.model import (
     Limits,
     ListenerTLS,
     LoadBalancer,
+    LoadBalancerKind,
     Match,
     MetricsConfig,
     Mirror,
     OutlierDetection,
     PathMatch,
+    PathMatchKind,
     Redirect,
     Retries,
     Rewrite,
@@ -78,6 +81,7 @@ from pyproxy.config.model import (
     Sticky,
     StickyCookie,
     StringMatch,
+    StringMatchKind,
     Timeouts,
     UpstreamTLS,
     Webhook,
@@ -333,10 +337,10 @@ def _true(ctx: Context, value: Any, at: At) -> bool:
     return True
 
 
-def _choice(*choices: str) -> Reader:
+def _choice(*choices: str) -> Callable[[Context, Any, At], str]:
     def read(ctx: Context, value: Any, at: At) -> str:
         value = _resolved(ctx, value)
-        if value in choices:
+        if isinstance(value, str) and value in choices:
             return value
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -358,7 +362,7 @@ def _number(value: Any, expected: str) -> float:
     return number
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Reader:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Context, Any, At], int]:
     expected = (f"a whole number from {minimum} to {maximum}" if maximum is not None
                 else f"a whole number, {minimum} or more")
 
@@ -648,7 +652,11 @@ def _load_balancer(ctx: Context, value: Any, at: At) -> LoadBalancer:
     if _resolved(ctx, value) == "consistent_hash":
         raise _Reject("consistent_hash needs a key: {consistent_hash: {header: NAME}} "
                       "(or cookie: NAME, or source_ip: true)")
-    return LoadBalancer(_choice("round_robin", "least_request", "random")(ctx, value, at))
+    name = _choice(*_SIMPLE_BALANCERS)(ctx, value, at)
+    return LoadBalancer(next(kind for kind in _SIMPLE_BALANCERS if kind == name))
+
+
+_SIMPLE_BALANCERS: tuple[LoadBalancerKind, ...] = ("round_robin", "least_request", "random")
 
 
 def _subsets(ctx: Context, value: Any, at: At) -> dict[str, dict[str, str]]:
@@ -746,9 +754,10 @@ def read_services(ctx: Context, documents: Sequence[At]) -> dict[str, Service]:
 
 # ---------------------------------------------------------------------------- routes
 
-_STRING_MATCH_KINDS = ("exact", "prefix", "suffix", "regex", "present", "absent")
+_STRING_MATCH_KINDS: tuple[StringMatchKind, ...] = (
+    "exact", "prefix", "suffix", "regex", "present", "absent")
 # segment_prefix is Gateway API's element-wise PathPrefix (/foo matches /foo/bar, not /foobar).
-_PATH_MATCH_KINDS = ("exact", "prefix", "regex", "segment_prefix")
+_PATH_MATCH_KINDS: tuple[PathMatchKind, ...] = ("exact", "prefix", "regex", "segment_prefix")
 
 
 _STRING_MATCH = Schema({
@@ -1135,7 +1144,7 @@ def _canary(ctx: Context, value: Any, at: At) -> Canary:
     fields = ctx.fields(value, at, _CANARY)
     canary = Canary(**fields)
     steps = canary.step_weights
-    if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+    if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
         ctx.error(at.key("step_weights"), "must increase step by step, e.g. [5, 10, 25, 50]")
         raise _Reported
     route = ctx.routes.get(canary.route)

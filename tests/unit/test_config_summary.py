@@ -185,8 +185,8 @@ def test_format_duration(seconds, text):
 
 
 def test_summary_shows_inverted_matches_and_fixed_status_backends():
-    from pyproxy.config.model import Backend, Route, StringMatch
     from pyproxy.cli_text.validate import _backend_lines, _string_match
+    from pyproxy.config.model import Backend, Route, StringMatch
 
     assert _string_match(StringMatch("exact", "tester", invert=True)) == "!= tester"
     assert _string_match(StringMatch("prefix", "te", invert=True)) == "not prefix te"

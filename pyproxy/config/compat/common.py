@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pyproxy.config.document import Document, Severity, describe
 from pyproxy.config.model import Route, Service, kubernetes_short_name
@@ -176,7 +176,7 @@ def is_host(host: str) -> bool:
     return host == "*" or _HOST.fullmatch(host) is not None
 
 
-def intersect_hosts(route: str | None, listener: str | None) -> str | bool | None:
+def intersect_hosts(route: str | None, listener: str | None) -> str | Literal[False] | None:
     """The hostname both allow: ``route`` (a route's or VirtualService's hostname) against a
     listener's (a Gateway's). ``None`` means "any host"; ``False``: they do not intersect."""
     if listener is None or listener == "*":
@@ -341,9 +341,10 @@ class Node:
         return seconds
 
     def choice(self, *choices: str) -> str:
-        if self.value not in choices:
-            raise self.error(f"must be one of {', '.join(choices)}, got {describe(self.value)}")
-        return self.value
+        for choice in choices:
+            if self.value == choice:
+                return choice
+        raise self.error(f"must be one of {', '.join(choices)}, got {describe(self.value)}")
 
     def header_name(self) -> str:
         name = self.text()
