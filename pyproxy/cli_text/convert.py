@@ -324,11 +324,9 @@ def _settings(config: Config) -> dict[str, Any]:
         out["admin"] = admin
     if config.debug_headers:
         out["debug_headers"] = True
-    for key, kind, durations in (("timeouts", Timeouts, ("request_header", "body_idle",
-                                                          "keep_alive", "drain_delay",
-                                                          "drain_timeout")),
-                                 ("limits", Limits, ()), ("access_log", AccessLog, ()),
-                                 ("metrics", MetricsConfig, ())):
+    timeouts = [item.name for item in dataclasses.fields(Timeouts)]  # all durations
+    for key, kind, durations in (("timeouts", Timeouts, timeouts), ("limits", Limits, ()),
+                                 ("access_log", AccessLog, ()), ("metrics", MetricsConfig, ())):
         changed = _changed(getattr(config, key), kind(), durations)
         if changed:
             out[key] = changed
