@@ -62,8 +62,13 @@ def _build_parser() -> argparse.ArgumentParser:
                           "with --workers, a temporary directory)")
 
     validate = sub.add_parser("validate", help="check config files and print a summary")
-    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.add_argument("paths", nargs="+", metavar="PATH",
+                          help="files or directories, merged into ONE config as `run -c` "
+                               "merges them (see --each)")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.add_argument("--each", action="store_true",
+                          help="check every file on its own (directories expanded) instead "
+                               "of all of them merged as one config, as `run -c` reads them")
 
     convert = sub.add_parser("convert", help="Istio / SMI / Gateway API manifests → native YAML")
     convert.add_argument("paths", nargs="+", metavar="PATH",
@@ -163,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_server(paths, listen=args.listen, admin=args.admin,
                           state_dir=args.state_dir)
     if args.command == "validate":
-        from pyproxy.config.summary import validate_command
+        from pyproxy.cli_text.validate import validate_command
 
-        return validate_command(args.paths, as_json=args.json)
+        return validate_command(args.paths, as_json=args.json, each=args.each)
     if args.command == "convert":
-        from pyproxy.config.convert import convert_command
+        from pyproxy.cli_text.convert import convert_command
 
         return convert_command(args.paths, args.output)
     if args.command == "fake-service":

@@ -44,11 +44,13 @@ def _why_match(route: CompiledRoute, head: RequestHead) -> str | None:
     return None
 
 
-def explain(snapshot: Snapshot, runtime: Runtime | None, head: RequestHead) -> dict:
+def explain(snapshot: Snapshot, runtime: Runtime | None,
+            head: RequestHead) -> dict[str, object]:
+    """The decision for ``head`` as JSON-ready values (the admin API's and CLI's answer)."""
     candidates = snapshot.table.candidates(head.host)
-    considered = []
+    considered: list[dict[str, object]] = []
     chosen = None
-    for position, route in enumerate(candidates):
+    for route in candidates:
         why = _why_match(route, head)
         considered.append({"route": route.name, "matched": why is not None,
                            "why": f"{_why_host(route, head.host)}; "
@@ -56,9 +58,10 @@ def explain(snapshot: Snapshot, runtime: Runtime | None, head: RequestHead) -> d
         if why is not None:
             chosen = route
             break
-    result = {"request": {"method": head.method, "host": head.host, "path": head.target,
-                          "headers": dict(head.headers)},
-              "considered": considered}
+    result: dict[str, object] = {
+        "request": {"method": head.method, "host": head.host, "path": head.target,
+                    "headers": dict(head.headers)},
+        "considered": considered}
     if chosen is None:
         result.update(route=None, status=404, flag="NR",
                       reason=f"no route answers host {head.host!r} with this request")

@@ -1,4 +1,4 @@
-"""Read config files: YAML text → :class:`~pyproxy.config.parse.Document` values → the model.
+"""Read config files: YAML text → :class:`~pyproxy.config.document.Document` values → the model.
 
 The only module that imports ``yaml``. A path is a file, or a directory whose ``*.yaml`` and
 ``*.yml`` files are read in name order; every document of every file counts. YAML is
@@ -7,7 +7,7 @@ can say ``file:line: key.path: what is wrong``.
 
 Problems are reported in two rounds: first everything that keeps a file from being read
 (missing paths, YAML syntax, duplicate keys) for all files at once, then, when all files
-read cleanly, every problem with their content (``config.parse``).
+read cleanly, every problem with their content (``config.assemble``).
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from typing import Any
 
 import yaml
 
+from pyproxy.config.assemble import assemble
+from pyproxy.config.document import ConfigInvalid, ConfigIssue, Document, item_path, key_path
 from pyproxy.config.model import Config
-from pyproxy.config.parse import (
-    ConfigInvalid,
-    ConfigIssue,
-    Document,
-    item_path,
-    key_path,
-    parse_documents,
-)
 
-__all__ = ["ConfigInvalid", "ConfigIssue", "LoadedConfig", "load_config"]
+__all__ = ["ConfigInvalid", "ConfigIssue", "LoadedConfig", "config_files", "load_config",
+           "read_documents"]
 
 _SUFFIXES = (".yaml", ".yml")
 
@@ -54,14 +49,14 @@ def load_config(paths: Sequence[str], env: Mapping[str, str] | None = None) -> L
     Raises ConfigInvalid with every error found.
     """
     files, documents, digest = read_documents(paths)
-    config, warnings = parse_documents(documents, os.environ if env is None else env)
+    config, warnings = assemble(documents, os.environ if env is None else env)
     return LoadedConfig(config, warnings, tuple(files), digest)
 
 
 def read_documents(paths: Sequence[str]) -> tuple[list[str], list[Document], str]:
     """The files ``paths`` name and every YAML document in them, with line numbers, and the
     digest of their bytes. Raises ConfigInvalid with every file-level problem at once."""
-    files, issues = _config_files(paths)
+    files, issues = config_files(paths)
     documents: list[Document] = []
     digest = hashlib.sha256()
     for file in files:
@@ -80,7 +75,7 @@ def read_documents(paths: Sequence[str]) -> tuple[list[str], list[Document], str
     return files, documents, digest.hexdigest()
 
 
-def _config_files(paths: Sequence[str]) -> tuple[list[str], list[ConfigIssue]]:
+def config_files(paths: Sequence[str]) -> tuple[list[str], list[ConfigIssue]]:
     """The files ``paths`` name, directories expanded; each file once."""
     files: list[str] = []
     issues: list[ConfigIssue] = []

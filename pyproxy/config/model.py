@@ -1,4 +1,4 @@
-"""The native configuration model (SPEC §2): frozen values, already validated.
+"""The native configuration model (docs/configuration.md): frozen values, already validated.
 
 ``config.parse`` builds these from YAML (with ``file:line`` errors); the mesh importers in
 ``config.compat`` build the same values from Istio / SMI / Gateway API manifests. Nothing
@@ -14,8 +14,9 @@ from typing import Literal
 
 
 def kubernetes_short_name(host: str) -> str | None:
-    """``name`` for ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local`` (SPEC §2:
-    those forms of a host or backend name all mean the service ``name``)."""
+    """``name`` for ``name.ns``, ``name.ns.svc`` and ``name.ns.svc.cluster.local``
+    (docs/configuration.md: those forms of a host or backend name all mean the service
+    ``name``)."""
     labels = host.split(".")
     if len(labels) == 2 or (len(labels) == 3 and labels[2] == "svc") or (
             len(labels) == 5 and labels[2:] == ["svc", "cluster", "local"]):
@@ -29,6 +30,7 @@ StringMatchKind = Literal["exact", "prefix", "suffix", "regex", "present", "abse
 # "segment_prefix" is Gateway API's PathPrefix: element-wise, so /foo matches /foo and
 # /foo/bar but not /foobar (a trailing slash in the value is ignored).
 PathMatchKind = Literal["exact", "prefix", "regex", "segment_prefix"]
+LoadBalancerKind = Literal["round_robin", "least_request", "random", "consistent_hash"]
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,8 @@ class Fault:
     # "request": drawn once per request, an injected abort is not retried (client-side fault).
     # "attempt": drawn again for every attempt, so retries can recover from it.
     scope: Literal["request", "attempt"] = "request"
-    # Header-triggered faults (SPEC §5) are honoured only when the request carries this secret
-    # in ``x-pyproxy-fault-secret``; None disables them.
+    # Header-triggered faults (docs/responses.md) are honoured only when the request carries
+    # this secret in ``x-pyproxy-fault-secret``; None disables them.
     header_secret: str | None = None
 
 
@@ -242,7 +244,7 @@ class ConsistentHash:
 
 @dataclass(frozen=True)
 class LoadBalancer:
-    kind: Literal["round_robin", "least_request", "random", "consistent_hash"] = "round_robin"
+    kind: LoadBalancerKind = "round_robin"
     hash_on: ConsistentHash | None = None
 
 
@@ -370,7 +372,7 @@ class AdminConfig:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Downstream (client-side) timeouts and the SIGTERM drain (SPEC §7)."""
+    """Downstream (client-side) timeouts and the SIGTERM drain (docs/operations.md)."""
 
     request_header: float = 10.0  # whole header block, from the first byte (slowloris)
     body_idle: float = 30.0  # longest pause between request body bytes

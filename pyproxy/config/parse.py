@@ -1,11 +1,18 @@
-"""Plain values → the config model (SPEC §2), with every problem reported by key path.
+"""Native config blocks → the config model, with every problem reported by key path.
 
-``config.load`` turns YAML files into :class:`Document` values (plain dicts, lists and
-scalars plus the line of each key path); this module checks and converts them. It does no
-I/O and knows nothing of YAML, so tests and the mesh importers can feed it plain values.
+The schemas of ``listen``, ``services``, ``routes``, ``canaries`` and the other native
+keys (docs/configuration.md), read from plain values: :class:`~pyproxy.config.document.Document`
+values that ``config.load`` made from YAML. It does no I/O and knows nothing of YAML or of
+mesh manifests; ``config.assemble`` calls the section readers here in dependency order and
+hands manifests to ``config.compat``.
+
+Each mapping's keys are declared once, in a :class:`Schema`: the parser rejects every key
+not in it, and :func:`key_paths` lists them all (the docs test checks that
+docs/configuration.md names each one, and no other).
 
 Parsing never stops at the first problem: every key of every document is checked, and
-:class:`ConfigInvalid` carries all the errors at once. The rules of the format:
+:class:`~pyproxy.config.document.ConfigInvalid` carries all the errors at once. The rules
+of the format:
 
 - ``${VAR}`` and ``${VAR:-default}`` (default also when VAR is empty) are substituted in
   every string value before it is read, so numbers, durations and booleans may come from
@@ -24,12 +31,20 @@ Parsing never stops at the first problem: every key of every document is checked
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
+from pyproxy.config.document import (
+    ConfigIssue,
+    Document,
+    describe,
+    item_path,
+    key_path,
+)
 from pyproxy.config.model import (
     AbortFault,
     AccessLog,
@@ -39,7 +54,6 @@ from pyproxy.config.model import (
     Backoff,
     Canary,
     CanaryChecks,
-    Config,
     ConnectionPool,
     ConsistentHash,
     DelayFault,
@@ -52,11 +66,13 @@ from pyproxy.config.model import (
     Limits,
     ListenerTLS,
     LoadBalancer,
+    LoadBalancerKind,
     Match,
     MetricsConfig,
     Mirror,
     OutlierDetection,
     PathMatch,
+    PathMatchKind,
     Redirect,
     Retries,
     Rewrite,
@@ -65,91 +81,39 @@ from pyproxy.config.model import (
     Sticky,
     StickyCookie,
     StringMatch,
+    StringMatchKind,
     Timeouts,
     UpstreamTLS,
     Webhook,
 )
 
 __all__ = [
-    "ConfigInvalid",
-    "ConfigIssue",
-    "Document",
-    "item_path",
-    "key_path",
-    "parse_documents",
+    "TOP_LEVEL",
+    "At",
+    "Context",
+    "Schema",
+    "key_paths",
+    "parse_duration",
+    "read_canaries",
+    "read_routes",
+    "read_services",
+    "read_settings",
+    "unknown_key",
 ]
 
-# ---------------------------------------------------------------------------- issues
-
 
 @dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in the config, located by file, line and key path."""
-
-    file: str
-    line: int | None
-    path: str  # key path such as "routes[0].backends[1].weight"; "" for the file as a whole
-    message: str
-    severity: Literal["error", "warning"] = "error"
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        what = f"{self.path}: {self.message}" if self.path else self.message
-        return f"{where}: warning: {what}" if self.severity == "warning" else f"{where}: {what}"
-
-
-class ConfigInvalid(Exception):
-    """The config has errors: ``issues`` holds all of them, ``warnings`` any warnings."""
-
-    def __init__(self, issues: Iterable[ConfigIssue], warnings: Iterable[ConfigIssue] = ()):
-        self.issues = tuple(issues)
-        self.warnings = tuple(warnings)
-        super().__init__("\n".join(str(issue) for issue in self.issues))
-
-
-# ---------------------------------------------------------------------------- documents
-
-
-def key_path(parent: str, key: object) -> str:
-    """The path of ``key`` inside the mapping at ``parent``: ``routes[0].name``."""
-    return f"{parent}.{key}" if parent else str(key)
-
-
-def item_path(parent: str, index: int) -> str:
-    """The path of item ``index`` of the list at ``parent``: ``routes[0]``."""
-    return f"{parent}[{index}]"
-
-
-@dataclass(frozen=True)
-class Document:
-    """One YAML document as plain values, with the line of each key path (for messages)."""
-
-    source: str  # the file it came from
-    value: Any
-    lines: Mapping[str, int] = field(default_factory=dict)
-
-    def line(self, path: str) -> int | None:
-        """The line of ``path``, else of its nearest ancestor that has one."""
-        while path not in self.lines:
-            if not path:
-                return None
-            cut = path.rfind("[") if path.endswith("]") else path.rfind(".")
-            path = path[:max(cut, 0)]
-        return self.lines[path]
-
-
-@dataclass(frozen=True)
-class _At:
+class At:
     """Where a value sits: its document and key path."""
 
     doc: Document
     path: str = ""
 
-    def key(self, name: object) -> _At:
-        return _At(self.doc, key_path(self.path, name))
+    def key(self, name: object) -> At:
+        return At(self.doc, key_path(self.path, name))
 
-    def item(self, index: int) -> _At:
-        return _At(self.doc, item_path(self.path, index))
+    def item(self, index: int) -> At:
+        return At(self.doc, item_path(self.path, index))
 
     @property
     def where(self) -> str:
@@ -162,17 +126,61 @@ class _At:
 
 
 class _Reject(Exception):
-    """A value is unusable; the message says why (``_Context.read`` adds where)."""
+    """A value is unusable; the message says why (``Context.read`` adds where)."""
 
 
 class _Reported(Exception):
     """Issues were already recorded: unwind to the enclosing collection and carry on there."""
 
 
-Reader = Callable[["_Context", Any, _At], Any]
+# Config values are untrusted plain YAML values (dicts, lists, str, int, float, bool, None,
+# dates): a reader checks the shape itself, so its input is typed Any on purpose.
+Reader = Callable[["Context", Any, At], Any]
 
 
-class _Context:
+@dataclass(frozen=True)
+class Schema:
+    """The keys one kind of mapping may have, each with the reader of its value.
+
+    The one table per mapping: ``Context.fields`` rejects every other key, and
+    :func:`key_paths` walks these tables to list every key the parser accepts.
+    """
+
+    keys: Mapping[str, Reader]
+    required: tuple[str, ...] = ()
+    one_of: tuple[tuple[str, ...], ...] = ()  # exactly one key of each group
+    exclusive: tuple[tuple[str, ...], ...] = ()  # at most one key of each group
+
+
+@dataclass(frozen=True)
+class _ListShape:
+    item: Reader
+
+
+@dataclass(frozen=True)
+class _MapShape:
+    """A mapping from names the user chooses (services, headers...) to values."""
+
+    value: Reader
+
+
+# What each composite reader reads, for key_paths: a reader that takes a mapping has its
+# Schema here (also readers that take a scalar or a mapping, such as endpoints).
+_SHAPES: dict[Reader, Schema | _ListShape | _MapShape] = {}
+_R = TypeVar("_R", bound=Reader)
+
+
+def _reads(shape: Schema | _ListShape | _MapShape) -> Callable[[_R], _R]:
+    """Register what ``reader`` reads (a decorator)."""
+
+    def register(reader: _R) -> _R:
+        _SHAPES[reader] = shape
+        return reader
+
+    return register
+
+
+class Context:
     """The issues found so far, the environment, and what later sections look up."""
 
     def __init__(self, env: Mapping[str, str]):
@@ -185,14 +193,13 @@ class _Context:
         self.routes: dict[str, Route] = {}
         self.declared_routes: set[str] = set()
 
-    def error(self, at: _At, message: str) -> None:
-        self.issues.append(ConfigIssue(at.doc.source, at.doc.line(at.path), at.path, message))
+    def error(self, at: At, message: str) -> None:
+        self.issues.append(at.doc.issue(at.path, message))
 
-    def warn(self, at: _At, message: str) -> None:
-        self.issues.append(
-            ConfigIssue(at.doc.source, at.doc.line(at.path), at.path, message, "warning"))
+    def warn(self, at: At, message: str) -> None:
+        self.issues.append(at.doc.issue(at.path, message, "warning"))
 
-    def read(self, reader: Reader, value: Any, at: _At) -> Any:
+    def read(self, reader: Reader, value: Any, at: At) -> Any:
         """``reader(value)``, recording a rejection at ``at``."""
         try:
             return reader(self, value, at)
@@ -200,17 +207,8 @@ class _Context:
             self.error(at, str(rejection))
             raise _Reported from None
 
-    def fields(
-        self,
-        value: Any,
-        at: _At,
-        readers: Mapping[str, Reader],
-        *,
-        required: Collection[str] = (),
-        one_of: Sequence[tuple[str, ...]] = (),
-        exclusive: Sequence[tuple[str, ...]] = (),
-    ) -> dict[str, Any]:
-        """Read a mapping whose keys are those of ``readers``.
+    def fields(self, value: Any, at: At, schema: Schema) -> dict[str, Any]:
+        """Read a mapping whose keys are those of ``schema``.
 
         Reports unknown and missing keys, reads every present key, and enforces the
         ``one_of`` groups (exactly one key of each) and ``exclusive`` groups (at most one).
@@ -218,28 +216,29 @@ class _Context:
         everything that is wrong.
         """
         if not isinstance(value, dict):
-            self.error(at, f"must be a mapping, got {_describe(value)}")
+            self.error(at, f"must be a mapping, got {describe(value)}")
             raise _Reported
+        readers = schema.keys
         failed = False
         present = {}
         for key, item in value.items():
             if key not in readers:
-                self.error(at.key(key), _unknown_key(key, readers))
+                self.error(at.key(key), unknown_key(key, readers))
                 failed = True
             elif item is not None:
                 present[key] = item
-        for key in required:
+        for key in schema.required:
             if key not in present:
                 self.error(at.key(key), "is required")
                 failed = True
-        for group in (*one_of, *exclusive):
+        for group in (*schema.one_of, *schema.exclusive):
             given = [key for key in group if key in present]
             if len(given) > 1:
-                how_many = "exactly" if group in one_of else "at most"
+                how_many = "exactly" if group in schema.one_of else "at most"
                 self.error(at.key(given[1]), f"cannot be combined with {given[0]!r}: give "
                                              f"{how_many} one of {_alternatives(group)}")
                 failed = True
-            elif not given and group in one_of:
+            elif not given and group in schema.one_of:
                 self.error(at, f"needs one of {_alternatives(group)}")
                 failed = True
         result = {}
@@ -253,8 +252,10 @@ class _Context:
         return result
 
 
-def _unknown_key(key: object, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(key), list(known), n=1)
+def unknown_key(key: object, known: Iterable[str]) -> str:
+    """The message for a key that is not one of ``known``, with the closest as a hint."""
+    known = list(known)
+    close = difflib.get_close_matches(str(key), known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(known)}"
     return f"unknown key {key!r}; {hint}"
 
@@ -262,23 +263,6 @@ def _unknown_key(key: object, known: Iterable[str]) -> str:
 def _alternatives(names: Sequence[str]) -> str:
     quoted = [repr(name) for name in names]
     return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-
-
-def _describe(value: Any) -> str:
-    """A value as the user wrote it, for "got ..." in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return f"a {type(value).__name__}"  # YAML timestamps and binary
 
 
 # ---------------------------------------------------------------------------- scalars
@@ -306,22 +290,22 @@ def _substitute(text: str, env: Mapping[str, str]) -> str:
     return _VARIABLE.sub(replace, text)
 
 
-def _resolved(ctx: _Context, value: Any) -> Any:
+def _resolved(ctx: Context, value: Any) -> Any:
     """``value`` with variables substituted when it is a string."""
     return _substitute(value, ctx.env) if isinstance(value, str) else value
 
 
-def _text(ctx: _Context, value: Any, at: _At) -> str:
+def _text(ctx: Context, value: Any, at: At) -> str:
     """A string (an integer is taken as its digits)."""
     if isinstance(value, str):
         return _substitute(value, ctx.env)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     hint = " (put it in quotes)" if isinstance(value, (bool, float)) else ""
-    raise _Reject(f"must be a string, got {_describe(value)}{hint}")
+    raise _Reject(f"must be a string, got {describe(value)}{hint}")
 
 
-def _name(ctx: _Context, value: Any, at: _At) -> str:
+def _name(ctx: Context, value: Any, at: At) -> str:
     return _checked_name(_text(ctx, value, at))
 
 
@@ -332,35 +316,35 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def _name_key(ctx: _Context, key: Any, at: _At) -> str:
+def _name_key(ctx: Context, key: Any, at: At) -> str:
     if not isinstance(key, str):
-        raise _Reject(f"names must be strings, got {_describe(key)}")
+        raise _Reject(f"names must be strings, got {describe(key)}")
     return _checked_name(key)
 
 
-def _bool(ctx: _Context, value: Any, at: _At) -> bool:
+def _bool(ctx: Context, value: Any, at: At) -> bool:
     value = _resolved(ctx, value)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise _Reject(f"must be true or false, got {_describe(value)}")
+    raise _Reject(f"must be true or false, got {describe(value)}")
 
 
-def _true(ctx: _Context, value: Any, at: _At) -> bool:
+def _true(ctx: Context, value: Any, at: At) -> bool:
     if _bool(ctx, value, at) is not True:
         raise _Reject("must be true (leave the key out otherwise)")
     return True
 
 
-def _choice(*choices: str) -> Reader:
-    def read(ctx: _Context, value: Any, at: _At) -> str:
+def _choice(*choices: str) -> Callable[[Context, Any, At], str]:
+    def read(ctx: Context, value: Any, at: At) -> str:
         value = _resolved(ctx, value)
-        if value in choices:
+        if isinstance(value, str) and value in choices:
             return value
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise _Reject(f"must be one of {', '.join(choices)}, got {_describe(value)}{hint}")
+        raise _Reject(f"must be one of {', '.join(choices)}, got {describe(value)}{hint}")
 
     return read
 
@@ -372,24 +356,24 @@ def _number(value: Any, expected: str) -> float:
             raise ValueError
         number = float(value)
     except (ValueError, OverflowError):
-        raise _Reject(f"must be {expected}, got {_describe(value)}") from None
+        raise _Reject(f"must be {expected}, got {describe(value)}") from None
     if not math.isfinite(number):
-        raise _Reject(f"must be {expected}, got {_describe(value)}")
+        raise _Reject(f"must be {expected}, got {describe(value)}")
     return number
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Reader:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Context, Any, At], int]:
     expected = (f"a whole number from {minimum} to {maximum}" if maximum is not None
                 else f"a whole number, {minimum} or more")
 
-    def read(ctx: _Context, value: Any, at: _At) -> int:
+    def read(ctx: Context, value: Any, at: At) -> int:
         value = _resolved(ctx, value)
         if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
             number = int(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             number = value
         else:
-            raise _Reject(f"must be {expected}, got {_describe(value)}")
+            raise _Reject(f"must be {expected}, got {describe(value)}")
         if number < minimum or (maximum is not None and number > maximum):
             raise _Reject(f"must be {expected}, got {number}")
         return number
@@ -397,15 +381,15 @@ def _integer(minimum: int, maximum: int | None = None) -> Reader:
     return read
 
 
-def _percent(ctx: _Context, value: Any, at: _At) -> float:
+def _percent(ctx: Context, value: Any, at: At) -> float:
     expected = "a percentage from 0 to 100"
     percent = _number(_resolved(ctx, value), expected)
     if not 0 <= percent <= 100:
-        raise _Reject(f"must be {expected}, got {_describe(value)}")
+        raise _Reject(f"must be {expected}, got {describe(value)}")
     return percent
 
 
-def _step_percent(ctx: _Context, value: Any, at: _At) -> float:
+def _step_percent(ctx: Context, value: Any, at: At) -> float:
     percent = _percent(ctx, value, at)
     if percent == 0:
         raise _Reject("must be more than 0")
@@ -415,13 +399,13 @@ def _step_percent(ctx: _Context, value: Any, at: _At) -> float:
 _MILLI = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)m\s*")
 
 
-def _weight(ctx: _Context, value: Any, at: _At) -> float:
+def _weight(ctx: Context, value: Any, at: At) -> float:
     expected = "a non-negative number (or a milli-quantity such as '500m')"
     value = _resolved(ctx, value)
     milli = _MILLI.fullmatch(value) if isinstance(value, str) else None
     weight = float(milli[1]) / 1000 if milli else _number(value, expected)
     if weight < 0:
-        raise _Reject(f"must be {expected}, got {_describe(value)}")
+        raise _Reject(f"must be {expected}, got {describe(value)}")
     return weight
 
 
@@ -430,7 +414,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _duration(ctx: _Context, value: Any, at: _At) -> float:
+def _duration(ctx: Context, value: Any, at: At) -> float:
     """Seconds, from a string with units: ``250ms``, ``2.5s``, ``1m``, ``1h30m``."""
     value = _resolved(ctx, value)
     if isinstance(value, str):
@@ -439,15 +423,15 @@ def _duration(ctx: _Context, value: Any, at: _At) -> float:
             try:
                 return parse_duration(text)
             except ValueError:
-                raise _Reject(f"is too long, got {_describe(value)}") from None
+                raise _Reject(f"is too long, got {describe(value)}") from None
         try:
             float(text)
         except ValueError:
             raise _Reject(f"must be a duration such as '250ms', '2.5s', '1m' or '1h30m', "
-                          f"got {_describe(value)}") from None
+                          f"got {describe(value)}") from None
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Reject(f"must be a duration such as '2s', got {_describe(value)}")
-    raise _Reject(f"durations need a unit, e.g. '2s' or '250ms', got {_describe(value)}")
+        raise _Reject(f"must be a duration such as '2s', got {describe(value)}")
+    raise _Reject(f"durations need a unit, e.g. '2s' or '250ms', got {describe(value)}")
 
 
 def parse_duration(text: str) -> float:
@@ -463,11 +447,11 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _timeout(ctx: _Context, value: Any, at: _At) -> float:
+def _timeout(ctx: Context, value: Any, at: At) -> float:
     """A duration that must be more than zero (timeouts, intervals)."""
     seconds = _duration(ctx, value, at)
     if seconds <= 0:
-        raise _Reject(f"must be more than 0s, got {_describe(value)}")
+        raise _Reject(f"must be more than 0s, got {describe(value)}")
     return seconds
 
 
@@ -475,14 +459,14 @@ _status = _integer(200, 599)
 _port = _integer(1, 65535)
 
 
-def _redirect_status(ctx: _Context, value: Any, at: _At) -> int:
+def _redirect_status(ctx: Context, value: Any, at: At) -> int:
     status = _integer(300, 399)(ctx, value, at)
     if status not in (301, 302, 303, 307, 308):
         raise _Reject(f"must be one of 301, 302, 303, 307, 308, got {status}")
     return status
 
 
-def _path(ctx: _Context, value: Any, at: _At) -> str:
+def _path(ctx: Context, value: Any, at: At) -> str:
     path = _text(ctx, value, at)
     if not path.startswith("/"):
         raise _Reject(f"must start with '/', got {path!r}")
@@ -496,7 +480,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise _Reject(f"is not a valid regular expression: {problem}") from None
 
 
-def _regex(ctx: _Context, value: Any, at: _At) -> str:
+def _regex(ctx: Context, value: Any, at: At) -> str:
     pattern = _text(ctx, value, at)
     _compile(pattern)
     return pattern
@@ -519,7 +503,7 @@ def _host_port(text: str) -> tuple[str, int]:
     return found["ip6"] or found["host"], port
 
 
-def _listen(ctx: _Context, value: Any, at: _At) -> Address:
+def _listen(ctx: Context, value: Any, at: At) -> Address:
     """``host:port``; ``:port`` listens on every interface."""
     text = _text(ctx, value, at).strip()
     return Address(*_host_port("0.0.0.0" + text if text.startswith(":") else text))
@@ -528,26 +512,26 @@ def _listen(ctx: _Context, value: Any, at: _At) -> Address:
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: header names, methods
 
 
-def _header_key(ctx: _Context, key: Any, at: _At) -> str:
+def _header_key(ctx: Context, key: Any, at: At) -> str:
     if not isinstance(key, str) or not _TOKEN.fullmatch(key):
-        raise _Reject(f"must be a header name, got {_describe(key)}")
+        raise _Reject(f"must be a header name, got {describe(key)}")
     return key.lower()
 
 
-def _header_name(ctx: _Context, value: Any, at: _At) -> str:
+def _header_name(ctx: Context, value: Any, at: At) -> str:
     return _header_key(ctx, _text(ctx, value, at), at)
 
 
-def _header_value(ctx: _Context, value: Any, at: _At) -> str:
+def _header_value(ctx: Context, value: Any, at: At) -> str:
     text = _text(ctx, value, at)
     if "\r" in text or "\n" in text or "\0" in text:
         raise _Reject("header values must not contain line breaks or NUL")
     return text
 
 
-def _plain_key(ctx: _Context, key: Any, at: _At) -> str:
+def _plain_key(ctx: Context, key: Any, at: At) -> str:
     if not isinstance(key, str) or not key:
-        raise _Reject(f"names must be non-empty strings, got {_describe(key)}")
+        raise _Reject(f"names must be non-empty strings, got {describe(key)}")
     return key
 
 
@@ -555,9 +539,9 @@ def _plain_key(ctx: _Context, key: Any, at: _At) -> str:
 
 
 def _list_of(reader: Reader, *, non_empty: bool = False) -> Reader:
-    def read(ctx: _Context, value: Any, at: _At) -> tuple[Any, ...]:
+    def read(ctx: Context, value: Any, at: At) -> tuple[Any, ...]:
         if not isinstance(value, list):
-            raise _Reject(f"must be a list, got {_describe(value)}")
+            raise _Reject(f"must be a list, got {describe(value)}")
         if non_empty and not value:
             raise _Reject("must not be empty")
         items, failed = [], False
@@ -570,15 +554,16 @@ def _list_of(reader: Reader, *, non_empty: bool = False) -> Reader:
             raise _Reported
         return tuple(items)
 
+    _SHAPES[read] = _ListShape(reader)
     return read
 
 
 def _map_of(key_reader: Reader, reader: Reader) -> Reader:
     """A mapping from names the user chooses (headers, labels...) to values: (name, value) pairs."""
 
-    def read(ctx: _Context, value: Any, at: _At) -> tuple[tuple[str, Any], ...]:
+    def read(ctx: Context, value: Any, at: At) -> tuple[tuple[str, Any], ...]:
         if not isinstance(value, dict):
-            raise _Reject(f"must be a mapping, got {_describe(value)}")
+            raise _Reject(f"must be a mapping, got {describe(value)}")
         pairs, failed = [], False
         for key, item in value.items():
             try:
@@ -590,22 +575,29 @@ def _map_of(key_reader: Reader, reader: Reader) -> Reader:
             raise _Reported
         return tuple(pairs)
 
+    _SHAPES[read] = _MapShape(reader)
     return read
 
 
 _label_pairs = _map_of(_plain_key, _text)
 
 
-def _labels(ctx: _Context, value: Any, at: _At) -> dict[str, str]:
+def _labels(ctx: Context, value: Any, at: At) -> dict[str, str]:
     return dict(_label_pairs(ctx, value, at))
 
 
-def _record(cls: type, readers: Mapping[str, Reader], required: Collection[str] = ()) -> Reader:
+_T = TypeVar("_T")
+
+
+def _record(cls: Callable[..., _T], readers: Mapping[str, Reader],
+            required: tuple[str, ...] = ()) -> Callable[[Context, Any, At], _T]:
     """A reader for a mapping of ``cls``'s fields; those left out keep the model's default."""
+    schema = Schema(readers, required)
 
-    def read(ctx: _Context, value: Any, at: _At) -> Any:
-        return cls(**ctx.fields(value, at, readers, required=required))
+    def read(ctx: Context, value: Any, at: At) -> _T:
+        return cls(**ctx.fields(value, at, schema))
 
+    _SHAPES[read] = schema
     return read
 
 
@@ -617,16 +609,7 @@ def _any_of(fields: Mapping[str, Any], names: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------- services
 
 
-def _endpoint(ctx: _Context, value: Any, at: _At) -> Endpoint:
-    """``host:port``, ``http(s)://host:port`` or ``{address: ..., labels: {...}}``."""
-    if isinstance(value, dict):
-        fields = ctx.fields(value, at, {"address": _address, "labels": _labels},
-                            required=("address",))
-        return replace(fields["address"], labels=fields.get("labels", {}))
-    return _address(ctx, value, at)
-
-
-def _address(ctx: _Context, value: Any, at: _At) -> Endpoint:
+def _address(ctx: Context, value: Any, at: At) -> Endpoint:
     text = _text(ctx, value, at).strip()
     scheme, separator, rest = text.partition("://")
     if separator and scheme not in ("http", "https"):
@@ -635,30 +618,53 @@ def _address(ctx: _Context, value: Any, at: _At) -> Endpoint:
     return Endpoint(host, port, tls=scheme == "https")
 
 
-def _consistent_hash(ctx: _Context, value: Any, at: _At) -> ConsistentHash:
-    fields = ctx.fields(value, at, {"header": _header_name, "cookie": _text, "source_ip": _true},
-                        one_of=[("header", "cookie", "source_ip")])
-    return ConsistentHash(**fields)
+_ENDPOINT = Schema({"address": _address, "labels": _labels}, required=("address",))
 
 
-def _load_balancer(ctx: _Context, value: Any, at: _At) -> LoadBalancer:
+@_reads(_ENDPOINT)
+def _endpoint(ctx: Context, value: Any, at: At) -> Endpoint:
+    """``host:port``, ``http(s)://host:port`` or ``{address: ..., labels: {...}}``."""
+    if isinstance(value, dict):
+        fields = ctx.fields(value, at, _ENDPOINT)
+        endpoint: Endpoint = replace(fields["address"], labels=fields.get("labels", {}))
+        return endpoint
+    return _address(ctx, value, at)
+
+
+_CONSISTENT_HASH = Schema({"header": _header_name, "cookie": _text, "source_ip": _true},
+                          one_of=(("header", "cookie", "source_ip"),))
+
+
+@_reads(_CONSISTENT_HASH)
+def _consistent_hash(ctx: Context, value: Any, at: At) -> ConsistentHash:
+    return ConsistentHash(**ctx.fields(value, at, _CONSISTENT_HASH))
+
+
+_LOAD_BALANCER = Schema({"consistent_hash": _consistent_hash}, required=("consistent_hash",))
+
+
+@_reads(_LOAD_BALANCER)
+def _load_balancer(ctx: Context, value: Any, at: At) -> LoadBalancer:
     """``round_robin`` | ``least_request`` | ``random`` | ``{consistent_hash: {...}}``."""
     if isinstance(value, dict):
-        fields = ctx.fields(value, at, {"consistent_hash": _consistent_hash},
-                            required=("consistent_hash",))
+        fields = ctx.fields(value, at, _LOAD_BALANCER)
         return LoadBalancer("consistent_hash", fields["consistent_hash"])
     if _resolved(ctx, value) == "consistent_hash":
         raise _Reject("consistent_hash needs a key: {consistent_hash: {header: NAME}} "
                       "(or cookie: NAME, or source_ip: true)")
-    return LoadBalancer(_choice("round_robin", "least_request", "random")(ctx, value, at))
+    name = _choice(*_SIMPLE_BALANCERS)(ctx, value, at)
+    return LoadBalancer(next(kind for kind in _SIMPLE_BALANCERS if kind == name))
 
 
-def _subsets(ctx: _Context, value: Any, at: _At) -> dict[str, dict[str, str]]:
+_SIMPLE_BALANCERS: tuple[LoadBalancerKind, ...] = ("round_robin", "least_request", "random")
+
+
+def _subsets(ctx: Context, value: Any, at: At) -> dict[str, dict[str, str]]:
     """Subset name → the labels its endpoints must have (as Istio)."""
     return dict(_map_of(_name_key, _labels)(ctx, value, at))
 
 
-_SERVICE_FIELDS: dict[str, Reader] = {
+_SERVICE = Schema({
     "endpoints": _list_of(_endpoint, non_empty=True),
     "subsets": _subsets,
     "load_balancer": _load_balancer,
@@ -690,12 +696,14 @@ _SERVICE_FIELDS: dict[str, Reader] = {
         "jitter": _duration,
     }),
     "tls": _record(UpstreamTLS, {"ca": _text, "verify": _bool, "server_name": _text}),
-}
+}, required=("endpoints",))
 
 
-def _service(ctx: _Context, name: str, value: Any, at: _At) -> Service:
-    fields = ctx.fields(value, at, _SERVICE_FIELDS, required=("endpoints",))
-    service = Service(name=name, **fields)
+@_reads(_SERVICE)
+def _service(ctx: Context, value: Any, at: At) -> Service:
+    """One service, still unnamed: its name is its key, which the caller checks."""
+    fields = ctx.fields(value, at, _SERVICE)
+    service = Service(name="", **fields)
     failed = False
     seen: set[str] = set()
     for index, endpoint in enumerate(service.endpoints):
@@ -715,16 +723,16 @@ def _service(ctx: _Context, name: str, value: Any, at: _At) -> Service:
     return service
 
 
-def _services(ctx: _Context, documents: Sequence[_At]) -> dict[str, Service]:
+def read_services(ctx: Context, documents: Sequence[At]) -> dict[str, Service]:
     """``services`` of every document, merged by name."""
-    defined_at: dict[str, _At] = {}
+    defined_at: dict[str, At] = {}
     for doc in documents:
         section = doc.doc.value.get("services")
         at = doc.key("services")
         if section is None:
             continue
         if not isinstance(section, dict):
-            ctx.error(at, f"must be a mapping of service name to service, got {_describe(section)}")
+            ctx.error(at, f"must be a mapping of service name to service, got {describe(section)}")
             continue
         for name, value in section.items():
             try:
@@ -738,7 +746,7 @@ def _services(ctx: _Context, documents: Sequence[_At]) -> dict[str, Service]:
             defined_at[name] = at.key(name)
             ctx.declared_services.add(name)
             try:
-                ctx.services[name] = _service(ctx, name, value, at.key(name))
+                ctx.services[name] = replace(_service(ctx, value, at.key(name)), name=name)
             except _Reported:
                 pass
     return ctx.services
@@ -746,60 +754,73 @@ def _services(ctx: _Context, documents: Sequence[_At]) -> dict[str, Service]:
 
 # ---------------------------------------------------------------------------- routes
 
-_STRING_MATCH_KINDS = ("exact", "prefix", "suffix", "regex", "present", "absent")
+_STRING_MATCH_KINDS: tuple[StringMatchKind, ...] = (
+    "exact", "prefix", "suffix", "regex", "present", "absent")
 # segment_prefix is Gateway API's element-wise PathPrefix (/foo matches /foo/bar, not /foobar).
-_PATH_MATCH_KINDS = ("exact", "prefix", "regex", "segment_prefix")
+_PATH_MATCH_KINDS: tuple[PathMatchKind, ...] = ("exact", "prefix", "regex", "segment_prefix")
 
 
-def _string_match(ctx: _Context, value: Any, at: _At) -> StringMatch:
+_STRING_MATCH = Schema({
+    "exact": _text, "prefix": _text, "suffix": _text, "regex": _regex,
+    "present": _true, "absent": _true, "ignore_case": _bool,
+    "invert": _bool,  # negate the test (Istio withoutHeaders); an absent field then matches
+}, one_of=(_STRING_MATCH_KINDS,))
+
+
+@_reads(_STRING_MATCH)
+def _string_match(ctx: Context, value: Any, at: At) -> StringMatch:
     """A plain string (an exact match) or ``{exact|prefix|suffix|regex|present|absent: ...}``."""
     if not isinstance(value, dict):
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return StringMatch("exact", _text(ctx, value, at))
         raise _Reject(f"must be a string (an exact match) or a mapping with one of "
-                      f"{', '.join(_STRING_MATCH_KINDS)}; got {_describe(value)}")
-    fields = ctx.fields(value, at, {
-        "exact": _text, "prefix": _text, "suffix": _text, "regex": _regex,
-        "present": _true, "absent": _true, "ignore_case": _bool,
-        "invert": _bool,  # negate the test (Istio withoutHeaders); an absent field then matches
-    }, one_of=[_STRING_MATCH_KINDS])
+                      f"{', '.join(_STRING_MATCH_KINDS)}; got {describe(value)}")
+    fields = ctx.fields(value, at, _STRING_MATCH)
     kind = next(kind for kind in _STRING_MATCH_KINDS if kind in fields)
     text = "" if kind in ("present", "absent") else fields[kind]
     return StringMatch(kind, text, fields.get("ignore_case", False), fields.get("invert", False))
 
 
-def _path_match(ctx: _Context, value: Any, at: _At) -> PathMatch:
+_PATH_MATCH = Schema({"exact": _path, "prefix": _path, "regex": _regex,
+                      "segment_prefix": _path, "ignore_case": _bool},
+                     one_of=(_PATH_MATCH_KINDS,))
+
+
+@_reads(_PATH_MATCH)
+def _path_match(ctx: Context, value: Any, at: At) -> PathMatch:
     if isinstance(value, str):
         raise _Reject(f"must be a mapping such as {{prefix: {value}}} or {{exact: {value}}}")
-    fields = ctx.fields(value, at, {"exact": _path, "prefix": _path, "regex": _regex,
-                                    "segment_prefix": _path, "ignore_case": _bool},
-                        one_of=[_PATH_MATCH_KINDS])
+    fields = ctx.fields(value, at, _PATH_MATCH)
     kind = next(kind for kind in _PATH_MATCH_KINDS if kind in fields)
     return PathMatch(kind, fields[kind], fields.get("ignore_case", False))
 
 
-def _method(ctx: _Context, value: Any, at: _At) -> str:
+def _method(ctx: Context, value: Any, at: At) -> str:
     method = _text(ctx, value, at).upper()
     if not _TOKEN.fullmatch(method):
-        raise _Reject(f"must be an HTTP method such as GET, got {_describe(value)}")
+        raise _Reject(f"must be an HTTP method such as GET, got {describe(value)}")
     return method
 
 
-def _methods(ctx: _Context, value: Any, at: _At) -> tuple[str, ...]:
+def _methods(ctx: Context, value: Any, at: At) -> tuple[str, ...]:
     """One method or a list of them."""
     methods = _list_of(_method)(ctx, value, at) if isinstance(value, list) else (
         _method(ctx, value, at),)
     return tuple(dict.fromkeys(methods))
 
 
-def _match(ctx: _Context, value: Any, at: _At) -> Match:
-    fields = ctx.fields(value, at, {
-        "path": _path_match,
-        "method": _methods,
-        "headers": _map_of(_header_key, _string_match),
-        "query": _map_of(_plain_key, _string_match),
-        "cookies": _map_of(_plain_key, _string_match),
-    })
+_MATCH = Schema({
+    "path": _path_match,
+    "method": _methods,
+    "headers": _map_of(_header_key, _string_match),
+    "query": _map_of(_plain_key, _string_match),
+    "cookies": _map_of(_plain_key, _string_match),
+})
+
+
+@_reads(_MATCH)
+def _match(ctx: Context, value: Any, at: At) -> Match:
+    fields = ctx.fields(value, at, _MATCH)
     return Match(path=fields.get("path"), methods=fields.get("method", ()),
                  headers=fields.get("headers", ()), query=fields.get("query", ()),
                  cookies=fields.get("cookies", ()))
@@ -808,15 +829,15 @@ def _match(ctx: _Context, value: Any, at: _At) -> Match:
 _HOST = re.compile(r"(?:\*\.)?[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
 
 
-def _host(ctx: _Context, value: Any, at: _At) -> str:
+def _host(ctx: Context, value: Any, at: At) -> str:
     host = _text(ctx, value, at).strip().lower()
     if host != "*" and not _HOST.fullmatch(host):
         raise _Reject(f"must be a host name (without port), optionally '*.' for any "
-                      f"subdomain, got {_describe(value)}")
+                      f"subdomain, got {describe(value)}")
     return host
 
 
-def _hosts(ctx: _Context, value: Any, at: _At) -> tuple[str, ...]:
+def _hosts(ctx: Context, value: Any, at: At) -> tuple[str, ...]:
     hosts = _list_of(_host)(ctx, value, at)
     for index, host in enumerate(hosts):
         if host in hosts[:index]:
@@ -825,7 +846,7 @@ def _hosts(ctx: _Context, value: Any, at: _At) -> tuple[str, ...]:
     return () if "*" in hosts else tuple(dict.fromkeys(hosts))
 
 
-def _service_name(ctx: _Context, name: str) -> str | None:
+def _service_name(ctx: Context, name: str) -> str | None:
     """The native service ``name`` refers to: ``NAME``, ``NAME.NS``, ``NAME.NS.svc`` or
     ``NAME.NS.svc.cluster.local``."""
     if name in ctx.declared_services:
@@ -837,7 +858,7 @@ def _service_name(ctx: _Context, name: str) -> str | None:
     return None
 
 
-def _destination(ctx: _Context, fields: dict[str, Any], at: _At) -> tuple[str, str | None]:
+def _destination(ctx: Context, fields: dict[str, Any], at: At) -> tuple[str, str | None]:
     """The (service, subset) a backend or mirror sends to, checked against ``services``."""
     service, subset = _service_name(ctx, fields["service"]), fields.get("subset")
     if service is None:
@@ -860,13 +881,23 @@ def _destination(ctx: _Context, fields: dict[str, Any], at: _At) -> tuple[str, s
     return service, subset
 
 
-def _backend(ctx: _Context, value: Any, at: _At) -> Backend:
+_header_changes = _record(HeaderChanges, {
+    "set": _map_of(_header_key, _header_value),
+    "add": _map_of(_header_key, _header_value),
+    "remove": _list_of(_header_name),
+})
+
+
+_BACKEND = Schema({"service": _text, "subset": _name, "weight": _weight,
+                   "headers": _header_changes, "status": _status}, required=("service",))
+
+
+@_reads(_BACKEND)
+def _backend(ctx: Context, value: Any, at: At) -> Backend:
     """``{service, subset, weight}``; ``headers`` changes the request for this backend only;
     ``status`` answers that status for the backend's share instead of forwarding (the
     service then only names it: Gateway API's 500 for an invalid backendRef)."""
-    fields = ctx.fields(value, at, {"service": _text, "subset": _name, "weight": _weight,
-                                    "headers": _header_changes, "status": _status},
-                        required=("service",))
+    fields = ctx.fields(value, at, _BACKEND)
     if "status" in fields:
         service, subset = ctx.read(_name, fields["service"], at.key("service")), fields.get(
             "subset")
@@ -876,8 +907,12 @@ def _backend(ctx: _Context, value: Any, at: _At) -> Backend:
                    direct_status=fields.get("status"))
 
 
-def _backends(ctx: _Context, value: Any, at: _At) -> tuple[Backend, ...]:
-    backends = _list_of(_backend, non_empty=True)(ctx, value, at)
+_backend_list = _list_of(_backend, non_empty=True)
+
+
+@_reads(_ListShape(_backend))
+def _backends(ctx: Context, value: Any, at: At) -> tuple[Backend, ...]:
+    backends: tuple[Backend, ...] = _backend_list(ctx, value, at)
     names = [backend.name for backend in backends]
     for index, name in enumerate(names):
         if name in names[:index]:
@@ -889,29 +924,41 @@ def _backends(ctx: _Context, value: Any, at: _At) -> tuple[Backend, ...]:
     return backends
 
 
-def _mirror(ctx: _Context, value: Any, at: _At) -> Mirror:
-    fields = ctx.fields(value, at, {"service": _text, "subset": _name, "percent": _percent},
-                        required=("service",))
+_MIRROR = Schema({"service": _text, "subset": _name, "percent": _percent},
+                  required=("service",))
+
+
+@_reads(_MIRROR)
+def _mirror(ctx: Context, value: Any, at: At) -> Mirror:
+    fields = ctx.fields(value, at, _MIRROR)
     service, subset = _destination(ctx, fields, at)
     return Mirror(service, subset, fields.get("percent", 100.0))
 
 
-def _sticky(ctx: _Context, value: Any, at: _At) -> Sticky:
-    return Sticky(**ctx.fields(value, at, {
-        "cookie": _record(StickyCookie, {"name": _name, "ttl": _duration}, required=("name",)),
-        "header": _header_name,
-    }, one_of=[("cookie", "header")]))
+_STICKY = Schema({
+    "cookie": _record(StickyCookie, {"name": _name, "ttl": _duration}, required=("name",)),
+    "header": _header_name,
+}, one_of=(("cookie", "header"),))
 
 
-def _fault(ctx: _Context, value: Any, at: _At) -> Fault:
-    fields = ctx.fields(value, at, {
-        "delay": _record(DelayFault, {"fixed": _duration, "percent": _percent},
-                         required=("fixed",)),
-        "abort": _record(AbortFault, {"status": _status, "percent": _percent},
-                         required=("status",)),
-        "scope": _choice("request", "attempt"),
-        "header_secret": _text,
-    })
+@_reads(_STICKY)
+def _sticky(ctx: Context, value: Any, at: At) -> Sticky:
+    return Sticky(**ctx.fields(value, at, _STICKY))
+
+
+_FAULT = Schema({
+    "delay": _record(DelayFault, {"fixed": _duration, "percent": _percent},
+                     required=("fixed",)),
+    "abort": _record(AbortFault, {"status": _status, "percent": _percent},
+                     required=("status",)),
+    "scope": _choice("request", "attempt"),
+    "header_secret": _text,
+})
+
+
+@_reads(_FAULT)
+def _fault(ctx: Context, value: Any, at: At) -> Fault:
+    fields = ctx.fields(value, at, _FAULT)
     _any_of(fields, ("delay", "abort", "header_secret"))
     return Fault(**fields)
 
@@ -919,15 +966,19 @@ def _fault(ctx: _Context, value: Any, at: _At) -> Fault:
 _RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes")
 
 
-def _retries(ctx: _Context, value: Any, at: _At) -> Retries:
-    fields = ctx.fields(value, at, {
-        "attempts": _integer(0),
-        "per_try_timeout": _timeout,
-        "retry_on": _list_of(_choice(*_RETRY_ON)),
-        "status_codes": _list_of(_status),
-        "backoff": _record(Backoff, {"base": _duration, "max": _duration}),
-        "buffer_bytes": _integer(0),
-    })
+_RETRIES = Schema({
+    "attempts": _integer(0),
+    "per_try_timeout": _timeout,
+    "retry_on": _list_of(_choice(*_RETRY_ON)),
+    "status_codes": _list_of(_status),
+    "backoff": _record(Backoff, {"base": _duration, "max": _duration}),
+    "buffer_bytes": _integer(0),
+})
+
+
+@_reads(_RETRIES)
+def _retries(ctx: Context, value: Any, at: At) -> Retries:
+    fields = ctx.fields(value, at, _RETRIES)
     retries = Retries(**fields)
     if retries.status_codes and "retriable-status-codes" not in retries.retry_on:
         # Listing status codes is asking to retry on them; don't make users say it twice.
@@ -941,16 +992,13 @@ def _retries(ctx: _Context, value: Any, at: _At) -> Retries:
     return retries
 
 
-_header_changes = _record(HeaderChanges, {
-    "set": _map_of(_header_key, _header_value),
-    "add": _map_of(_header_key, _header_value),
-    "remove": _list_of(_header_name),
-})
+_PATH_REGEX = Schema({"pattern": _regex, "substitution": _text},
+                     required=("pattern", "substitution"))
 
 
-def _path_regex(ctx: _Context, value: Any, at: _At) -> tuple[str, str]:
-    fields = ctx.fields(value, at, {"pattern": _regex, "substitution": _text},
-                        required=("pattern", "substitution"))
+@_reads(_PATH_REGEX)
+def _path_regex(ctx: Context, value: Any, at: At) -> tuple[str, str]:
+    fields = ctx.fields(value, at, _PATH_REGEX)
     pattern, substitution = _compile(fields["pattern"]), fields["substitution"]
     # A bad group reference would only fail on the first matching request; catch it here.
     for number, name in re.findall(r"\\(\d+)|\\g<([^>]*)>", substitution):
@@ -963,25 +1011,32 @@ def _path_regex(ctx: _Context, value: Any, at: _At) -> tuple[str, str]:
     return fields["pattern"], substitution
 
 
-def _rewrite(ctx: _Context, value: Any, at: _At) -> Rewrite:
-    fields = ctx.fields(value, at, {"path_prefix": _path, "path_full": _path,
-                                    "path_regex": _path_regex, "host": _host},
-                        exclusive=[("path_prefix", "path_full", "path_regex")])
+_REWRITE = Schema({"path_prefix": _path, "path_full": _path, "path_regex": _path_regex,
+                   "host": _host}, exclusive=(("path_prefix", "path_full", "path_regex"),))
+
+
+@_reads(_REWRITE)
+def _rewrite(ctx: Context, value: Any, at: At) -> Rewrite:
+    fields = ctx.fields(value, at, _REWRITE)
     _any_of(fields, ("path_prefix", "path_full", "path_regex", "host"))
     return Rewrite(**fields)
 
 
-def _redirect(ctx: _Context, value: Any, at: _At) -> Redirect:
-    fields = ctx.fields(value, at, {
-        "scheme": _choice("http", "https"), "host": _host, "port": _port,
-        "path": _path, "path_prefix": _path, "status": _redirect_status,
-    }, exclusive=[("path", "path_prefix")])
+_REDIRECT = Schema({
+    "scheme": _choice("http", "https"), "host": _host, "port": _port,
+    "path": _path, "path_prefix": _path, "status": _redirect_status,
+}, exclusive=(("path", "path_prefix"),))
+
+
+@_reads(_REDIRECT)
+def _redirect(ctx: Context, value: Any, at: At) -> Redirect:
+    fields = ctx.fields(value, at, _REDIRECT)
     if "status" not in fields:  # a status alone redirects to the same URL (303: POST → GET)
         _any_of(fields, ("scheme", "host", "port", "path", "path_prefix"))
     return Redirect(**fields)
 
 
-_ROUTE_FIELDS: dict[str, Reader] = {
+_ROUTE = Schema({
     "name": _name,
     "hosts": _hosts,
     "match": _list_of(_match),
@@ -998,29 +1053,29 @@ _ROUTE_FIELDS: dict[str, Reader] = {
     "direct_response": _record(DirectResponse, {"status": _status, "body": _text},
                                required=("status",)),
     "websocket": _bool,
-}
+}, required=("name",), one_of=(("backends", "redirect", "direct_response"),),
+   exclusive=(("mirror", "mirrors"),))
 
 
-def _route(ctx: _Context, value: Any, at: _At) -> Route:
-    fields = ctx.fields(value, at, _ROUTE_FIELDS, required=("name",),
-                        one_of=[("backends", "redirect", "direct_response")],
-                        exclusive=[("mirror", "mirrors")])
+@_reads(_ROUTE)
+def _route(ctx: Context, value: Any, at: At) -> Route:
+    fields = ctx.fields(value, at, _ROUTE)
     fields["matches"] = fields.pop("match", ())
     if "mirror" in fields:
         fields["mirrors"] = (fields.pop("mirror"),)
     return Route(**fields)
 
 
-def _routes(ctx: _Context, documents: Sequence[_At]) -> tuple[Route, ...]:
+def read_routes(ctx: Context, documents: Sequence[At]) -> tuple[Route, ...]:
     """``routes`` of every document, in order; names must be unique."""
-    parsed: list[tuple[Route, _At]] = []
-    defined_at: dict[str, _At] = {}
+    parsed: list[tuple[Route, At]] = []
+    defined_at: dict[str, At] = {}
     for doc in documents:
         section, at = doc.doc.value.get("routes"), doc.key("routes")
         if section is None:
             continue
         if not isinstance(section, list):
-            ctx.error(at, f"must be a list of routes, got {_describe(section)}")
+            ctx.error(at, f"must be a list of routes, got {describe(section)}")
             continue
         for index, value in enumerate(section):
             if isinstance(value, dict) and isinstance(value.get("name"), str):
@@ -1040,7 +1095,7 @@ def _routes(ctx: _Context, documents: Sequence[_At]) -> tuple[Route, ...]:
     return tuple(route for route, _ in parsed)
 
 
-def _warn_unreachable(ctx: _Context, routes: Sequence[tuple[Route, _At]]) -> None:
+def _warn_unreachable(ctx: Context, routes: Sequence[tuple[Route, At]]) -> None:
     """Warn about routes hidden behind an earlier catch-all route for the same hosts."""
     for index, (route, at) in enumerate(routes):
         for earlier, _ in routes[:index]:
@@ -1055,14 +1110,14 @@ def _warn_unreachable(ctx: _Context, routes: Sequence[tuple[Route, _At]]) -> Non
 
 # ---------------------------------------------------------------------------- canaries
 
-def _url(ctx: _Context, value: Any, at: _At) -> str:
+def _url(ctx: Context, value: Any, at: At) -> str:
     url = _text(ctx, value, at)
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-        raise _Reject(f"must be an http:// or https:// URL, got {_describe(value)}")
+        raise _Reject(f"must be an http:// or https:// URL, got {describe(value)}")
     return url
 
 
-_CANARY_FIELDS: dict[str, Reader] = {
+_CANARY = Schema({
     "name": _name,
     "route": _text,
     "primary": _text,
@@ -1080,16 +1135,16 @@ _CANARY_FIELDS: dict[str, Reader] = {
         "url": _url,
         "timeout": _timeout,
     }, required=("type", "url"))),
-}
+}, required=("name", "route", "primary", "candidate"),
+   exclusive=(("step_weight", "step_weights"),))
 
 
-def _canary(ctx: _Context, value: Any, at: _At) -> Canary:
-    fields = ctx.fields(value, at, _CANARY_FIELDS,
-                        required=("name", "route", "primary", "candidate"),
-                        exclusive=[("step_weight", "step_weights")])
+@_reads(_CANARY)
+def _canary(ctx: Context, value: Any, at: At) -> Canary:
+    fields = ctx.fields(value, at, _CANARY)
     canary = Canary(**fields)
     steps = canary.step_weights
-    if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+    if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
         ctx.error(at.key("step_weights"), "must increase step by step, e.g. [5, 10, 25, 50]")
         raise _Reported
     route = ctx.routes.get(canary.route)
@@ -1113,15 +1168,17 @@ def _canary(ctx: _Context, value: Any, at: _At) -> Canary:
     return canary
 
 
-def _canaries(ctx: _Context, documents: Sequence[_At]) -> tuple[Canary, ...]:
+def read_canaries(ctx: Context, documents: Sequence[At]) -> tuple[Canary, ...]:
+    """``canaries`` of every document, in order; names must be unique. Runs after the
+    routes (imported ones too): a canary names a route and two of its backends."""
     canaries: list[Canary] = []
-    defined_at: dict[str, _At] = {}
+    defined_at: dict[str, At] = {}
     for doc in documents:
         section, at = doc.doc.value.get("canaries"), doc.key("canaries")
         if section is None:
             continue
         if not isinstance(section, list):
-            ctx.error(at, f"must be a list of canaries, got {_describe(section)}")
+            ctx.error(at, f"must be a list of canaries, got {describe(section)}")
             continue
         for index, value in enumerate(section):
             try:
@@ -1140,7 +1197,7 @@ def _canaries(ctx: _Context, documents: Sequence[_At]) -> tuple[Canary, ...]:
 # ---------------------------------------------------------------------------- top level
 
 
-def _log_format(ctx: _Context, value: Any, at: _At) -> str:
+def _log_format(ctx: Context, value: Any, at: At) -> str:
     """json | text | off — YAML reads an unquoted ``off`` as false, which means off too."""
     if _resolved(ctx, value) is False:
         return "off"
@@ -1169,14 +1226,23 @@ _SETTINGS: dict[str, Reader] = {
     "access_log": _record(AccessLog, {"format": _log_format}),
     "metrics": _record(MetricsConfig, {"linkerd_compat": _bool}),
 }
-_SECTIONS = ("services", "routes", "canaries")
-_TOP_LEVEL_KEYS = (*_SETTINGS, *_SECTIONS)
+
+# The top level of a native document: the settings, then the sections that are merged
+# over all documents (read by read_services, read_routes and read_canaries).
+# TOP_LEVEL is what assemble checks the keys of a document against, and what key_paths
+# starts from.
+TOP_LEVEL = Schema({
+    **_SETTINGS,
+    "services": _map_of(_name_key, _service),
+    "routes": _list_of(_route),
+    "canaries": _list_of(_canary),
+})
 
 
-def _settings(ctx: _Context, documents: Sequence[_At]) -> dict[str, Any]:
+def read_settings(ctx: Context, documents: Sequence[At]) -> dict[str, Any]:
     """Top-level settings (Config keyword arguments); each may come from one document only."""
     settings: dict[str, Any] = {}
-    set_at: dict[str, _At] = {}
+    set_at: dict[str, At] = {}
     for doc in documents:
         for key, reader in _SETTINGS.items():
             value = doc.doc.value.get(key)
@@ -1193,7 +1259,8 @@ def _settings(ctx: _Context, documents: Sequence[_At]) -> dict[str, Any]:
                 pass
     admin = settings.get("admin")
     if admin and not admin.token and not _is_loopback(admin.listen.host):
-        # SPEC §6: the server refuses this; only a warning here, as --admin may override it.
+        # docs/admin-api.md: the server refuses this; only a warning here, as --admin may
+        # override it.
         ctx.warn(set_at["admin"], f"the admin API on {admin.listen} is reachable from other "
                                   "hosts but has no token; set admin.token")
     return settings
@@ -1203,104 +1270,31 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _is_manifest(value: dict[Any, Any]) -> bool:
-    return "apiVersion" in value and "kind" in value
+# ---------------------------------------------------------------------------- key paths
 
 
-def _import_manifests(ctx: _Context, documents: Sequence[Document], native: Sequence[_At],
-                      native_routes: tuple[Route, ...], manifests: Sequence[_At],
-                      origins: dict[str, tuple[str, int | None, str, str]] | None
-                      ) -> tuple[tuple[Route, ...], dict[str, Service]]:
-    """Istio / SMI / Gateway API manifests found among the documents (``config.compat``).
+def key_paths() -> list[str]:
+    """Every key path the parser accepts, in schema order: ``routes[].retries.attempts``.
 
-    Runs after the native services and routes are read: manifests name Kubernetes services,
-    whose endpoints come from the native ``services:`` block (DestinationRules add subsets
-    and policies to them). Returns every route in document order, a manifest's routes
-    taking its place among the native documents' (all HTTPRoutes together, at the first
-    one: Gateway API orders them by its own precedence rules), and the services.
+    ``[]`` stands for any item of a list, ``<name>`` for a name the user chooses (a
+    service, a header...). Read from the same Schema tables the parser enforces.
     """
-    position = {id(document): index for index, document in enumerate(documents)}
-    placed: list[tuple[int, Route]] = []
-    remaining = list(native_routes)
-    for at in native:  # a document's routes, in order (all parsed unless there are errors)
-        section = at.doc.value.get("routes")
-        count = len(section) if isinstance(section, list) else 0
-        for index, route in enumerate(remaining[:count]):
-            placed.append((position[id(at.doc)], route))
-            if origins is not None:
-                path = item_path("routes", index)
-                origins[route.name] = (at.doc.source, at.doc.line(path), "", path)
-        remaining = remaining[count:]
-    placed += [(len(documents), route) for route in remaining]
-    if not manifests:
-        return tuple(route for _, route in placed), ctx.services
-
-    from pyproxy.config import compat  # the importers need this module's values, not v.v.
-
-    def report(severity: str, document: Document, path: str, message: str) -> None:
-        ctx.issues.append(ConfigIssue(document.source, document.line(path), path, message,
-                                      severity))  # type: ignore[arg-type]
-
-    imported = compat.import_manifests(
-        [at.doc for at in manifests], services=ctx.services,
-        declared_services=ctx.declared_services,
-        taken_route_names=set(ctx.routes) | ctx.declared_routes, report=report)
-    for item in imported.routes:
-        placed.append((position[id(item.position)], item.route))
-        ctx.routes[item.route.name] = item.route
-        ctx.declared_routes.add(item.route.name)
-        if origins is not None:
-            origins[item.route.name] = (item.origin.source, item.origin.line(""), item.label,
-                                        item.path)
-    placed.sort(key=lambda pair: pair[0])  # stable: each document's own order is kept
-    ctx.services = dict(imported.services)
-    return tuple(route for _, route in placed), ctx.services
+    return list(_walk(TOP_LEVEL, ""))
 
 
-def parse_documents(
-    documents: Sequence[Document], env: Mapping[str, str], *,
-    origins: dict[str, tuple[str, int | None, str, str]] | None = None,
-) -> tuple[Config, tuple[ConfigIssue, ...]]:
-    """Merge and check ``documents`` into one Config; returns it with its warnings.
+def _walk(shape: Schema | _ListShape | _MapShape, prefix: str) -> Iterator[str]:
+    if isinstance(shape, Schema):
+        for key, reader in shape.keys.items():
+            path = key_path(prefix, key)
+            yield path
+            yield from _walk_reader(reader, path)
+    elif isinstance(shape, _ListShape):
+        yield from _walk_reader(shape.item, prefix + "[]")
+    else:
+        yield from _walk_reader(shape.value, key_path(prefix, "<name>"))
 
-    Raises ConfigInvalid with every error (and the warnings) when anything is wrong.
-    ``origins``, when given, is filled with where each route came from: route name →
-    (file, line, "Kind name" of the manifest or "" for a native route, key path).
-    """
-    ctx = _Context(env)
-    native: list[_At] = []
-    manifests: list[_At] = []
-    for document in documents:
-        at = _At(document)
-        if document.value is None:  # an empty document, such as after a trailing '---'
-            continue
-        if not isinstance(document.value, dict):
-            ctx.error(at, "a config document must be a mapping with keys such as listen, "
-                          f"services and routes; got {_describe(document.value)}")
-        elif _is_manifest(document.value):
-            manifests.append(at)
-        else:
-            for key in document.value:
-                if key not in _TOP_LEVEL_KEYS:
-                    ctx.error(at.key(key), _unknown_key(key, _TOP_LEVEL_KEYS))
-            native.append(at)
 
-    # Sections in dependency order: backends name services, manifests name services and
-    # routes, canaries name routes (imported ones too).
-    settings = _settings(ctx, native)
-    _services(ctx, native)
-    routes, services = _import_manifests(ctx, documents, native, _routes(ctx, native),
-                                         manifests, origins)
-    canaries = _canaries(ctx, native)
-    if native and not routes and not any(doc.doc.value.get("routes") or
-                                         doc.doc.value.get("services") for doc in native):
-        ctx.warn(native[0], "no routes and no services: every request gets 404")
-
-    # Report in reading order (files, then lines), not in the order the sections were checked.
-    file_order = {doc.source: index for index, doc in reversed(list(enumerate(documents)))}
-    issues = sorted(ctx.issues, key=lambda issue: (file_order.get(issue.file, 0), issue.line or 0))
-    errors = [issue for issue in issues if issue.severity == "error"]
-    warnings = tuple(issue for issue in issues if issue.severity == "warning")
-    if errors:
-        raise ConfigInvalid(errors, warnings)
-    return Config(services=services, routes=routes, canaries=canaries, **settings), warnings
+def _walk_reader(reader: Reader, path: str) -> Iterator[str]:
+    shape = _SHAPES.get(reader)
+    if shape is not None:
+        yield from _walk(shape, path)

@@ -104,7 +104,7 @@ class Mesh:
                 lines.append(f"      - {{address: '127.0.0.1:{backend.port}', "
                              f"labels: {{{label_text}}}}}")
         documents = ["\n".join(lines) + "\n" + extra]
-        documents += [Path(file).read_text() for file in files]
+        documents += [await asyncio.to_thread(Path(file).read_text) for file in files]
         text = "\n---\n".join(doc.strip("\n") + "\n" for doc in documents)
         tmp = self.config.with_name(".config.yaml.tmp")
         tmp.write_text(text)
@@ -123,7 +123,8 @@ class Mesh:
         return self.session
 
     async def request(self, path: str = "/", *, host: str | None = None, method: str = "GET",
-                      headers: Mapping[str, str] | None = None, timeout: float | None = None,
+                      headers: Mapping[str, str] | None = None,
+                      timeout: float | None = None,  # noqa: ASYNC109 (aiohttp's per-request timeout)
                       ) -> tuple[int, Mapping[str, str], dict | bytes]:
         """(status, response headers, JSON body or raw bytes); redirects are not followed."""
         session = await self.client()

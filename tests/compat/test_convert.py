@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from pyproxy.cli import main
-from pyproxy.config.convert import convert
+from pyproxy.cli_text.convert import convert
 from pyproxy.config.load import load_config
 from tests.compat.test_validate_examples import (
     GW,
@@ -129,3 +130,22 @@ def test_explain_gateway_api_precedence(capsys):
     assert [c["route"] for c in result["considered"]][:4] == [
         "path-matching-order-2", "path-matching-order-1", "path-matching-order-0",
         "path-matching-order-5"]
+
+
+def test_the_configuration_reference_examples_round_trip(tmp_path):
+    """docs/configuration.md's examples use nearly every native key; converting them gives
+    back the same config."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.DOTALL)
+    examples = tmp_path / "examples.yaml"
+    examples.write_text("\n---\n".join(blocks))
+    _round_trip([examples], tmp_path)
+
+
+def test_every_timeout_is_written_as_a_duration(tmp_path):
+    native = tmp_path / "native.yaml"
+    native.write_text("timeouts: {request_header: 1s, body_idle: 2s, keep_alive: 3s, "
+                      "tunnel_idle: 2h, drain_delay: 250ms, drain_timeout: 1m}\n"
+                      "services: {web: {endpoints: ['web:80']}}\n")
+    text = _round_trip([native], tmp_path)
+    assert "tunnel_idle: \"7200s\"" in text

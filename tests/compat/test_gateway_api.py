@@ -329,7 +329,8 @@ async def test_httproute_request_header_modifier(mesh):
     await expect(mesh, [
         {"path": "/set", "headers": {"Some-Other-Header": "val"},
          "backend_headers": {"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"}},
-        {"path": "/set", "headers": {"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
+        {"path": "/set",
+         "headers": {"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
          "backend_headers": {"X-Header-Set": "set-overwrites-values"}},
         {"path": "/add", "headers": {"Some-Other-Header": "val"},
          "backend_headers": {"X-Header-Add": "add-appends-values"}},

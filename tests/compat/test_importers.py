@@ -168,7 +168,7 @@ def test_istio_faults_retries_timeouts_mirrors(tmp_path):
           mirrorPercentage: {value: 12.5}
           mirrors:
           - destination: {host: ratings}
-        """))
+        """))  # noqa: E501 (manifests as Istio's docs write them)
     r = route(loaded, "reviews-0")
     assert (r.fault.delay.fixed, r.fault.delay.percent) == (1.5, 10.0)
     assert (r.fault.abort.status, r.fault.abort.percent) == (503, 0.1)
@@ -249,7 +249,7 @@ def test_istio_destination_rule_policies(tmp_path):
         spec:
           host: web
           trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user}}}}
-        """)
+        """)  # noqa: E501 (manifests as Istio's docs write them)
     reviews = loaded.config.services["reviews"]
     assert reviews.load_balancer == LoadBalancer("consistent_hash", ConsistentHash(header="x-user"))
     assert reviews.connection_pool == ConnectionPool(
@@ -331,7 +331,7 @@ def test_gateway_api_filters_and_policies(tmp_path):
             filters:
             - type: ResponseHeaderModifier
               responseHeaderModifier: {set: [{name: X-Backend, value: web}]}
-        """))
+        """))  # noqa: E501 (manifests as the Gateway API docs write them)
     api, login = route(loaded, "web-0"), route(loaded, "web-1")
     assert api.direct_response == DirectResponse(500)  # the filter cannot run: 500 (spec)
     assert api.mirrors == (Mirror("web-v2", None, 12.5),)
@@ -477,7 +477,8 @@ def test_route_names_across_manifests_and_native_routes(tmp_path):
 
 
 def test_routes_keep_the_place_of_their_documents(tmp_path):
-    native_first = SERVICES + "routes:\n  - {name: first, hosts: [a.example], backends: [{service: web}]}\n"
+    native_first = (SERVICES + "routes:\n"
+                    "  - {name: first, hosts: [a.example], backends: [{service: web}]}\n")
     loaded = load(tmp_path, vs("- route: [{destination: {host: ratings}}]\n"),
                   "routes:\n  - {name: last, backends: [{service: web}]}\n",
                   services=native_first)

@@ -1,5 +1,5 @@
 """SMI TrafficSplit / HTTPRouteGroup examples of the smi-spec repository, served by a real
-pyproxy process, plus the two TrafficSplits of the Linkerd labs in ``shared/seeds``.
+pyproxy process, plus the two TrafficSplits of the Linkerd labs (Oracle's Helidon labs).
 
 Each backend Kubernetes service (``website-v1``...) is a native service over an echo
 backend of the same name; the apex service (``website``) selects all of them, as the
@@ -134,7 +134,7 @@ async def test_route_group_path_methods_and_headers(mesh, split_on_the_routes):
     assert headers["x-pyproxy-route"] == "on-the-routes-apex"
 
 
-# The Linkerd labs in shared/seeds (Oracle's "Helidon labs", module "traffic splits"):
+# The Linkerd labs (Oracle's "Helidon labs", module "traffic splits"):
 # a canary that sends nothing to the new version yet, and a 50/50 split onto a fault
 # injector that answers 504 (their nginx returns 504), with the apex itself as a backend.
 LAB_CANARY = """\

@@ -17,28 +17,22 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pyproxy.cli_text.validate import config_to_json, format_summary
+from pyproxy.config.assemble import assemble
+from pyproxy.config.document import Document
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
-from pyproxy.config.parse import Document, parse_documents
-from pyproxy.config.summary import config_to_json, format_summary
+from pyproxy.config.parse import TOP_LEVEL as TOP_LEVEL_SCHEMA
+from pyproxy.config.parse import key_paths
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FUZZ_FILES = settings(FUZZ, max_examples=100)  # each example writes and reads a file
 
-TOP_LEVEL = ["listen", "admin", "debug_headers", "services", "routes", "canaries", "timeouts",
-             "limits", "access_log", "metrics", "apiVersion", "kind"]
-# Keys from every level of the format, so random structures reach deep into the parser.
-KEYS = TOP_LEVEL + [
-    "endpoints", "subsets", "load_balancer", "connection_pool", "outlier_detection",
-    "health_check", "address", "labels", "consistent_hash", "header", "cookie", "source_ip",
-    "name", "hosts", "match", "path", "method", "headers", "query", "cookies", "exact", "prefix",
-    "suffix", "regex", "present", "absent", "backends", "service", "subset", "weight", "sticky",
-    "ttl", "fault", "delay", "fixed", "percent", "abort", "status", "timeout", "retries",
-    "attempts", "retry_on", "status_codes", "backoff", "mirror", "mirrors", "request",
-    "response", "set", "add", "remove", "rewrite", "path_prefix", "path_regex", "pattern",
-    "substitution", "redirect", "direct_response", "body", "route", "primary", "candidate",
-    "step_weight", "step_weights", "checks", "webhooks", "type", "url", "token", "format",
-]
+# Every key the parser accepts, at every level (read from its own schema tables), so random
+# structures reach deep into it; apiVersion and kind make some documents manifests.
+TOP_LEVEL = [*TOP_LEVEL_SCHEMA.keys, "apiVersion", "kind"]
+KEYS = sorted({path.rpartition(".")[2].removesuffix("[]") for path in key_paths()}
+              | set(TOP_LEVEL))
 SCALARS = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.integers()
            | st.floats() | st.text(max_size=12)
            | st.sampled_from(["250ms", "2s", "1h30m", "0s", "500m", "10.0.0.1:80", "web:80",
@@ -99,7 +93,7 @@ def check_outcome(outcome: Any, *, every_error_has_a_key_path: bool) -> None:
 
 def parse(value: Any) -> Any:
     try:
-        return parse_documents([Document("fuzz.yaml", value)], env={"X": "1"})
+        return assemble([Document("fuzz.yaml", value)], env={"X": "1"})
     except ConfigInvalid as invalid:
         return invalid
 

@@ -355,7 +355,8 @@ def test_wrong_types_say_what_was_expected(tmp_path, text, path, message):
                                   "'backends', 'redirect' or 'direct_response'"),
     ("- name: web\n  backends: [{service: web}]\n  match: [{path: {exact: /a, prefix: /}}]\n",
      "routes[0].match[0].path.prefix",
-     "cannot be combined with 'exact': give exactly one of 'exact', 'prefix', 'regex' or 'segment_prefix'"),
+     "cannot be combined with 'exact': give exactly one of 'exact', 'prefix', 'regex' or "
+     "'segment_prefix'"),
     ("- name: web\n  backends: [{service: web}]\n  match: [{headers: {x-a: {}}}]\n",
      "routes[0].match[0].headers.x-a", "needs one of 'exact', 'prefix', 'suffix', 'regex', "
                                        "'present' or 'absent'"),

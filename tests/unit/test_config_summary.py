@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyproxy.config.summary import format_duration, validate_command
+from pyproxy.cli_text.validate import format_duration, validate_command
 
 CONFIG = """\
 listen: 0.0.0.0:8080
@@ -185,10 +185,81 @@ def test_format_duration(seconds, text):
 
 
 def test_summary_shows_inverted_matches_and_fixed_status_backends():
+    from pyproxy.cli_text.validate import _backend_lines, _string_match
     from pyproxy.config.model import Backend, Route, StringMatch
-    from pyproxy.config.summary import _backend_lines, _string_match
 
     assert _string_match(StringMatch("exact", "tester", invert=True)) == "!= tester"
     assert _string_match(StringMatch("prefix", "te", invert=True)) == "not prefix te"
     route = Route("r", backends=(Backend("a"), Backend("gone", direct_status=500)))
     assert "answers 500" in " ".join(_backend_lines(route))
+
+
+# ---------------------------------------------------------------------------- several paths
+
+ALTERNATIVE = "listen: 0.0.0.0:{port}\nservices: {{a: {{endpoints: ['a:80']}}}}\n" \
+              "routes: [{{name: a, backends: [{{service: a}}]}}]\n"
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """A directory of alternative configs: each valid alone, not together (both set listen
+    and define service a and route a)."""
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    (folder / "one.yaml").write_text(ALTERNATIVE.format(port=8080))
+    (folder / "two.yaml").write_text(ALTERNATIVE.format(port=8081))
+    return folder
+
+
+def test_a_directory_is_one_config_and_the_output_says_so(examples, capsys):
+    assert validate_command([str(examples)], as_json=False) == 2
+    err = capsys.readouterr().err
+    assert "is already set at" in err and "is already defined at" in err
+    assert err.splitlines()[-1] == (
+        "invalid: 3 errors (2 files checked as one config, as `pyproxy run -c` reads them; "
+        "--each checks each file on its own)")
+
+
+def test_a_single_file_needs_no_mode_note(config_file, capsys):
+    validate_command([config_file], as_json=False)
+    assert "checked as one config" not in capsys.readouterr().out
+
+
+def test_each_checks_every_file_on_its_own(examples, capsys):
+    assert validate_command([str(examples)], as_json=False, each=True) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"{examples / 'one.yaml'}: valid: 1 file, 1 route, 1 service, 0 canaries, 0 warnings",
+        f"{examples / 'two.yaml'}: valid: 1 file, 1 route, 1 service, 0 canaries, 0 warnings",
+        "2 of 2 configs valid, each file checked on its own",
+    ]
+
+
+def test_each_reports_per_file_and_fails_when_any_file_is_invalid(examples, broken_file,
+                                                                   capsys):
+    code = validate_command([str(examples), broken_file, "missing.yaml"], as_json=False,
+                            each=True)
+    assert code == 2
+    out, err = capsys.readouterr()
+    assert f"{examples / 'one.yaml'}: valid" in out
+    assert f"{broken_file}:1: listen: must be host:port" in err
+    assert f"{broken_file}: invalid: 2 errors" in err
+    assert "missing.yaml: no such file or directory" in err
+    assert err.splitlines()[-1] == "2 of 4 configs valid, each file checked on its own"
+
+
+def test_each_as_json(examples, broken_file, capsys):
+    assert validate_command([str(examples), broken_file], as_json=True, each=True) == 2
+    result = json.loads(capsys.readouterr().out)
+    assert result["valid"] is False
+    assert [(item["path"], item["valid"]) for item in result["each"]] == [
+        (str(examples / "one.yaml"), True), (str(examples / "two.yaml"), True),
+        (broken_file, False)]
+    assert result["each"][0]["routes"][0]["name"] == "a"
+
+
+def test_python_m_pyproxy_validate_each(examples):
+    done = subprocess.run([sys.executable, "-m", "pyproxy", "validate", "--each",
+                           str(examples)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "2 of 2 configs valid, each file checked on its own"

@@ -34,7 +34,7 @@ LAYERS = [
     ("edges", ["server", "workers", "control", "admin", "reload", "canary", "demo",
                "discovery",
                "supervisor", "shared_state"]),  # old: now workers.supervisor, .shared_state
-    ("entry", ["cli", "__main__"]),
+    ("entry", ["cli", "cli_text", "__main__"]),
 ]
 
 # The logic packages that must not import one another (rule 2).

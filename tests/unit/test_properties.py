@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,7 +51,9 @@ def _head(path="/", headers=()):
 
 @given(text, text)
 def test_string_matchers_agree_with_their_definitions(value, extra):
-    header = lambda m: compile_match(Match(headers=(("x", m),)))
+    def header(m: StringMatch) -> Callable[[RequestHead], bool]:
+        return compile_match(Match(headers=(("x", m),)))
+
     assert header(StringMatch("exact", value))(_head(headers=[("x", value)]))
     assert header(StringMatch("prefix", value))(_head(headers=[("x", value + extra)]))
     assert header(StringMatch("suffix", value))(_head(headers=[("x", extra + value)]))

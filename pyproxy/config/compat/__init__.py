@@ -1,6 +1,6 @@
-"""Istio, SMI and Gateway API manifests → the native model (SPEC §2 "Mesh manifests").
+"""Istio, SMI and Gateway API manifests → the native model (docs/compat.md).
 
-``config.parse`` hands every document with ``apiVersion`` and ``kind`` to
+``config.assemble`` hands every document with ``apiVersion`` and ``kind`` to
 :func:`import_manifests`, after the native ``services:`` and ``routes:`` are read: a
 manifest names Kubernetes services, and their endpoints come from the native ``services:``
 block (``NAME`` also answers ``NAME.NS``, ``NAME.NS.svc`` and ``NAME.NS.svc.cluster.local``;
@@ -22,19 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from pyproxy.config.compat import gateway_api, istio, smi
 from pyproxy.config.compat.common import (
     ImportContext,
     ImportedRoute,
     Manifest,
     Report,
-    _describe,
 )
+from pyproxy.config.document import Document, describe
 from pyproxy.config.model import Service
-
-if TYPE_CHECKING:
-    from pyproxy.config.parse import Document
 
 __all__ = ["ImportResult", "ImportedRoute", "import_manifests"]
 
@@ -57,7 +54,7 @@ _NOT_ROUTING = {
                                              "is allowed",
     (SMI_SPECS, "TCPRoute"): "pyproxy routes HTTP only",
     (SMI_SPECS, "UDPRoute"): "pyproxy routes HTTP only",
-    ("metrics.smi-spec.io", "TrafficMetrics"): "metrics are pyproxy's own (SPEC §4)",
+    ("metrics.smi-spec.io", "TrafficMetrics"): "metrics are pyproxy's own (docs/metrics.md)",
     (GATEWAY_API, "GatewayClass"): "pyproxy itself is the gateway implementation",
     (GATEWAY_API, "GRPCRoute"): "pyproxy routes HTTP/1.1, not gRPC",
     (GATEWAY_API, "TCPRoute"): "pyproxy routes HTTP only",
@@ -83,8 +80,6 @@ def import_manifests(
     documents: Sequence[Document], *, services: Mapping[str, Service],
     declared_services: set[str], taken_route_names: set[str], report: Report,
 ) -> ImportResult:
-    from pyproxy.config.compat import gateway_api, istio, smi  # one module per family
-
     ctx = ImportContext(dict(services), set(declared_services), set(taken_route_names), report)
     families: dict[str, list[Manifest]] = {"istio": [], "smi": [], "gateway_api": []}
     manifests = [m for m in (_manifest(ctx, document) for document in documents) if m]
@@ -145,19 +140,19 @@ def _manifest(ctx: ImportContext, document: Document) -> Manifest | None:
     bad = None
     if not isinstance(api_version, str) or not api_version:
         bad = ("apiVersion", f"must be a string such as networking.istio.io/v1, got "
-                             f"{_describe(api_version)}")
+                             f"{describe(api_version)}")
     elif not isinstance(kind, str) or not kind:
-        bad = ("kind", f"must be a string such as VirtualService, got {_describe(kind)}")
+        bad = ("kind", f"must be a string such as VirtualService, got {describe(kind)}")
     metadata = value.get("metadata")
     if bad is None and not isinstance(metadata, dict):
         bad = ("metadata", "must be a mapping with at least a name")
     elif bad is None and (not isinstance(metadata.get("name"), str) or not metadata["name"]):
         bad = ("metadata.name", f"must be a non-empty string, got "
-                                f"{_describe(metadata.get('name'))}")
+                                f"{describe(metadata.get('name'))}")
     elif bad is None and metadata.get("namespace") is not None and not isinstance(
             metadata.get("namespace"), str):
         bad = ("metadata.namespace", f"must be a string, got "
-                                     f"{_describe(metadata.get('namespace'))}")
+                                     f"{describe(metadata.get('namespace'))}")
     if bad is not None:
         report_path, message = bad
         ctx.report("error", document, report_path, message)

@@ -16,18 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
+from pyproxy.config.document import Document, Severity, describe
 from pyproxy.config.model import Route, Service, kubernetes_short_name
 
-# One wording for "got ..." in every config message (parse does not import compat at
-# module level, so this is no cycle).
-from pyproxy.config.parse import _describe
-
-if TYPE_CHECKING:  # only the shape is needed: source, value, line(path)
-    from pyproxy.config.parse import Document
-
-Report = Callable[[str, "Document", str, str], None]  # severity, document, key path, message
+Report = Callable[[Severity, Document, str, str], None]  # severity, document, key path, message
 
 
 class Invalid(Exception):
@@ -182,7 +176,7 @@ def is_host(host: str) -> bool:
     return host == "*" or _HOST.fullmatch(host) is not None
 
 
-def intersect_hosts(route: str | None, listener: str | None) -> str | bool | None:
+def intersect_hosts(route: str | None, listener: str | None) -> str | Literal[False] | None:
     """The hostname both allow: ``route`` (a route's or VirtualService's hostname) against a
     listener's (a Gateway's). ``None`` means "any host"; ``False``: they do not intersect."""
     if listener is None or listener == "*":
@@ -252,7 +246,7 @@ class Node:
         its reason; ``ignored`` keys are accepted without effect (documented); any other key
         is warned about as unknown. Null values count as absent."""
         if not isinstance(self.value, dict):
-            raise self.error(f"must be a mapping, got {_describe(self.value)}")
+            raise self.error(f"must be a mapping, got {describe(self.value)}")
         handled, unsupported, ignored = set(handled), unsupported or {}, set(ignored)
         present: dict[str, Node] = {}
         for key, value in self.value.items():
@@ -278,7 +272,7 @@ class Node:
         if self.value is None:
             return []
         if not isinstance(self.value, list):
-            raise self.error(f"must be a list, got {_describe(self.value)}")
+            raise self.error(f"must be a list, got {describe(self.value)}")
         return [Node(self.m, item, f"{self.path}[{index}]", self.ctx)
                 for index, item in enumerate(self.value)]
 
@@ -287,7 +281,7 @@ class Node:
         if self.value is None:
             return []
         if not isinstance(self.value, dict):
-            raise self.error(f"must be a mapping, got {_describe(self.value)}")
+            raise self.error(f"must be a mapping, got {describe(self.value)}")
         return [(str(key), self.key(key)) for key in self.value]
 
     # ------------------------------------------------------------------ scalars
@@ -295,7 +289,7 @@ class Node:
     def text(self, *, empty: bool = False) -> str:
         value = self.value
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise self.error(f"must be a string, got {_describe(value)}")
+            raise self.error(f"must be a string, got {describe(value)}")
         text = value if isinstance(value, str) else str(value)
         if not text and not empty:
             raise self.error("must not be empty")
@@ -309,7 +303,7 @@ class Node:
         if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"must be a whole number, got {_describe(self.value)}")
+            raise self.error(f"must be a whole number, got {describe(self.value)}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             bounds = (f"from {minimum} to {maximum}" if maximum is not None
                       else f"{minimum} or more")
@@ -323,10 +317,10 @@ class Node:
                 raise ValueError
             number = float(value)
         except ValueError:
-            raise self.error(f"must be a number, got {_describe(value)}") from None
+            raise self.error(f"must be a number, got {describe(value)}") from None
         if number != number or (minimum is not None and number < minimum) or (
                 maximum is not None and number > maximum):
-            raise self.error(f"must be a number from {minimum} to {maximum}, got {_describe(value)}")
+            raise self.error(f"must be a number from {minimum} to {maximum}, got {describe(value)}")
         return number
 
     def boolean(self) -> bool:
@@ -334,27 +328,28 @@ class Node:
             return self.value
         if isinstance(self.value, str) and self.value.lower() in ("true", "false"):
             return self.value.lower() == "true"
-        raise self.error(f"must be true or false, got {_describe(self.value)}")
+        raise self.error(f"must be true or false, got {describe(self.value)}")
 
     def duration(self, *, zero: bool = False) -> float:
         """Seconds from a duration such as ``2.5s``, ``100ms`` or ``1h30m``."""
         seconds = parse_go_duration(self.value) if isinstance(self.value, str) else None
         if seconds is None:
             raise self.error(f"must be a duration such as '2.5s' or '100ms', got "
-                             f"{_describe(self.value)}")
+                             f"{describe(self.value)}")
         if seconds <= 0 and not zero:
-            raise self.error(f"must be more than 0s, got {_describe(self.value)}")
+            raise self.error(f"must be more than 0s, got {describe(self.value)}")
         return seconds
 
     def choice(self, *choices: str) -> str:
-        if self.value not in choices:
-            raise self.error(f"must be one of {', '.join(choices)}, got {_describe(self.value)}")
-        return self.value
+        for choice in choices:
+            if self.value == choice:
+                return choice
+        raise self.error(f"must be one of {', '.join(choices)}, got {describe(self.value)}")
 
     def header_name(self) -> str:
         name = self.text()
         if not _TOKEN.fullmatch(name):
-            raise self.error(f"must be a header name, got {_describe(name)}")
+            raise self.error(f"must be a header name, got {describe(name)}")
         return name.lower()
 
     def header_value(self) -> str:
@@ -366,7 +361,7 @@ class Node:
     def method(self) -> str:
         method = self.text().upper()
         if not _TOKEN.fullmatch(method):
-            raise self.error(f"must be an HTTP method such as GET, got {_describe(self.value)}")
+            raise self.error(f"must be an HTTP method such as GET, got {describe(self.value)}")
         return method
 
     def regex(self) -> str:
@@ -380,12 +375,12 @@ class Node:
     def url_path(self) -> str:
         path = self.text()
         if not path.startswith("/"):
-            raise self.error(f"must start with '/', got {_describe(path)}")
+            raise self.error(f"must start with '/', got {describe(path)}")
         return path
 
     def host(self) -> str:
         host = self.text().strip().lower().rstrip(".")
         if not is_host(host):
             raise self.error(f"must be a host name (without port), optionally '*.' for any "
-                             f"subdomain, got {_describe(self.value)}")
+                             f"subdomain, got {describe(self.value)}")
         return host

@@ -30,7 +30,7 @@ rule with no backendRefs and no redirect answers 500.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from pyproxy.config.compat.common import (
     ImportContext,
@@ -49,6 +49,7 @@ from pyproxy.config.model import (
     Match,
     Mirror,
     PathMatch,
+    PathMatchKind,
     Redirect,
     Retries,
     Rewrite,
@@ -77,7 +78,7 @@ class _Listener:
 class _Entry:
     """One match of one rule, with what orders it and the action it shares with its rule."""
 
-    key: tuple
+    key: tuple[object, ...]  # Gateway API precedence, compared element by element
     route: Manifest
     rule: int
     match_index: int
@@ -90,7 +91,7 @@ class _Entry:
 
 def import_gateway_api(ctx: ImportContext, manifests: list[Manifest]) -> None:
     gateways: dict[tuple[str, str], list[_Listener]] = {}
-    grants: list[tuple[Manifest, dict]] = []
+    grants: list[tuple[Manifest, _Grant]] = []
     for m in manifests:
         try:
             if m.kind == "Gateway":
@@ -169,7 +170,12 @@ def _gateway(ctx: ImportContext, m: Manifest) -> list[_Listener]:
     return listeners
 
 
-def _grant(ctx: ImportContext, m: Manifest) -> dict:
+# A ReferenceGrant's "from" (group, kind, namespace) and "to" (group, kind, name) entries,
+# as written: the values are only compared, so any odd type simply matches nothing.
+_Grant = dict[str, list[tuple[Any, Any, Any]]]
+
+
+def _grant(ctx: ImportContext, m: Manifest) -> _Grant:
     spec = m.spec(ctx).fields(["from", "to"])
     froms = [(i.key("group").value or "", i.key("kind").value, i.key("namespace").value)
              for i in (spec["from"].items() if "from" in spec else [])]
@@ -178,7 +184,7 @@ def _grant(ctx: ImportContext, m: Manifest) -> dict:
     return {"from": froms, "to": tos}
 
 
-def _granted(grants: list[tuple[Manifest, dict]], route: Manifest, namespace: str,
+def _granted(grants: list[tuple[Manifest, _Grant]], route: Manifest, namespace: str,
              name: str) -> bool:
     for m, grant in grants:
         if m.namespace != namespace:
@@ -197,7 +203,7 @@ def _granted(grants: list[tuple[Manifest, dict]], route: Manifest, namespace: st
 
 def _http_route(ctx: ImportContext, m: Manifest, base: str,
                 gateways: dict[tuple[str, str], list[_Listener]],
-                grants: list[tuple[Manifest, dict]], ports: dict[int, Manifest]
+                grants: list[tuple[Manifest, _Grant]], ports: dict[int, Manifest]
                 ) -> list[_Entry]:
     spec = m.spec(ctx).fields(["parentRefs", "hostnames", "rules"], {
         "useDefaultGateways": "pyproxy is the only gateway; parentRefs decide the hostnames",
@@ -224,14 +230,14 @@ def _http_route(ctx: ImportContext, m: Manifest, base: str,
 
 def _attach(ctx: ImportContext, m: Manifest, spec: dict[str, Node], own: tuple[str, ...],
             gateways: dict[tuple[str, str], list[_Listener]]
-            ) -> tuple[frozenset[str] | None, int | None] | tuple[bool, None]:
+            ) -> tuple[frozenset[str] | None, int | None] | tuple[Literal[False], None]:
     """The hosts the route answers for (None: any) and, when all its listeners share one,
     the listener port; (False, None) when it is attached to nothing."""
     hosts: set[str] = set()
     any_host = False
     ports: set[int | None] = set()
     attached = False
-    own_set = list(own) or [None]
+    own_set: list[str | None] = [*own] or [None]
     refs = spec["parentRefs"].items() if "parentRefs" in spec else []
     if not refs:
         ctx.warn(m, "spec", "has no parentRefs: Kubernetes would attach it to nothing; "
@@ -272,9 +278,9 @@ def _attach(ctx: ImportContext, m: Manifest, spec: dict[str, Node], own: tuple[s
             continue
         candidates = listeners
         if "sectionName" in fields:
-            candidates = [l for l in candidates if l.name == fields["sectionName"].text()]
+            candidates = [li for li in candidates if li.name == fields["sectionName"].text()]
         if "port" in fields:
-            candidates = [l for l in candidates if l.port == fields["port"].integer(1, 65535)]
+            candidates = [li for li in candidates if li.port == fields["port"].integer(1, 65535)]
         if not candidates:
             ref.warn(f"Gateway {name!r} has no such listener: the route is not attached to it")
             continue
@@ -305,7 +311,8 @@ def _attach(ctx: ImportContext, m: Manifest, spec: dict[str, Node], own: tuple[s
     return (None if any_host else frozenset(hosts)), port
 
 
-def _host_groups(hosts: frozenset[str] | None) -> list[tuple[tuple, tuple[str, ...]]]:
+def _host_groups(hosts: frozenset[str] | None
+                 ) -> list[tuple[tuple[int, int], tuple[str, ...]]]:
     """Hosts by precedence class: exact names, each wildcard length, any host."""
     if hosts is None:
         return [((2, 0), ())]
@@ -321,8 +328,8 @@ def _host_groups(hosts: frozenset[str] | None) -> list[tuple[tuple, tuple[str, .
 
 
 def _rule(ctx: ImportContext, m: Manifest, base: str, index: int, rule: Node,
-          hosts: frozenset[str] | None, port: int | None, created: tuple,
-          grants: list[tuple[Manifest, dict]]) -> list[_Entry]:
+          hosts: frozenset[str] | None, port: int | None, created: tuple[int, str],
+          grants: list[tuple[Manifest, _Grant]]) -> list[_Entry]:
     fields = rule.fields(["name", "matches", "filters", "backendRefs", "timeouts", "retry",
                           "sessionPersistence"])
     label = f"{base}-{fields['name'].text() if 'name' in fields else index}"
@@ -333,6 +340,7 @@ def _rule(ctx: ImportContext, m: Manifest, base: str, index: int, rule: Node,
     for group_index, (host_key, group_hosts) in enumerate(_host_groups(hosts)):
         for match_index, (match, kind) in enumerate(matches):
             path = match.path
+            assert path is not None  # _matches gives every match a path (PathPrefix / at least)
             if kind == "Exact":
                 path_key = (0, -len(path.value))
             elif kind == "RegularExpression":
@@ -394,9 +402,11 @@ def _match(node: Node) -> tuple[Match, str]:
         if "type" in path:
             kind = path["type"].choice("Exact", "PathPrefix", "RegularExpression")
         if "value" in path:
-            value = path["value"].regex() if kind == "RegularExpression" else path["value"].url_path()
-    model_kind = {"Exact": "exact", "PathPrefix": "segment_prefix",
-                  "RegularExpression": "regex"}[kind]
+            value = (path["value"].regex() if kind == "RegularExpression"
+                     else path["value"].url_path())
+    kinds: dict[str, PathMatchKind] = {"Exact": "exact", "PathPrefix": "segment_prefix",
+                                       "RegularExpression": "regex"}
+    model_kind = kinds[kind]
     headers = _pairs(fields.get("headers"), lower=True)
     query = _pairs(fields.get("queryParams"), lower=False)
     methods = (fields["method"].method(),) if "method" in fields else ()
@@ -430,7 +440,7 @@ def _pairs(node: Node | None, lower: bool) -> tuple[tuple[str, StringMatch], ...
 
 def _action(ctx: ImportContext, m: Manifest, fields: dict[str, Node],
             matches: list[tuple[Match, str]], port: int | None,
-            grants: list[tuple[Manifest, dict]]) -> dict[str, Any]:
+            grants: list[tuple[Manifest, _Grant]]) -> dict[str, Any]:
     action: dict[str, Any] = {}
     request, response = HeaderChanges(), HeaderChanges()
     seen: set[str] = set()
@@ -583,7 +593,7 @@ def _rewrite(node: Node, matches: list[tuple[Match, str]]) -> Rewrite:
 
 
 def _reference(ctx: ImportContext, m: Manifest, node: Node,
-               grants: list[tuple[Manifest, dict]]) -> tuple[str | None, str, str | None]:
+               grants: list[tuple[Manifest, _Grant]]) -> tuple[str | None, str, str | None]:
     """(native service or None, a name for it, why it is invalid or None)."""
     fields = node.fields(["group", "kind", "name", "namespace", "port", "weight", "filters"])
     if "name" not in fields:
@@ -607,12 +617,12 @@ def _reference(ctx: ImportContext, m: Manifest, node: Node,
     return service, service, None
 
 
-def _backends(ctx: ImportContext, m: Manifest, node: Node, grants: list[tuple[Manifest, dict]]
+def _backends(ctx: ImportContext, m: Manifest, node: Node, grants: list[tuple[Manifest, _Grant]]
               ) -> tuple[tuple[Backend, ...], HeaderChanges]:
     backends: list[Backend] = []
     responses: list[HeaderChanges] = []
     for item in node.items():
-        service, name, problem = _reference(ctx, m, item, grants)
+        _, name, problem = _reference(ctx, m, item, grants)
         weight = float(item.key("weight").integer(0, 1_000_000)) if item.key(
             "weight").value is not None else 1.0
         request = response = HeaderChanges()
@@ -659,12 +669,12 @@ def _backends(ctx: ImportContext, m: Manifest, node: Node, grants: list[tuple[Ma
 
 
 def _mirror(ctx: ImportContext, m: Manifest, node: Node,
-            grants: list[tuple[Manifest, dict]]) -> Mirror | None:
+            grants: list[tuple[Manifest, _Grant]]) -> Mirror | None:
     fields = node.fields(["backendRef", "percent", "fraction"])
     if "backendRef" not in fields:
         raise node.error("needs a backendRef")
     service, name, problem = _reference(ctx, m, fields["backendRef"], grants)
-    if problem is not None:
+    if problem is not None or service is None:
         node.warn(f"mirror to {name!r} is dropped: {problem}")
         return None
     percent = 100.0
@@ -741,8 +751,9 @@ def _session_persistence(node: Node, m: Manifest) -> Sticky | None:
     name = name_node.text() if name_node is not None else f"pyproxy-{m.name}"
     if "lifetimeType" in spec and spec["lifetimeType"].choice("Session", "Permanent") == \
             "Session":
+        max_age = "absoluteTimeout" if "absoluteTimeout" in fields else "1h"
         spec["lifetimeType"].warn("Session is not honoured: pyproxy's sticky cookie has a "
-                                  f"Max-Age ({'absoluteTimeout' if 'absoluteTimeout' in fields else '1h'})")
+                                  f"Max-Age ({max_age})")
     if any(c in name for c in "/ ;=,"):
         raise (name_node or node).error(f"must be a cookie name, got {name!r}")
     return Sticky(cookie=StickyCookie(name, ttl))

@@ -27,6 +27,7 @@ import base64
 import binascii
 import re
 from dataclasses import replace
+from typing import Any, Literal, TypedDict
 
 from pyproxy.config.compat.common import (
     ImportContext,
@@ -35,7 +36,6 @@ from pyproxy.config.compat.common import (
     Node,
     intersect_hosts,
     is_host,
-    kubernetes_short_name,
     qualified_names,
 )
 from pyproxy.config.model import (
@@ -54,12 +54,15 @@ from pyproxy.config.model import (
     Mirror,
     OutlierDetection,
     PathMatch,
+    PathMatchKind,
     Redirect,
     Retries,
     Rewrite,
     Route,
     Service,
     StringMatch,
+    StringMatchKind,
+    kubernetes_short_name,
 )
 
 # Methods a prefix or regex method match is expanded over (pyproxy matches a method list).
@@ -253,6 +256,14 @@ def _apply_rule(ctx: ImportContext, m: Manifest, name: str, applied: dict[str, M
     ctx.services[name] = service
 
 
+class _PolicyChanges(TypedDict, total=False):
+    """What a DestinationRule's trafficPolicy changes on the native service."""
+
+    load_balancer: LoadBalancer
+    connection_pool: ConnectionPool
+    outlier_detection: OutlierDetection
+
+
 def _traffic_policy(ctx: ImportContext, node: Node, service: Service) -> Service:
     fields = node.fields(["loadBalancer", "connectionPool", "outlierDetection", "tls",
                           "retryBudget"], {
@@ -260,7 +271,7 @@ def _traffic_policy(ctx: ImportContext, node: Node, service: Service) -> Service
         "tunnel": "pyproxy does not tunnel upstream connections",
         "proxyProtocol": "pyproxy does not send the PROXY protocol upstream",
     })
-    changes = {}
+    changes: _PolicyChanges = {}
     if "loadBalancer" in fields:
         changes["load_balancer"] = _load_balancer(fields["loadBalancer"])
     if "connectionPool" in fields:
@@ -293,6 +304,10 @@ def _traffic_policy(ctx: ImportContext, node: Node, service: Service) -> Service
 _POLICY_FIELD = {"load_balancer": "loadBalancer", "connection_pool": "connectionPool",
                  "outlier_detection": "outlierDetection"}
 
+_SIMPLE_BALANCERS: dict[str, Literal["round_robin", "least_request", "random"]] = {
+    "UNSPECIFIED": "round_robin", "ROUND_ROBIN": "round_robin", "PASSTHROUGH": "round_robin",
+    "RANDOM": "random", "LEAST_CONN": "least_request", "LEAST_REQUEST": "least_request"}
+
 
 def _load_balancer(node: Node) -> LoadBalancer:
     fields = node.fields(["simple", "consistentHash", "localityLbSetting"], {
@@ -314,8 +329,7 @@ def _load_balancer(node: Node) -> LoadBalancer:
         if simple == "PASSTHROUGH":
             fields["simple"].warn("PASSTHROUGH is not honoured: pyproxy balances over the "
                                   "service's endpoints (round robin)")
-        return LoadBalancer({"RANDOM": "random", "LEAST_CONN": "least_request",
-                             "LEAST_REQUEST": "least_request"}.get(simple, "round_robin"))
+        return LoadBalancer(_SIMPLE_BALANCERS[simple])
     return LoadBalancer()
 
 
@@ -349,7 +363,6 @@ def _consistent_hash(node: Node) -> LoadBalancer:
 
 def _connection_pool(node: Node, pool: ConnectionPool) -> ConnectionPool:
     fields = node.fields(["tcp", "http"])
-    changes = {}
     if "tcp" in fields:
         tcp = fields["tcp"].fields(["maxConnections", "connectTimeout"], {
             "tcpKeepalive": "pyproxy does not set TCP keepalive on upstream connections",
@@ -357,9 +370,9 @@ def _connection_pool(node: Node, pool: ConnectionPool) -> ConnectionPool:
             "idleTimeout": "use connectionPool.http.idleTimeout (pyproxy's pool idle_timeout)",
         })
         if "maxConnections" in tcp and tcp["maxConnections"].integer() > 0:
-            changes["max_connections"] = tcp["maxConnections"].integer()
+            pool = replace(pool, max_connections=tcp["maxConnections"].integer())
         if "connectTimeout" in tcp:
-            changes["connect_timeout"] = tcp["connectTimeout"].duration()
+            pool = replace(pool, connect_timeout=tcp["connectTimeout"].duration())
     if "http" in fields:
         http = fields["http"].fields([
             "http1MaxPendingRequests", "http2MaxRequests", "maxRetries", "idleTimeout",
@@ -367,13 +380,16 @@ def _connection_pool(node: Node, pool: ConnectionPool) -> ConnectionPool:
             "maxConcurrentStreams": "an HTTP/2 setting; pyproxy speaks HTTP/1.1 upstream",
             "http2KeepAlive": "an HTTP/2 setting; pyproxy speaks HTTP/1.1 upstream",
         })
-        for key, field_name in (("http1MaxPendingRequests", "max_pending_requests"),
-                                ("http2MaxRequests", "max_requests"),
-                                ("maxRetries", "max_retries")):
-            if key in http and http[key].integer() > 0:  # 0: unset (Istio's default)
-                changes[field_name] = http[key].integer()
+        # 0: unset (Istio's default)
+        if "http1MaxPendingRequests" in http and http["http1MaxPendingRequests"].integer() > 0:
+            pool = replace(pool,
+                           max_pending_requests=http["http1MaxPendingRequests"].integer())
+        if "http2MaxRequests" in http and http["http2MaxRequests"].integer() > 0:
+            pool = replace(pool, max_requests=http["http2MaxRequests"].integer())
+        if "maxRetries" in http and http["maxRetries"].integer() > 0:
+            pool = replace(pool, max_retries=http["maxRetries"].integer())
         if "idleTimeout" in http:
-            changes["idle_timeout"] = http["idleTimeout"].duration()
+            pool = replace(pool, idle_timeout=http["idleTimeout"].duration())
         if "maxRequestsPerConnection" in http and http["maxRequestsPerConnection"].integer() > 0:
             http["maxRequestsPerConnection"].warn(
                 "maxRequestsPerConnection is not honoured: pyproxy reuses an upstream "
@@ -381,7 +397,7 @@ def _connection_pool(node: Node, pool: ConnectionPool) -> ConnectionPool:
         if "h2UpgradePolicy" in http and http["h2UpgradePolicy"].value == "UPGRADE":
             http["h2UpgradePolicy"].warn("UPGRADE is not honoured: pyproxy speaks HTTP/1.1 "
                                          "upstream")
-    return replace(pool, **changes)
+    return pool
 
 
 def _outlier_detection(node: Node) -> OutlierDetection:
@@ -397,26 +413,29 @@ def _outlier_detection(node: Node) -> OutlierDetection:
     })
     # Istio's defaults (Envoy's): 5 consecutive 5xx, swept every 10s, ejected for 30s,
     # at most 10% of the endpoints (pyproxy: at least one, see resilience.outlier).
-    values = {"consecutive_5xx": 5, "max_ejection_percent": 10.0}
+    outlier = OutlierDetection(consecutive_5xx=5, max_ejection_percent=10.0)
     if "consecutive5xxErrors" in fields:
-        values["consecutive_5xx"] = fields["consecutive5xxErrors"].integer(0)
+        outlier = replace(outlier, consecutive_5xx=fields["consecutive5xxErrors"].integer(0))
     if "consecutiveGatewayErrors" in fields:
-        values["consecutive_gateway_errors"] = fields["consecutiveGatewayErrors"].integer(0)
+        outlier = replace(outlier, consecutive_gateway_errors=fields[
+            "consecutiveGatewayErrors"].integer(0))
     if "consecutiveErrors" in fields:
         fields["consecutiveErrors"].warn(
             "consecutiveErrors is deprecated: read as consecutiveGatewayErrors (502, 503, 504 "
             "and connection failures), as it was documented; current Istio ignores it")
         if "consecutiveGatewayErrors" not in fields:
-            values["consecutive_gateway_errors"] = fields["consecutiveErrors"].integer(0)
+            outlier = replace(outlier, consecutive_gateway_errors=fields[
+                "consecutiveErrors"].integer(0))
     if "interval" in fields:
-        values["interval"] = fields["interval"].duration()
+        outlier = replace(outlier, interval=fields["interval"].duration())
     if "baseEjectionTime" in fields:
-        values["base_ejection_time"] = fields["baseEjectionTime"].duration()
+        outlier = replace(outlier, base_ejection_time=fields["baseEjectionTime"].duration())
     if "maxEjectionPercent" in fields and fields["maxEjectionPercent"].integer(0, 100) > 0:
-        values["max_ejection_percent"] = float(fields["maxEjectionPercent"].integer(0, 100))
+        outlier = replace(outlier, max_ejection_percent=float(
+            fields["maxEjectionPercent"].integer(0, 100)))
     if "minHealthPercent" in fields:
-        values["panic_threshold"] = float(fields["minHealthPercent"].integer(0, 100))
-    outlier = OutlierDetection(**values)
+        outlier = replace(outlier, panic_threshold=float(
+            fields["minHealthPercent"].integer(0, 100)))
     if outlier.base_ejection_time > outlier.max_ejection_time:
         outlier = replace(outlier, max_ejection_time=outlier.base_ejection_time)
     return outlier
@@ -441,9 +460,10 @@ def _virtual_service(ctx: ImportContext, m: Manifest, base: str,
                                "Istio's merge is undefined outside gateways")
         hosts_seen.setdefault(host, m)
     if "gateways" in spec:
-        hosts = _gateway_bound_hosts(ctx, m, spec["gateways"], hosts, gateways)
-        if hosts is None:
+        bound = _gateway_bound_hosts(ctx, m, spec["gateways"], hosts, gateways)
+        if bound is None:
             return
+        hosts = bound
     rules = spec["http"].items() if "http" in spec else []
     if not rules:
         ctx.warn(m, "spec", "has no http rules: it routes nothing for pyproxy")
@@ -505,8 +525,8 @@ def _gateway_bound_hosts(ctx: ImportContext, m: Manifest, node: Node, hosts: tup
     names = [item.text() for item in node.items()]
     if not names or "mesh" in names:
         return hosts  # sidecar traffic: the VirtualService's own hosts
-    result: set[str | None] = set()
-    for item, name in zip(node.items(), names):
+    result: set[str | None] = set()  # None: any host
+    for item, name in zip(node.items(), names, strict=True):
         namespace, _, gateway = name.rpartition("/")
         key = (namespace or m.namespace, gateway)
         if key not in gateways:
@@ -523,7 +543,7 @@ def _gateway_bound_hosts(ctx: ImportContext, m: Manifest, node: Node, hosts: tup
         return None
     if None in result:
         return ()
-    return tuple(sorted(_native_host(ctx, h) for h in result))
+    return tuple(sorted(_native_host(ctx, h) for h in result if h is not None))
 
 
 def _delegated(ctx: ImportContext, m: Manifest, rule: Node, base: str, hosts: tuple[str, ...],
@@ -578,7 +598,7 @@ def _rule(ctx: ImportContext, m: Manifest, rule: Node, name: str, hosts: tuple[s
     if root_matches:
         matches = tuple(_merge_match(root, own) for root in root_matches
                         for own in (matches or (Match(),)))
-    values: dict = {"name": ctx.route_name(m, rule.path, name), "hosts": hosts,
+    values: dict[str, Any] = {"name": ctx.route_name(m, rule.path, name), "hosts": hosts,
                     "matches": matches}
     response_headers = HeaderChanges()
     if "route" in fields:
@@ -612,7 +632,9 @@ def _rule(ctx: ImportContext, m: Manifest, rule: Node, name: str, hosts: tuple[s
 def _merge_match(root: Match, own: Match) -> Match:
     """A delegate's match within its root's: the delegate's conditions win where both set
     one (Istio requires the delegate's to be the narrower)."""
-    def merged(first, second):
+    def merged(first: tuple[tuple[str, StringMatch], ...],
+               second: tuple[tuple[str, StringMatch], ...]
+               ) -> tuple[tuple[str, StringMatch], ...]:
         names = {name for name, _ in second}
         return tuple(pair for pair in first if pair[0] not in names) + second
 
@@ -632,7 +654,9 @@ def _string_match(node: Node, *, invert: bool = False) -> StringMatch:
     fields = node.fields(["exact", "prefix", "regex"])
     if len(fields) != 1:
         raise node.error("needs exactly one of exact, prefix or regex")
-    kind, value = next(iter(fields.items()))
+    name, value = next(iter(fields.items()))
+    kind: StringMatchKind = "regex" if name == "regex" else "prefix" if name == "prefix" \
+        else "exact"
     text = value.regex() if kind == "regex" else value.text(empty=True)
     return StringMatch(kind, text, invert=invert)
 
@@ -659,7 +683,9 @@ def _match(node: Node) -> Match | None:
         if uri.kind == "present":
             raise fields["uri"].error("needs exactly one of exact, prefix or regex")
         ignore_case = "ignoreUriCase" in fields and fields["ignoreUriCase"].boolean()
-        path = PathMatch(uri.kind, uri.value, ignore_case and uri.kind != "regex")
+        kind: PathMatchKind = "regex" if uri.kind == "regex" else "prefix" \
+            if uri.kind == "prefix" else "exact"
+        path = PathMatch(kind, uri.value, ignore_case and kind != "regex")
     methods: tuple[str, ...] = ()
     if "method" in fields:
         method = _string_match(fields["method"])
@@ -803,7 +829,7 @@ def _join(first: HeaderChanges, second: HeaderChanges) -> HeaderChanges:
 def _redirect(node: Node, matches: tuple[Match, ...]) -> Redirect:
     fields = node.fields(["uri", "authority", "port", "derivePort", "scheme", "redirectCode",
                           "prefixRewrite"])
-    values: dict = {"status": 301}
+    values: dict[str, Any] = {"status": 301}
     if "uri" in fields and "prefixRewrite" in fields:
         raise fields["prefixRewrite"].error("cannot be combined with uri: give one")
     if "uri" in fields:
@@ -859,7 +885,7 @@ def _direct_response(node: Node) -> DirectResponse:
 
 def _rewrite(node: Node) -> Rewrite:
     fields = node.fields(["uri", "authority", "uriRegexRewrite"])
-    values: dict = {}
+    values: dict[str, Any] = {}
     if "uri" in fields and "uriRegexRewrite" in fields:
         raise fields["uriRegexRewrite"].error("cannot be combined with uri: give one")
     if "uri" in fields:
@@ -895,7 +921,8 @@ _GRPC_RETRY_ON = {"cancelled", "deadline-exceeded", "internal", "resource-exhaus
 def _retries(node: Node) -> Retries:
     fields = node.fields(["attempts", "perTryTimeout", "retryOn", "retryIgnorePreviousHosts",
                           "retryRemoteLocalities", "backoff"])
-    values: dict = {"attempts": fields["attempts"].integer(0) if "attempts" in fields else 0}
+    values: dict[str, Any] = {
+        "attempts": fields["attempts"].integer(0) if "attempts" in fields else 0}
     if "attempts" not in fields:
         node.warn("has no attempts: Istio then makes none (retries off)")
     if "perTryTimeout" in fields:
@@ -993,8 +1020,8 @@ def _mirrors(ctx: ImportContext, fields: dict[str, Node]) -> tuple[Mirror, ...]:
         spec = item.fields(["destination", "percentage"])
         if "destination" not in spec:
             raise item.error("needs a destination")
-        percent = _percentage(spec)
-        mirrors.append(_mirror(ctx, spec["destination"], 100.0 if percent is None else percent))
+        share = _percentage(spec)
+        mirrors.append(_mirror(ctx, spec["destination"], 100.0 if share is None else share))
     return tuple(mirror for mirror in mirrors if mirror is not None)
 
 

@@ -21,10 +21,16 @@ from pyproxy.config.compat.common import (
     Invalid,
     Manifest,
     Node,
-    kubernetes_short_name,
     qualified_names,
 )
-from pyproxy.config.model import Backend, Match, PathMatch, Route, StringMatch
+from pyproxy.config.model import (
+    Backend,
+    Match,
+    PathMatch,
+    Route,
+    StringMatch,
+    kubernetes_short_name,
+)
 
 
 def import_smi(ctx: ImportContext, manifests: list[Manifest]) -> None:
@@ -109,9 +115,10 @@ def _traffic_split(ctx: ImportContext, m: Manifest, base: str,
             if key not in groups:
                 raise ref.error(f"HTTPRouteGroup {key[1]!r} (namespace {key[0]}) is not among "
                                 "the manifests")
-            if groups[key] is None:
+            group = groups[key]
+            if group is None:
                 raise Invalid
-            matches += groups[key]
+            matches += group
         if not matches:
             spec["matches"].warn("no usable match: the split applies to no request; every "
                                  "request goes to the apex service")

@@ -1,7 +1,8 @@
 """``pyproxy convert``: Istio / SMI / Gateway API manifests (and native blocks) → native YAML.
 
-The config is loaded exactly as ``pyproxy run`` would load it (``config.parse``, with the
-importers of ``config.compat``), then written back in the native format (SPEC §2): every
+The config is loaded exactly as ``pyproxy run`` would load it (``config.assemble``, with the
+importers of ``config.compat``), then written back in the native format
+(docs/configuration.md): every
 setting that differs from its default, every service, route and canary, in order. What the
 importers could not honour is kept as ``# warning: ...`` comments next to the route or
 service it concerns (the rest at the top), and each imported route says which manifest it
@@ -27,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyproxy.config.assemble import RouteOrigin, assemble
+from pyproxy.config.document import ConfigInvalid, ConfigIssue, Document
 from pyproxy.config.load import read_documents
 from pyproxy.config.model import (
     AccessLog,
@@ -56,7 +59,6 @@ from pyproxy.config.model import (
     UpstreamTLS,
     Webhook,
 )
-from pyproxy.config.parse import ConfigInvalid, ConfigIssue, Document, parse_documents
 
 __all__ = ["convert", "convert_command"]
 
@@ -67,9 +69,8 @@ def convert(paths: Sequence[str], env: Mapping[str, str] | None = None
             ) -> tuple[str, tuple[ConfigIssue, ...]]:
     """The native YAML for ``paths`` and the warnings; raises ConfigInvalid on errors."""
     files, documents, _ = read_documents(paths)  # the same reading as load_config
-    origins: dict[str, tuple[str, int | None, str, str]] = {}
-    config, warnings = parse_documents(documents, os.environ if env is None else env,
-                                       origins=origins)
+    origins: dict[str, RouteOrigin] = {}
+    config, warnings = assemble(documents, os.environ if env is None else env, origins=origins)
     return _Writer(config, warnings, origins, documents, files).text(), warnings
 
 
@@ -101,7 +102,7 @@ def convert_command(paths: Sequence[str], output: str | None) -> int:
 
 class _Writer:
     def __init__(self, config: Config, warnings: Sequence[ConfigIssue],
-                 origins: Mapping[str, tuple[str, int | None, str, str]],
+                 origins: Mapping[str, RouteOrigin],
                  documents: Sequence[Document], files: Sequence[str]):
         self.config = config
         self.origins = origins
@@ -124,14 +125,14 @@ class _Writer:
             if label:
                 routes_of.setdefault((source, line), []).append((path, name))
         for warning in warnings:
-            document = next((d for source, first, last, d in spans
-                             if source == warning.file and warning.line is not None
-                             and first <= warning.line <= last), None)
-            if document is None:
+            found = next((d for source, first, last, d in spans
+                          if source == warning.file and warning.line is not None
+                          and first <= warning.line <= last), None)
+            if found is None:
                 self.general.append(warning)
                 continue
-            routes = routes_of.get((document.source, document.line("")), [])
-            service = _service_named(document, self.config)
+            routes = routes_of.get((found.source, found.line("")), [])
+            service = _service_named(found, self.config)
             if routes:
                 # The route made from the rule the warning is about, else the first one.
                 route = next((name for path, name in routes if warning.path == path
@@ -163,7 +164,8 @@ class _Writer:
         if config.routes:
             self.lines += ["", "routes:"]
             for route in config.routes:
-                source, line, label, _ = self.origins.get(route.name, ("", None, "", ""))
+                source, line, label, _ = self.origins.get(route.name,
+                                                          RouteOrigin("", None, "", ""))
                 if label:
                     self.lines += _comment(f"from {label} ({source}:{line})", 2)
                 for warning in self.by_route.get(route.name, []):
@@ -212,8 +214,9 @@ class _Writer:
 
 def _service_named(document: Document, config: Config) -> str | None:
     """The native service a DestinationRule (or any manifest with spec.host) is about."""
-    value = document.value if isinstance(document.value, dict) else {}
-    spec = value.get("spec") if isinstance(value.get("spec"), dict) else {}
+    spec = document.value.get("spec") if isinstance(document.value, dict) else None
+    if not isinstance(spec, dict):
+        return None
     host = spec.get("host") or spec.get("service")
     if not isinstance(host, str):
         return None
@@ -268,9 +271,12 @@ def _flow(value: Any) -> str | None:
             return None
         text = "{" + ", ".join(f"{k}: {v}" for k, v in parts) + "}"
     elif isinstance(value, list):
-        items = [_flow(item) for item in value]
-        if any(item is None for item in items):
-            return None
+        items = []
+        for item in value:
+            flow = _flow(item)
+            if flow is None:
+                return None
+            items.append(flow)
         text = "[" + ", ".join(items) + "]"
     else:
         return _scalar(value)
@@ -318,11 +324,9 @@ def _settings(config: Config) -> dict[str, Any]:
         out["admin"] = admin
     if config.debug_headers:
         out["debug_headers"] = True
-    for key, kind, durations in (("timeouts", Timeouts, ("request_header", "body_idle",
-                                                          "keep_alive", "drain_delay",
-                                                          "drain_timeout")),
-                                 ("limits", Limits, ()), ("access_log", AccessLog, ()),
-                                 ("metrics", MetricsConfig, ())):
+    timeouts = [item.name for item in dataclasses.fields(Timeouts)]  # all durations
+    for key, kind, durations in (("timeouts", Timeouts, timeouts), ("limits", Limits, ()),
+                                 ("access_log", AccessLog, ()), ("metrics", MetricsConfig, ())):
         changed = _changed(getattr(config, key), kind(), durations)
         if changed:
             out[key] = changed

@@ -1,10 +1,14 @@
-"""``pyproxy validate``: check config files and show what they will do (SPEC §1).
+"""``pyproxy validate``: check config files and show what they will do (docs/cli.md).
 
 The summary is what an operator reads before a rollout: every route with its match
 conditions, each backend's share of the traffic and the policies on it; every service
 with its endpoints and limits; the canaries; then the warnings. ``--json`` gives the same
 facts to machines. Secrets (the admin token, fault header secrets) are never printed.
 Exit status: 0 valid, 2 invalid.
+
+Several paths (or a directory) are checked as ONE config by default, merged exactly as
+``pyproxy run -c`` merges them, and the output says so. ``--each`` checks every file on its
+own instead (a directory of alternative examples) and reports per file.
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pyproxy.config.load import ConfigInvalid, ConfigIssue, LoadedConfig, load_config
+from pyproxy.config.load import (
+    ConfigInvalid,
+    ConfigIssue,
+    LoadedConfig,
+    config_files,
+    load_config,
+)
 from pyproxy.config.model import (
     Address,
     Backend,
@@ -41,8 +51,16 @@ __all__ = ["config_to_json", "format_duration", "format_summary", "validate_comm
 REDACTED = "<redacted>"
 
 
-def validate_command(paths: list[str], as_json: bool) -> int:
-    """Load ``paths``; print the summary (stdout) or every error (stderr). 0 valid, 2 invalid."""
+def validate_command(paths: Sequence[str], as_json: bool, each: bool = False) -> int:
+    """Load ``paths`` as one config (or each file alone with ``each``); print the summary
+    (stdout) or every error (stderr). 0 valid, 2 invalid."""
+    if each:
+        return _validate_each(paths, as_json)
+    files, _ = config_files(paths)
+    # Name the mode whenever more than one file is merged: a directory of alternative
+    # examples is not one config, and 25 errors without this line look like 25 bugs.
+    merged = (f"{len(files)} files checked as one config, as `pyproxy run -c` reads them; "
+              "--each checks each file on its own" if len(files) > 1 else "")
     try:
         loaded = load_config(paths)
     except ConfigInvalid as invalid:
@@ -52,13 +70,51 @@ def validate_command(paths: list[str], as_json: bool) -> int:
             for issue in (*invalid.issues, *invalid.warnings):
                 print(issue, file=sys.stderr)
             count = len(invalid.issues)
-            print(f"invalid: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+            print(f"invalid: {_count(count, 'error')}" + (f" ({merged})" if merged else ""),
+                  file=sys.stderr)
         return 2
     if as_json:
         print(json.dumps(_result(loaded.config, (), loaded.warnings), indent=2))
     else:
         print(format_summary(loaded))
+        if merged:
+            print(f"\n({merged})")
     return 0
+
+
+def _validate_each(paths: Sequence[str], as_json: bool) -> int:
+    """Every file of ``paths`` (directories expanded) checked as a config of its own."""
+    files, missing = config_files(paths)
+    results: list[dict[str, Any]] = [
+        {"path": issue.file, **_result(None, [issue], ())} for issue in missing]
+    if not as_json:
+        for issue in missing:
+            print(issue, file=sys.stderr)
+    valid = 0
+    for file in files:
+        try:
+            loaded = load_config([file])
+        except ConfigInvalid as invalid:
+            results.append({"path": file, **_result(None, invalid.issues, invalid.warnings)})
+            if not as_json:
+                for issue in (*invalid.issues, *invalid.warnings):
+                    print(issue, file=sys.stderr)
+                print(f"{file}: invalid: {_count(len(invalid.issues), 'error')}",
+                      file=sys.stderr)
+            continue
+        valid += 1
+        results.append({"path": file, **_result(loaded.config, (), loaded.warnings)})
+        if not as_json:
+            print(f"{file}: {_headline(loaded)}")
+            for warning in loaded.warnings:
+                print(f"  {warning}")
+    total = len(files) + len(missing)
+    if as_json:
+        print(json.dumps({"valid": valid == total, "each": results}, indent=2))
+    else:
+        print(f"{valid} of {_count(total, 'config')} valid, each file checked on its own",
+              file=sys.stdout if valid == total else sys.stderr)
+    return 0 if valid == total else 2
 
 
 # ---------------------------------------------------------------------------- JSON
@@ -81,7 +137,7 @@ def config_to_json(config: Config) -> dict[str, Any]:
     routes = []
     for route in config.routes:
         plain = _plain(route)
-        for backend, share in zip(plain["backends"], _shares(route)):
+        for backend, share in zip(plain["backends"], _shares(route), strict=True):
             backend["share"] = round(share, 3)
         if route.fault and route.fault.header_secret:
             plain["fault"]["header_secret"] = REDACTED
@@ -278,7 +334,7 @@ def _backend_lines(route: Route) -> list[str]:
         return []
     return _table([[backend.name, f"{share:.1f}%", f"(weight {backend.weight:g})"
                     + (f", answers {backend.direct_status}" if backend.direct_status else "")]
-                   for backend, share in zip(route.backends, _shares(route))])
+                   for backend, share in zip(route.backends, _shares(route), strict=True)])
 
 
 def _redirect(redirect: Redirect) -> str:
