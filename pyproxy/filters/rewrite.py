@@ -14,13 +14,14 @@ def _replace_prefix(path: str, prefix: str, replacement: str) -> str:
         replacement = "/"
     if replacement.endswith("/") and rest.startswith("/"):
         rest = rest[1:]
-    elif rest and not rest.startswith("/") and not replacement.endswith("/") and prefix.endswith("/"):
+    elif (rest and not rest.startswith("/") and not replacement.endswith("/")
+          and prefix.endswith("/")):
         rest = "/" + rest
     return replacement + rest
 
 
 def rewrite_path(rewrite: Rewrite, path: str, matched_prefix: str | None,
-                 compiled_regex: re.Pattern | None = None) -> str:
+                 compiled_regex: re.Pattern[str] | None = None) -> str:
     """The path to send upstream. ``path_prefix`` replaces the prefix that matched (or the
     whole path when the route matched without a prefix)."""
     if rewrite.path_full is not None:

@@ -95,7 +95,7 @@ class _Target:
     def __init__(self, endpoint: Endpoint, policy: HealthCheck):
         self.endpoint = endpoint
         self.state = HealthState(policy.healthy_threshold, policy.unhealthy_threshold)
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.last_checked: float | None = None  # wall clock (time.time())
         self.last_result = ""  # "200", "timeout", "ClientConnectorError: ..."
 
@@ -180,7 +180,7 @@ class HealthChecker:
         target = self._targets.get(key)
         return target is None or target.state.healthy
 
-    def describe(self) -> dict[str, dict]:
+    def describe(self) -> dict[str, dict[str, object]]:
         """Per endpoint: ``healthy``, the consecutive ``successes``/``failures``,
         ``last_checked`` (wall clock, seconds since the epoch; None before the first
         probe) and ``last_result`` (the status, ``timeout`` or the connection error)."""
@@ -214,8 +214,10 @@ class HealthChecker:
         url = f"{'https' if endpoint.tls else 'http'}://{host}:{endpoint.port}{policy.path}"
         import aiohttp  # loaded by start()
 
+        session = self._session
+        assert session is not None, "probes run only between start() and stop()"
         try:
-            async with self._session.get(url, allow_redirects=False,
+            async with session.get(url, allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=policy.timeout)
                                          ) as response:
                 return 200 <= response.status < 300, str(response.status)

@@ -49,7 +49,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, TypedDict, TypeVar
 
 from pyproxy.config.model import OutlierDetection
 
@@ -92,6 +92,18 @@ class OutlierEvent:
     times_ejected: int
 
 
+class EndpointReport(TypedDict):
+    """One endpoint's outlier state, as ``describe`` reports it (admin API, metrics)."""
+
+    ejected: bool
+    reason: str
+    until: float | None
+    remaining: float
+    times_ejected: int
+    consecutive_5xx: int
+    consecutive_gateway_errors: int
+
+
 class _Endpoint:
     __slots__ = (
         "clean",
@@ -102,7 +114,7 @@ class _Endpoint:
         "until",
     )
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
         self.times_ejected = 0  # the ejection-time multiplier
@@ -244,7 +256,7 @@ class OutlierDetector:
             return items
         return usable
 
-    def describe(self, key: str) -> dict:
+    def describe(self, key: str) -> EndpointReport:
         """``ejected``, ``reason`` (of the current or last ejection, "" if never),
         ``until`` (on the detector's clock — ``time.monotonic`` in production — None when
         not ejected), ``remaining`` (seconds until return, 0 when not ejected; add it to
@@ -252,14 +264,14 @@ class OutlierDetector:
         two consecutive counters. Raises KeyError for an unknown key."""
         return self._describe(self._endpoints[key])
 
-    def describe_all(self) -> dict[str, dict]:
+    def describe_all(self) -> dict[str, EndpointReport]:
         """``describe`` for every endpoint, in configured order (admin API, metrics)."""
         # One dict, read once: a reload swaps it whole, so a scrape from another thread
         # never sees a key vanish mid-iteration.
         endpoints = self._endpoints
         return {key: self._describe(state) for key, state in endpoints.items()}
 
-    def _describe(self, state: _Endpoint) -> dict:
+    def _describe(self, state: _Endpoint) -> EndpointReport:
         until = state.until
         return {
             "ejected": until is not None,

@@ -39,5 +39,5 @@ def is_retryable(policy: Retries, failure: Failure, status: int = 0) -> bool:
 
 def backoff(policy: Retries, retry_number: int, draw: float) -> float:
     """Fully jittered exponential backoff: uniform in [0, min(max, base * 2**(n-1))]."""
-    ceiling = min(policy.backoff.max, policy.backoff.base * (2 ** (retry_number - 1)))
+    ceiling = min(policy.backoff.max, policy.backoff.base * 2.0 ** (retry_number - 1))
     return ceiling * draw

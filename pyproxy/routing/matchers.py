@@ -90,14 +90,11 @@ def compile_match(match: Match) -> Predicate:
     if match.path is not None:
         tests.append(compile_path(match.path))
     for name, value_match in match.headers:
-        test = compile_value(value_match)
-        tests.append(lambda head, n=name, t=test: t(head.header(n)))
+        tests.append(_on_header(name, compile_value(value_match)))
     for name, value_match in match.query:
-        test = compile_value(value_match)
-        tests.append(lambda head, n=name, t=test: t(head.query_param(n)))
+        tests.append(_on_query(name, compile_value(value_match)))
     for name, value_match in match.cookies:
-        test = compile_value(value_match)
-        tests.append(lambda head, n=name, t=test: t(head.cookie(n)))
+        tests.append(_on_cookie(name, compile_value(value_match)))
     if not tests:
         return lambda head: True
     if len(tests) == 1:
@@ -128,3 +125,16 @@ def describe_match(match: Match) -> str:
             parts.append(f"{label} {name} {'not ' if m.invert else ''}{m.kind}"
                          + ("" if m.kind in ("present", "absent") else f" {m.value!r}"))
     return " and ".join(parts) or "any request"
+
+
+# One closure per condition, so each binds its own name and test (not the loop's last).
+def _on_header(name: str, test: ValueTest) -> Predicate:
+    return lambda head: test(head.header(name))
+
+
+def _on_query(name: str, test: ValueTest) -> Predicate:
+    return lambda head: test(head.query_param(name))
+
+
+def _on_cookie(name: str, test: ValueTest) -> Predicate:
+    return lambda head: test(head.cookie(name))

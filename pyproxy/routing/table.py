@@ -10,12 +10,22 @@ host that is the name of a known service, goes straight to that service (docs/co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from pyproxy.config.model import kubernetes_short_name
 from pyproxy.messages import RequestHead
 
-R = TypeVar("R")  # the compiled route type; the table only needs .hosts and .matches(head)
+
+class Routable(Protocol):
+    """What the table needs of a compiled route: its hosts and its match predicate."""
+
+    @property
+    def hosts(self) -> Sequence[str]: ...
+
+    def matches(self, head: RequestHead) -> bool: ...
+
+
+R = TypeVar("R", bound=Routable)  # the compiled route type
 
 _CACHE_LIMIT = 4096
 
@@ -51,7 +61,7 @@ class RouteTable(Generic[R]):
             service = self._implicit.get(host) or self._implicit.get(
                 kubernetes_short_name(host) or "")
             if service is not None:
-                found = found + (service,)
+                found = (*found, service)
             if len(self._candidates) >= _CACHE_LIMIT:
                 self._candidates.clear()  # unbounded Host values must not grow memory
             self._candidates[host] = found
