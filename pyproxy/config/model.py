@@ -8,6 +8,8 @@ are non-negative floats (relative).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +24,26 @@ def kubernetes_short_name(host: str) -> str | None:
             len(labels) == 5 and labels[2:] == ["svc", "cluster", "local"]):
         return labels[0]
     return None
+
+
+# ---------------------------------------------------------------------------- durations
+
+DURATION = re.compile(r"(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ms|h|m|s))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a duration string such as ``250ms``, ``2.5s``, ``1m`` or ``1h30m``
+    (for the admin API and CLI, which take durations outside a config file)."""
+    text = text.strip()
+    if not DURATION.fullmatch(text):
+        raise ValueError("durations look like '250ms', '2.5s', '1m' or '1h30m'")
+    seconds = sum(float(number) * _UNIT_SECONDS[unit]
+                  for number, unit in _DURATION_PART.findall(text))
+    if not math.isfinite(seconds):
+        raise ValueError("duration is too long")
+    return seconds
 
 
 # ---------------------------------------------------------------------------- matching

@@ -46,6 +46,7 @@ from pyproxy.config.document import (
     key_path,
 )
 from pyproxy.config.model import (
+    DURATION,
     AbortFault,
     AccessLog,
     Address,
@@ -85,6 +86,7 @@ from pyproxy.config.model import (
     Timeouts,
     UpstreamTLS,
     Webhook,
+    parse_duration,
 )
 
 __all__ = [
@@ -409,9 +411,6 @@ def _weight(ctx: Context, value: Any, at: At) -> float:
     return weight
 
 
-_DURATION = re.compile(r"(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ms|h|m|s))+")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|h|m|s)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration(ctx: Context, value: Any, at: At) -> float:
@@ -419,7 +418,7 @@ def _duration(ctx: Context, value: Any, at: At) -> float:
     value = _resolved(ctx, value)
     if isinstance(value, str):
         text = value.strip()
-        if _DURATION.fullmatch(text):
+        if DURATION.fullmatch(text):
             try:
                 return parse_duration(text)
             except ValueError:
@@ -432,19 +431,6 @@ def _duration(ctx: Context, value: Any, at: At) -> float:
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Reject(f"must be a duration such as '2s', got {describe(value)}")
     raise _Reject(f"durations need a unit, e.g. '2s' or '250ms', got {describe(value)}")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a duration string such as ``250ms``, ``2.5s``, ``1m`` or ``1h30m``
-    (for the admin API and CLI, which take durations outside a config file)."""
-    text = text.strip()
-    if not _DURATION.fullmatch(text):
-        raise ValueError("durations look like '250ms', '2.5s', '1m' or '1h30m'")
-    seconds = sum(float(number) * _UNIT_SECONDS[unit]
-                  for number, unit in _DURATION_PART.findall(text))
-    if not math.isfinite(seconds):
-        raise ValueError("duration is too long")
-    return seconds
 
 
 def _timeout(ctx: Context, value: Any, at: At) -> float:

@@ -11,8 +11,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyproxy.config.model import AbortFault, DelayFault, Fault
-from pyproxy.config.parse import parse_duration
+from pyproxy.config.model import AbortFault, DelayFault, Fault, parse_duration
 from pyproxy.messages import RequestHead
 
 SECRET_HEADER = "x-pyproxy-fault-secret"
