@@ -19,7 +19,7 @@ from pyproxy.config.model import AbortFault, Config, DelayFault, Fault
 from pyproxy.engine.downstream import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
-from pyproxy.metrics import Stats
+from pyproxy.metrics.stats import Stats
 from pyproxy.runtime import Runtime
 from pyproxy.shared_state import StateSync
 
@@ -109,7 +109,7 @@ class ProxyControl:
     def routes_view(self) -> dict:
         """Per route: configured and effective weights, override, fault, live stats."""
         snapshot = self.runtime.snapshot
-        live = self.stats.snapshot_routes()
+        live = self.stats.windows.by_route(self.runtime.backend_weights())
         routes = []
         for route in snapshot.routes.values():
             override = self.runtime.weight_overrides.get(route.name)
@@ -117,7 +117,7 @@ class ProxyControl:
             total = route.split.total
             backends = []
             for index, backend in enumerate(route.backends):
-                window = stats.get(backend.name) or self.stats.window_stats(route.name,
+                window = stats.get(backend.name) or self.stats.windows.summary(route.name,
                                                                             backend.name)
                 backends.append({
                     "backend": backend.name,
@@ -140,7 +140,7 @@ class ProxyControl:
                 "runtime_fault": None if active is None else _active_fault_view(active),
                 "backends": backends,
             })
-        return {"window_seconds": self.stats.window, "generation": self.runtime.generation,
+        return {"window_seconds": self.stats.windows.size, "generation": self.runtime.generation,
                 "routes": routes}
 
     def services_view(self) -> dict:

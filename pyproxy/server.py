@@ -36,7 +36,8 @@ from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import Address, Config
 from pyproxy.control import ProxyControl
 from pyproxy.engine.downstream import Listener
-from pyproxy.metrics import Stats, backend_workloads
+from pyproxy.metrics.linkerd import backend_workloads
+from pyproxy.metrics.stats import Stats
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch
 from pyproxy.runtime import Runtime
@@ -145,7 +146,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     peers = None
     if worker is not None and leader:
         peers = Peers(worker.state_dir, worker.count)
-        stats.peer_windows = peers.windows
+        stats.windows.peers = peers.windows
     tasks = TaskGroup()
 
     try:

@@ -51,7 +51,8 @@ from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
 from pyproxy.errors import InvalidOverride
-from pyproxy.metrics import Stats, render_metrics
+from pyproxy.metrics.exposition import render_metrics
+from pyproxy.metrics.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ async def get_windows(request: AdminRequest) -> AdminResponse:
     """This process's live windows as raw per-second buckets: the leader of ``--workers N``
     adds them up (``admin/peers.py``)."""
     return json_response({"pid": os.getpid(),
-                          "windows": request.app[CONTROL].stats.export_windows()})
+                          "windows": request.app[CONTROL].stats.windows.export()})
 
 
 async def get_config(request: AdminRequest) -> AdminResponse:

@@ -6,10 +6,10 @@ state directory (``workers/INDEX.json``: its pid and address). Through those the
 
 * answers ``/metrics`` for the whole proxy: at each scrape it fetches every worker's
   exposition, parses it with prometheus_client's parser and adds them up
-  (``metrics.merge_expositions``). A worker that does not answer (exited, restarting) is
+  (``metrics.merge.merge_expositions``). A worker that does not answer (exited, restarting) is
   counted in ``pyproxy_workers{state="down"}``;
 * keeps the live windows whole: every second it fetches each worker's per-second buckets
-  (``GET /api/v1/windows``), which ``Stats.peer_windows`` adds to the leader's own, so the
+  (``GET /api/v1/windows``), which ``Windows.peers`` adds to the leader's own, so the
   dashboard, ``pyproxy status`` and the canary judge see every worker's requests.
 
 A restarted worker counts from zero. So that the proxy's totals never drop (Prometheus would
@@ -29,14 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyproxy.metrics import (
-    cumulative_only,
-    merge_expositions,
-    parse_exposition,
-    render_families,
-    window_totals,
-    workers_family,
-)
+from pyproxy.metrics.exposition import parse_exposition, render_families, workers_family
+from pyproxy.metrics.merge import cumulative_only, merge_expositions, window_totals
 
 if TYPE_CHECKING:
     import aiohttp
@@ -109,7 +103,7 @@ class Peers:
     # ------------------------------------------------------------------ windows
 
     def windows(self) -> dict[tuple[str, str], list[dict]]:
-        """For ``Stats.peer_windows``: (route, backend) → the other workers' exports."""
+        """For ``Windows.peers``: (route, backend) → the other workers' exports."""
         return self._by_key
 
     async def run(self) -> None:

@@ -7,10 +7,10 @@ feeds both to the machine and applies its weight to the route as a run-time over
 (``Runtime.set_weights(..., source="canary")``): the files are never rewritten, and the
 override survives reloads like one set with ``pyproxy set-weight``.
 
-Per-interval numbers: ``Stats.totals`` gives cumulative counts per (route, backend); the
+Per-interval numbers: ``Windows.totals`` gives cumulative counts per (route, backend); the
 controller snapshots them whenever it applies a weight and subtracts at the next tick, so a
 judgement covers exactly the requests that finished during that interval, at that weight,
-whatever the interval's length (the 30-s ``window_stats`` would blur two steps together).
+whatever the interval's length (the 30-s ``Windows.summary`` would blur two steps together).
 
 Lifecycle: the controller follows the config — a canary added on reload starts, one whose
 definition changed starts over, one removed stops and its override is cleared so the
@@ -53,7 +53,8 @@ from pyproxy.canary.analysis import (
 )
 from pyproxy.config.model import Canary, Webhook
 from pyproxy.errors import InvalidOverride
-from pyproxy.metrics import Stats, Totals
+from pyproxy.metrics.stats import CanaryMetrics, Stats
+from pyproxy.metrics.windows import Totals
 from pyproxy.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -248,8 +249,8 @@ class CanaryController:
 
     def _snapshot(self, runner: _Runner) -> tuple[Totals, Totals, float]:
         canary = runner.canary
-        return (self.stats.totals(canary.route, canary.candidate),
-                self.stats.totals(canary.route, canary.primary), self._clock())
+        return (self.stats.windows.totals(canary.route, canary.candidate),
+                self.stats.windows.totals(canary.route, canary.primary), self._clock())
 
     async def _finish(self, runner: _Runner) -> None:
         """Post-rollout webhooks (failures are only logged), then the final phase."""
@@ -421,7 +422,7 @@ class CanaryController:
         if self.on_change is not None:
             self.on_change()
 
-    def metrics(self) -> list[dict]:
+    def metrics(self) -> list[CanaryMetrics]:
         """For ``/metrics`` (``Stats.canaries_provider``)."""
         return [{"name": name, "weight": runner.machine.weight,
                  "failed_checks": runner.machine.failed_checks,

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyproxy.canary.controller import CanaryController
 from pyproxy.config.model import Backend, Canary, CanaryChecks, Config, Route, Webhook
 from pyproxy.demo.fake_service import start_fake_service
-from pyproxy.metrics import LINKERD_LATENCY_BUCKETS_MS
+from pyproxy.metrics.linkerd import LINKERD_LATENCY_BUCKETS_MS
 from tests.support.harness import ProxyProcess, metric_value, service
 
 HOST = "shop"

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxy.admin.api import build_admin_app, check_admin_binding, redact, start_admin
-from pyproxy.metrics import Stats
+from pyproxy.metrics.stats import Stats
 from pyproxy.outcome import RequestOutcome
 
 TOKEN = "s3cret-token"
