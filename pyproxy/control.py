@@ -21,7 +21,7 @@ from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
 from pyproxy.metrics.stats import Stats
 from pyproxy.runtime import Runtime
-from pyproxy.shared_state import StateSync
+from pyproxy.workers.state_file import StateSync
 
 logger = logging.getLogger("pyproxy")
 

@@ -305,7 +305,7 @@ class Runtime:
         self._tls_contexts: dict[UpstreamTLS, ssl.SSLContext] = {}
         # Called after each change made through the methods below (weights set or cleared,
         # faults added or cleared); not when faults expire or a reload prunes overrides.
-        # With a state file, the leader writes it from here (``shared_state``).
+        # With a state file, the leader writes it from here (``workers/state_file.py``).
         self.on_change: Callable[[], None] | None = None
 
     def compile(self, config: Config) -> Snapshot:
@@ -452,7 +452,7 @@ class Runtime:
     def restore(self, weights: Mapping[str, WeightOverride],
                 faults: Mapping[str, ActiveFault]) -> None:
         """Replace every run-time override at once: state another worker set, or an earlier
-        run saved (``shared_state``). Faults whose time is up are left out; what no longer
+        run saved (``workers/state_file.py``). Faults whose time is up are left out; what no longer
         fits the config is dropped, as on a reload."""
         now = time.time()
         self.weight_overrides = dict(weights)

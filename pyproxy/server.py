@@ -1,7 +1,7 @@
 """Composition root: load the config, start the listener and the admin, handle signals.
 
 ``run_server`` is what ``pyproxy run`` calls; with ``--workers N`` the supervisor
-(``supervisor.py``) starts N processes that each call ``run_worker``. Lifecycle (SPEC §7):
+(``workers/supervisor.py``) starts N processes that each call ``run_worker``. Lifecycle (SPEC §7):
 SIGTERM turns /readyz 503 at once, keeps serving for ``drain_delay`` so load balancers
 notice, then stops accepting, lets in-flight requests finish for up to ``drain_timeout`` and
 exits 0. SIGHUP, ``POST /api/v1/reload`` and file changes reload the config; an invalid one is
@@ -9,8 +9,8 @@ rejected whole and the last good one keeps serving.
 
 A worker differs from the single process in a few places only: it binds the listener with
 ``SO_REUSEPORT`` (the kernel spreads connections over the workers), it keeps run-time state in
-step through the state file (``shared_state.py``), and only the leader (worker 0) serves the
-public admin, runs canaries and merges the others' metrics (``admin/peers.py``); the others
+step through the state file (``workers/state_file.py``), and only the leader (worker 0) serves the
+public admin, runs canaries and merges the others' metrics (``workers/peers.py``); the others
 serve a read-only admin on a private loopback port.
 """
 
@@ -30,7 +30,6 @@ import uvloop
 
 from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
-from pyproxy.admin.peers import Peers, register
 from pyproxy.canary.controller import CanaryController
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import Address, Config
@@ -41,8 +40,9 @@ from pyproxy.metrics.stats import Stats
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch
 from pyproxy.runtime import Runtime
-from pyproxy.shared_state import StateFile, StateSync
 from pyproxy.tasks import TaskGroup
+from pyproxy.workers.peers import Peers, register
+from pyproxy.workers.state_file import StateFile, StateSync
 
 logger = logging.getLogger("pyproxy")
 

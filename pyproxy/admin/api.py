@@ -16,7 +16,7 @@ Security, enforced by one middleware for every route:
   loopback name, so a hostile page whose domain was re-pointed to 127.0.0.1 cannot read it.
 
 With ``pyproxy run --workers N`` the leader serves this on the public address and merges the
-other workers' ``/metrics`` and live windows (``admin/peers.py``); the other workers serve it
+other workers' ``/metrics`` and live windows (``workers/peers.py``); the other workers serve it
 read-only on a private loopback port, for the leader (``read_only``: mutations are refused,
 since the state they change is the leader's to write).
 
@@ -46,7 +46,7 @@ from pyproxy.admin.http import (
     HTTPError,
     json_response,
 )
-from pyproxy.admin.peers import Peers
+from pyproxy.workers.peers import Peers
 from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
@@ -88,7 +88,7 @@ class AdminControl(Protocol):
 
 CONTROL = "control"  # the AdminControl
 TOKEN = "token"  # the bearer token mutations need ("" = none)
-PEERS = "peers"  # admin.peers.Peers of the leader of --workers N, else None
+PEERS = "peers"  # workers.peers.Peers of the leader of --workers N, else None
 READ_ONLY = "read_only"  # a non-leader worker's private admin
 
 
@@ -115,7 +115,7 @@ async def metrics(request: AdminRequest) -> AdminResponse:
 
 async def get_windows(request: AdminRequest) -> AdminResponse:
     """This process's live windows as raw per-second buckets: the leader of ``--workers N``
-    adds them up (``admin/peers.py``)."""
+    adds them up (``workers/peers.py``)."""
     return json_response({"pid": os.getpid(),
                           "windows": request.app[CONTROL].stats.windows.export()})
 

@@ -15,7 +15,7 @@ whatever the interval's length (the 30-s ``Windows.summary`` would blur two step
 Lifecycle: the controller follows the config — a canary added on reload starts, one whose
 definition changed starts over, one removed stops and its override is cleared so the
 configured split serves again. State lives in memory, and with a state directory
-(``--state-dir``, ``--workers N``) also in the state file (``shared_state``): ``export``
+(``--state-dir``, ``--workers N``) also in the state file (``workers/state_file.py``): ``export``
 gives it, ``on_change`` says when to write it, and a controller started with ``saved``
 resumes each canary whose definition is unchanged where it stood (phase, step, weight,
 failed checks, events) — its next check comes one interval after the restart. Without one,

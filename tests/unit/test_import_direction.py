@@ -17,7 +17,7 @@ LAYERS = [
                "canary.analysis"]),
     ("effects", ["engine", "upstream", "metrics", "access_log"]),
     ("pipeline", ["proxy", "runtime", "explain"]),
-    ("edges", ["server", "supervisor", "shared_state", "control", "admin", "reload", "canary",
+    ("edges", ["server", "workers", "control", "admin", "reload", "canary",
                "demo"]),
     ("entry", ["cli", "__main__"]),
 ]
@@ -25,11 +25,11 @@ LAYERS = [
 # Where each third-party library may be imported (module prefixes).
 HOMES = {
     "yaml": ["config.load", "demo"],
-    "prometheus_client": ["metrics"],
+    "prometheus_client": ["metrics.exposition"],
     "watchfiles": ["reload"],
     "uvloop": ["server", "demo"],
     "httptools": ["engine"],
-    "aiohttp": ["admin", "demo", "resilience.health", "canary.controller", "cli"],
+    "aiohttp": ["admin", "demo", "resilience.health", "canary.controller", "cli", "workers.peers"],
 }
 
 

@@ -20,7 +20,7 @@ from pyproxy.config.model import (
     Service,
 )
 from pyproxy.runtime import ActiveFault, Runtime, WeightOverride
-from pyproxy.shared_state import (
+from pyproxy.workers.state_file import (
     SharedState,
     StateFile,
     StateSync,

@@ -4,9 +4,9 @@ It checks the config as a single process would (an invalid one: exit 2 before an
 starts) and that nothing listens on the listen address yet, then forks N workers
 (``server.run_worker``). Each binds the listen port with ``SO_REUSEPORT``, so the kernel
 spreads new connections over them; worker 0, the leader, serves the public admin API and
-merges the others' metrics (``server.py``, ``admin/peers.py``); run-time state goes through
+merges the others' metrics (``server.py``, ``workers/peers.py``); run-time state goes through
 the state directory (``--state-dir``, else a temporary one removed at exit;
-``shared_state.py``). The supervisor serves nothing itself: it waits for signals and for
+``workers/state_file.py``). The supervisor serves nothing itself: it waits for signals and for
 workers to exit.
 
 * A worker that exits while it should be serving (a crash, kill -9, the OOM killer) is
@@ -38,7 +38,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pyproxy.admin.peers import clear_registry
+from pyproxy.workers.peers import clear_registry
 from pyproxy.config.model import Address
 from pyproxy.server import LOG_FORMAT, Worker, prepare, run_worker
 
