@@ -112,7 +112,7 @@ class ProxyControl:
         live = self.stats.windows.by_route(self.runtime.backend_weights())
         routes = []
         for route in snapshot.routes.values():
-            override = self.runtime.weight_overrides.get(route.name)
+            override = self.runtime.overrides.weights.get(route.name)
             stats = live.get(route.name, {})
             total = route.split.total
             backends = []
@@ -130,7 +130,7 @@ class ProxyControl:
                     "p50": window.get("p50"), "p95": window.get("p95"), "p99": window.get("p99"),
                     "endpoints": [ep.address for ep in backend.endpoints],
                 })
-            active = self.runtime.faults.get(route.name)
+            active = self.runtime.overrides.faults.get(route.name)
             routes.append({
                 "name": route.name, "hosts": list(route.hosts),
                 "override": None if override is None else {
@@ -184,7 +184,7 @@ class ProxyControl:
         return self.canaries.command(name, action)
 
     def faults_view(self) -> dict:
-        return {"faults": [_active_fault_view(f) for f in self.runtime.faults.values()]}
+        return {"faults": [_active_fault_view(f) for f in self.runtime.overrides.faults.values()]}
 
     def explain(self, host: str, path: str, method: str = "GET",
                 headers: list[tuple[str, str]] | None = None) -> dict:
@@ -194,11 +194,11 @@ class ProxyControl:
     # ------------------------------------------------------------------ mutations
 
     def set_weights(self, route: str, weights: dict[str, float], source: str = "api") -> dict:
-        self.runtime.set_weights(route, weights, source)
+        self.runtime.overrides.set_weights(route, weights, source)
         return self.routes_view()
 
     def clear_weights(self, route: str | None = None) -> list[str]:
-        return self.runtime.clear_weights(route)
+        return self.runtime.overrides.clear_weights(route)
 
     def add_fault(self, route: str, duration: float, *, abort_status: int | None = None,
                   delay: float | None = None, percent: float = 100.0) -> dict:
@@ -208,12 +208,12 @@ class ProxyControl:
             raise InvalidOverride("abort status must be within 200..599")
         fault = Fault(abort=AbortFault(abort_status, percent) if abort_status else None,
                       delay=DelayFault(delay, percent) if delay else None)
-        active = self.runtime.add_fault(route, fault, duration)
-        self.runtime.schedule_expiry(active)  # the dead-man's switch: at the deadline itself
+        active = self.runtime.overrides.add_fault(route, fault, duration)
+        self.runtime.overrides.schedule_expiry(active)  # the dead-man's switch: at the deadline itself
         return _active_fault_view(active)
 
     def clear_faults(self, route: str | None = None) -> list[str]:
-        return self.runtime.clear_faults(route)
+        return self.runtime.overrides.clear_faults(route)
 
 
 def _fault_view(fault: Fault | None) -> dict | None:

@@ -35,7 +35,7 @@ from pyproxy.config.model import (
     UpstreamTLS,
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
-from pyproxy.errors import InvalidOverride
+from pyproxy.overrides import Overrides
 from pyproxy.resilience.breaker import CircuitBreaker
 from pyproxy.resilience.budget import RetryBudget
 from pyproxy.resilience.health import HealthChecker
@@ -258,30 +258,6 @@ class CompiledRoute:
         return None
 
 
-@dataclass
-class WeightOverride:
-    """Weights set at run time (CLI, admin API, canary): they replace the route's configured
-    split until cleared, and survive reloads while the route and its backends exist."""
-
-    weights: dict[str, float]  # backend name → weight; backends not named get 0
-    source: str = "api"
-    since: float = field(default_factory=time.time)
-
-
-@dataclass
-class ActiveFault:
-    """A time-boxed fault: it replaces the route's configured fault until ``expires``
-    (wall clock), then removes itself — a dead-man's switch for chaos experiments."""
-
-    route: str
-    fault: Fault
-    expires: float
-    since: float = field(default_factory=time.time)
-
-    def remaining(self, now: float | None = None) -> float:
-        return max(0.0, self.expires - (time.time() if now is None else now))
-
-
 @dataclass(eq=False)
 class Snapshot:
     generation: int
@@ -299,14 +275,9 @@ class Runtime:
         self._sticky_tables: dict[str, StickyTable] = {}
         self.snapshot: Snapshot | None = None
         self.generation = 0
-        self.weight_overrides: dict[str, WeightOverride] = {}
-        self.faults: dict[str, ActiveFault] = {}
+        self.overrides = Overrides(self.refresh)
         self.services: dict[str, ServiceRuntime] = {}
         self._tls_contexts: dict[UpstreamTLS, ssl.SSLContext] = {}
-        # Called after each change made through the methods below (weights set or cleared,
-        # faults added or cleared); not when faults expire or a reload prunes overrides.
-        # With a state file, the leader writes it from here (``workers/state_file.py``).
-        self.on_change: Callable[[], None] | None = None
 
     def compile(self, config: Config) -> Snapshot:
         """Build a snapshot for ``config``. Service state (pools, breakers, detectors) is
@@ -328,7 +299,8 @@ class Runtime:
         """Make ``snapshot`` current; requests already running keep their own reference."""
         self.snapshot = snapshot
         self.generation = snapshot.generation
-        if self._prune_overrides(snapshot):
+        routes = {name: [b.name for b in route.backends] for name, route in snapshot.routes.items()}
+        if self.overrides.set_routes(routes):
             self.refresh()
         live = {(s.name, ep.address, ep.tls) for s in snapshot.config.services.values()
                 for ep in s.endpoints}
@@ -357,7 +329,7 @@ class Runtime:
                     logger.info("endpoint %s of %s returned after ejection", event.key,
                                 service.name)
                     events.append((service.name, event))
-        self.expire_faults()
+        self.overrides.expire_faults()
         return events
 
     def ejections(self):
@@ -378,108 +350,6 @@ class Runtime:
         snapshot = self.compile(self.snapshot.config)
         snapshot.generation = self.generation
         self.snapshot = snapshot
-
-    def set_weights(self, route: str, weights: dict[str, float], source: str = "api") -> None:
-        """Override a route's split; raises InvalidOverride naming what is wrong."""
-        compiled = self.snapshot.routes.get(route)
-        if compiled is None:
-            raise InvalidOverride(f"no such route; routes: {', '.join(self.snapshot.routes)}")
-        known = [b.name for b in compiled.backends]
-        for name, weight in weights.items():
-            if name not in known:
-                raise InvalidOverride(f"unknown backend for route {compiled.name}; "
-                                 f"its backends: {', '.join(known)}")
-            if not isinstance(weight, (int, float)) or weight < 0:
-                raise InvalidOverride("weights must be non-negative numbers")
-        if not weights:
-            raise InvalidOverride("give at least one BACKEND=WEIGHT")
-        self.weight_overrides[route] = WeightOverride(dict(weights), source)
-        logger.info("weights of route %s set by %s: %s", route, source, weights)
-        self.refresh()
-        self._changed()
-
-    def clear_weights(self, route: str | None = None) -> list[str]:
-        cleared = [r for r in self.weight_overrides if route is None or r == route]
-        for r in cleared:
-            del self.weight_overrides[r]
-            logger.info("weight override of route %s cleared", r)
-        if cleared:
-            self.refresh()
-            self._changed()
-        return cleared
-
-    def add_fault(self, route: str, fault: Fault, duration: float) -> ActiveFault:
-        if route not in self.snapshot.routes:
-            raise InvalidOverride(f"no such route; routes: {', '.join(self.snapshot.routes)}")
-        if fault.delay is None and fault.abort is None:
-            raise InvalidOverride("a fault needs an abort or a delay")
-        if not 0 < duration <= 24 * 3600:
-            raise InvalidOverride("duration must be between 0 and 24h")
-        active = ActiveFault(route, fault, time.time() + duration)
-        self.faults[route] = active
-        logger.info("fault on route %s for %.1fs: %s", route, duration, fault)
-        self.refresh()
-        self._changed()
-        return active
-
-    def clear_faults(self, route: str | None = None) -> list[str]:
-        cleared = [r for r in self.faults if route is None or r == route]
-        for r in cleared:
-            del self.faults[r]
-            logger.info("fault on route %s cleared", r)
-        if cleared:
-            self.refresh()
-            self._changed()
-        return cleared
-
-    def expire_faults(self, now: float | None = None) -> list[str]:
-        """Remove faults whose time is up (called on a tick and at each deadline)."""
-        now = time.time() if now is None else now
-        expired = [r for r, f in self.faults.items() if f.expires <= now]
-        for r in expired:
-            del self.faults[r]
-            logger.info("fault on route %s expired", r)
-        if expired:
-            self.refresh()
-        return expired
-
-    def schedule_expiry(self, fault: ActiveFault) -> None:
-        """End ``fault`` at its deadline rather than at the next tick. A few milliseconds
-        after it: event-loop timers may fire up to a millisecond early (uvloop counts whole
-        milliseconds), and ``expire_faults`` compares with the wall clock."""
-        asyncio.get_running_loop().call_later(fault.remaining() + 0.005, self.expire_faults)
-
-    def restore(self, weights: Mapping[str, WeightOverride],
-                faults: Mapping[str, ActiveFault]) -> None:
-        """Replace every run-time override at once: state another worker set, or an earlier
-        run saved (``workers/state_file.py``). Faults whose time is up are left out; what no longer
-        fits the config is dropped, as on a reload."""
-        now = time.time()
-        self.weight_overrides = dict(weights)
-        self.faults = {route: fault for route, fault in faults.items() if fault.expires > now}
-        self._prune_overrides(self.snapshot)
-        self.refresh()
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    def _prune_overrides(self, snapshot: Snapshot) -> bool:
-        """Overrides whose route or backends vanished in a reload go with them."""
-        pruned = False
-        for route, override in list(self.weight_overrides.items()):
-            compiled = snapshot.routes.get(route)
-            names = {b.name for b in compiled.backends} if compiled else set()
-            if not set(override.weights) <= names:
-                del self.weight_overrides[route]
-                pruned = True
-                logger.warning("weight override of route %s dropped: the route or a backend "
-                               "is gone from the config", route)
-        for route in [r for r in self.faults if r not in snapshot.routes]:
-            del self.faults[route]
-            pruned = True
-            logger.warning("fault on route %s dropped: the route is gone", route)
-        return pruned
 
     # ------------------------------------------------------------------ compile helpers
 
@@ -526,11 +396,11 @@ class Runtime:
     def _compile_route(self, route: Route, config: Config, implicit: bool = False) -> CompiledRoute:
         backends = [self._compile_backend(backend, config, index)
                     for index, backend in enumerate(route.backends)]
-        override = None if implicit else self.weight_overrides.get(route.name)
+        override = None if implicit else self.overrides.weights.get(route.name)
         weights = [b.weight for b in route.backends] if override is None else \
             [override.weights.get(b.name, 0.0) for b in route.backends]
         split = WeightedSplit(backends, weights)
-        active_fault = None if implicit else self.faults.get(route.name)
+        active_fault = None if implicit else self.overrides.faults.get(route.name)
         sticky_table = None
         if route.sticky is not None and route.sticky.header:
             sticky_table = self._sticky_tables.setdefault(route.name, StickyTable())

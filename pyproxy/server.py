@@ -233,7 +233,7 @@ def _share_state(control: ProxyControl, state_dir: str | None, leader: bool) -> 
     control.canaries = CanaryController(runtime, control.stats, saved=saved_canaries)
     if control.shared is not None:
         control.shared.canaries = control.canaries.export
-        runtime.on_change = control.canaries.on_change = control.shared.save
+        runtime.overrides.on_change = control.canaries.on_change = control.shared.save
         control.shared.save()  # what no longer fits the config is gone from the file too
 
 

@@ -4,7 +4,7 @@
 Each tick reads the candidate's (and the primary's) numbers for the interval that just
 ended, asks the judge (``canary/analysis.py``), calls the webhooks the state machine needs,
 feeds both to the machine and applies its weight to the route as a run-time override
-(``Runtime.set_weights(..., source="canary")``): the files are never rewritten, and the
+(``Overrides.set_weights(..., source="canary")``): the files are never rewritten, and the
 override survives reloads like one set with ``pyproxy set-weight``.
 
 Per-interval numbers: ``Windows.totals`` gives cumulative counts per (route, backend); the
@@ -182,9 +182,9 @@ class CanaryController:
         if runner.task is not None:
             runner.task.cancel()
         del self._runners[runner.canary.name]
-        override = self.runtime.weight_overrides.get(runner.canary.route)
+        override = self.runtime.overrides.weights.get(runner.canary.route)
         if override is not None and override.source == "canary":
-            self.runtime.clear_weights(runner.canary.route)
+            self.runtime.overrides.clear_weights(runner.canary.route)
         self._changed()
 
     async def _run(self, runner: _Runner) -> None:
@@ -281,12 +281,12 @@ class CanaryController:
         if runner.machine.phase == "paused":
             return  # hold whatever serves now, including an operator's weights
         weights = self._weights_for(runner)
-        override = self.runtime.weight_overrides.get(runner.canary.route)
+        override = self.runtime.overrides.weights.get(runner.canary.route)
         if (weights == runner.applied and override is not None and override.source == "canary"
                 and override.weights == weights):
             return
         try:
-            self.runtime.set_weights(runner.canary.route, weights, source="canary")
+            self.runtime.overrides.set_weights(runner.canary.route, weights, source="canary")
         except InvalidOverride as exc:
             logger.error("canary %s: cannot set the weights of route %s: %s",
                          runner.canary.name, runner.canary.route, exc)
@@ -297,7 +297,7 @@ class CanaryController:
         """Someone else set (or cleared) the route's weights: pause instead of fighting."""
         if runner.applied is None or runner.machine.phase == "paused":
             return
-        override = self.runtime.weight_overrides.get(runner.canary.route)
+        override = self.runtime.overrides.weights.get(runner.canary.route)
         if override is not None and override.source == "canary" \
                 and override.weights == runner.applied:
             return

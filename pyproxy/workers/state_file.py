@@ -37,7 +37,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pyproxy.config.model import AbortFault, DelayFault, Fault
-from pyproxy.runtime import ActiveFault, Runtime, WeightOverride
+from pyproxy.overrides import ActiveFault, WeightOverride
+from pyproxy.runtime import Runtime
 
 logger = logging.getLogger("pyproxy.state")
 
@@ -167,7 +168,7 @@ class StateSync:
     """Keeps one worker's runtime and the state file in step.
 
     The leader (``leader=True``: worker 0, or the only process) writes: ``save`` after every
-    change (``Runtime.on_change``, the canary controller's ``on_change``) and after a reload
+    change (``Overrides.on_change``, the canary controller's ``on_change``) and after a reload
     pruned overrides. Every other worker follows: it applies the file when it changes, again
     after each of its own reloads (an override for a route it only now knows), and reloads
     when the leader counted a reload request.
@@ -191,13 +192,13 @@ class StateSync:
             self.state = state
             self._apply(state)
             logger.info("run-time state from %s: %d weight overrides, %d faults, %d canaries",
-                        self.file.path, len(self.runtime.weight_overrides),
-                        len(self.runtime.faults), len(state.canaries))
+                        self.file.path, len(self.runtime.overrides.weights),
+                        len(self.runtime.overrides.faults), len(state.canaries))
         return self.state
 
     def save(self) -> None:
         """Leader: write the state now in memory, if it differs from the file's."""
-        state = SharedState(dict(self.runtime.weight_overrides), dict(self.runtime.faults),
+        state = SharedState(dict(self.runtime.overrides.weights), dict(self.runtime.overrides.faults),
                             self.canaries() if self.canaries else self.state.canaries,
                             self.state.reloads)
         if encode(state) != encode(self.state):
@@ -242,8 +243,8 @@ class StateSync:
     def _apply(self, state: SharedState) -> None:
         now = time.time()
         live_faults = {route: f for route, f in state.faults.items() if f.expires > now}
-        if state.weights == self.runtime.weight_overrides and live_faults == self.runtime.faults:
+        if state.weights == self.runtime.overrides.weights and live_faults == self.runtime.overrides.faults:
             return  # e.g. only a canary's progress changed: no need to recompile routes
-        self.runtime.restore(state.weights, state.faults)
-        for fault in self.runtime.faults.values():
-            self.runtime.schedule_expiry(fault)  # at the deadline here too, not the next tick
+        self.runtime.overrides.restore(state.weights, state.faults)
+        for fault in self.runtime.overrides.faults.values():
+            self.runtime.overrides.schedule_expiry(fault)  # at the deadline here too, not the next tick

@@ -16,7 +16,7 @@ LAYERS = [
     ("logic", ["config", "routing", "traffic", "resilience", "upstream.forwarding", "filters",
                "canary.analysis"]),
     ("effects", ["engine", "upstream", "metrics", "access_log"]),
-    ("pipeline", ["proxy", "runtime", "explain"]),
+    ("pipeline", ["proxy", "runtime", "overrides", "explain"]),
     ("edges", ["server", "workers", "control", "admin", "reload", "canary",
                "demo"]),
     ("entry", ["cli", "__main__"]),
