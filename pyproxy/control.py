@@ -1,8 +1,10 @@
 """The running proxy as the admin API and the CLI see it.
 
 ``ProxyControl`` owns reloads (parse → validate → compile → swap, keeping the last good
-config), run-time weight overrides and time-boxed faults, and renders the views the admin
-API serves: routes with live stats, services with their endpoints, active faults, explain.
+config), passes run-time weight overrides and time-boxed faults on to ``runtime.overrides``,
+and describes the running proxy as plain JSON values for the admin API (``describe_*``:
+routes with live stats, services with their endpoints, active faults, canaries, explain).
+The CLI turns those into text in ``admin/views.py``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class ProxyControl:
         return dataclasses.replace(loaded.config, **self.overrides) if self.overrides \
             else loaded.config
 
-    def config_view(self) -> dict:
+    def describe_config(self) -> dict:
         view = _plain(self.runtime.snapshot.config)
         view["generation"] = self.runtime.generation
         view["files"] = list(self.loaded.files)
@@ -104,9 +106,9 @@ class ProxyControl:
             self.shared.request_reload()
         return result
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ descriptions (JSON)
 
-    def routes_view(self) -> dict:
+    def describe_routes(self) -> dict:
         """Per route: configured and effective weights, override, fault, live stats."""
         snapshot = self.runtime.snapshot
         live = self.stats.windows.by_route(self.runtime.backend_weights())
@@ -136,14 +138,14 @@ class ProxyControl:
                 "override": None if override is None else {
                     "weights": override.weights, "source": override.source,
                     "since": override.since},
-                "fault": _fault_view(route.fault),
-                "runtime_fault": None if active is None else _active_fault_view(active),
+                "fault": _describe_fault(route.fault),
+                "runtime_fault": None if active is None else _describe_active_fault(active),
                 "backends": backends,
             })
         return {"window_seconds": self.stats.windows.size, "generation": self.runtime.generation,
                 "routes": routes}
 
-    def services_view(self) -> dict:
+    def describe_services(self) -> dict:
         services = []
         for service in self.runtime.snapshot.config.services.values():
             live = self.runtime.services.get(service.name)
@@ -174,8 +176,8 @@ class ProxyControl:
                              "circuit_breaker": live.breaker.snapshot() if live else None})
         return {"services": services}
 
-    def canaries_view(self) -> dict:
-        return self.canaries.view() if self.canaries is not None else {"canaries": []}
+    def describe_canaries(self) -> dict:
+        return self.canaries.describe() if self.canaries is not None else {"canaries": []}
 
     def canary_command(self, name: str, action: str) -> dict:
         """promote / abort / pause / resume; raises CanaryNotFound or CommandRefused."""
@@ -183,8 +185,8 @@ class ProxyControl:
             raise CanaryNotFound("no such canary; canaries: none configured")
         return self.canaries.command(name, action)
 
-    def faults_view(self) -> dict:
-        return {"faults": [_active_fault_view(f) for f in self.runtime.overrides.faults.values()]}
+    def describe_faults(self) -> dict:
+        return {"faults": [_describe_active_fault(f) for f in self.runtime.overrides.faults.values()]}
 
     def explain(self, host: str, path: str, method: str = "GET",
                 headers: list[tuple[str, str]] | None = None) -> dict:
@@ -195,7 +197,7 @@ class ProxyControl:
 
     def set_weights(self, route: str, weights: dict[str, float], source: str = "api") -> dict:
         self.runtime.overrides.set_weights(route, weights, source)
-        return self.routes_view()
+        return self.describe_routes()
 
     def clear_weights(self, route: str | None = None) -> list[str]:
         return self.runtime.overrides.clear_weights(route)
@@ -210,13 +212,13 @@ class ProxyControl:
                       delay=DelayFault(delay, percent) if delay else None)
         active = self.runtime.overrides.add_fault(route, fault, duration)
         self.runtime.overrides.schedule_expiry(active)  # the dead-man's switch: at the deadline itself
-        return _active_fault_view(active)
+        return _describe_active_fault(active)
 
     def clear_faults(self, route: str | None = None) -> list[str]:
         return self.runtime.overrides.clear_faults(route)
 
 
-def _fault_view(fault: Fault | None) -> dict | None:
+def _describe_fault(fault: Fault | None) -> dict | None:
     if fault is None:
         return None
     return {"abort": None if fault.abort is None else {"status": fault.abort.status,
@@ -226,8 +228,8 @@ def _fault_view(fault: Fault | None) -> dict | None:
             "scope": fault.scope}
 
 
-def _active_fault_view(active) -> dict:
-    return {"route": active.route, **_fault_view(active.fault), "since": active.since,
+def _describe_active_fault(active) -> dict:
+    return {"route": active.route, **_describe_fault(active.fault), "since": active.since,
             "expires": active.expires, "remaining_s": round(active.remaining(), 3)}
 
 

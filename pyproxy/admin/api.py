@@ -77,7 +77,7 @@ class AdminControl(Protocol):
     def is_ready(self) -> bool:
         """Config loaded, listener bound, not draining."""
 
-    def config_view(self) -> dict:
+    def describe_config(self) -> dict:
         """The effective config as plain JSON values, with ``generation`` and the last reload
         result. Secrets may be included: the admin redacts them."""
 
@@ -121,7 +121,7 @@ async def get_windows(request: AdminRequest) -> AdminResponse:
 
 
 async def get_config(request: AdminRequest) -> AdminResponse:
-    return json_response(redact(request.app[CONTROL].config_view()))
+    return json_response(redact(request.app[CONTROL].describe_config()))
 
 
 async def post_reload(request: AdminRequest) -> AdminResponse:
@@ -132,11 +132,11 @@ async def post_reload(request: AdminRequest) -> AdminResponse:
 
 
 async def get_routes(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].routes_view())
+    return json_response(request.app[CONTROL].describe_routes())
 
 
 async def get_services(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].services_view())
+    return json_response(request.app[CONTROL].describe_services())
 
 
 async def _json_body(request: AdminRequest) -> dict:
@@ -162,7 +162,7 @@ async def put_weights(request: AdminRequest) -> AdminResponse:
         raise _BadRequest("'weights' must map backend names to numbers")
     request.app[CONTROL].set_weights(request.match_info["route"], weights,
                                      source=str(body.get("source", "api"))[:32])
-    return json_response(request.app[CONTROL].routes_view())
+    return json_response(request.app[CONTROL].describe_routes())
 
 
 async def delete_weights(request: AdminRequest) -> AdminResponse:
@@ -171,7 +171,7 @@ async def delete_weights(request: AdminRequest) -> AdminResponse:
 
 
 async def get_faults(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].faults_view())
+    return json_response(request.app[CONTROL].describe_faults())
 
 
 async def post_fault(request: AdminRequest) -> AdminResponse:
@@ -202,7 +202,7 @@ async def delete_faults(request: AdminRequest) -> AdminResponse:
 
 
 async def get_canaries(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].canaries_view())
+    return json_response(request.app[CONTROL].describe_canaries())
 
 
 async def post_canary_action(request: AdminRequest) -> AdminResponse:

@@ -381,7 +381,7 @@ class CanaryController:
         self._changed()
         return self.describe(runner)
 
-    def view(self) -> dict:
+    def describe(self) -> dict:
         canaries = [self.describe(runner) for runner in self._runners.values()]
         snapshot = self.runtime.snapshot
         for canary in snapshot.config.canaries if snapshot else ():
