@@ -177,7 +177,7 @@ class ProxyControl:
         return {"services": services}
 
     def describe_canaries(self) -> dict:
-        return self.canaries.describe() if self.canaries is not None else {"canaries": []}
+        return self.canaries.describe_all() if self.canaries is not None else {"canaries": []}
 
     def canary_command(self, name: str, action: str) -> dict:
         """promote / abort / pause / resume; raises CanaryNotFound or CommandRefused."""

@@ -13,9 +13,9 @@ import asyncio
 import logging
 import re
 import ssl
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyproxy.config.model import (
     Backend,
@@ -42,6 +42,7 @@ from pyproxy.resilience.health import HealthChecker
 from pyproxy.resilience.outlier import OutlierDetector, OutlierEvent
 from pyproxy.routing.matchers import compile_matches
 from pyproxy.routing.table import RouteTable
+from pyproxy.tasks import spawn_detached
 from pyproxy.traffic.balancer import make_balancer
 from pyproxy.traffic.split import WeightedSplit
 from pyproxy.traffic.sticky import StickyTable
@@ -164,18 +165,15 @@ def _log_health(service: str, key: str, healthy: bool) -> None:
                    "healthy" if healthy else "unhealthy")
 
 
-_background: set[asyncio.Task] = set()
-
-
-def _spawn(coro, name: str) -> None:
-    """Health checkers start and stop from compile(), which runs inside the event loop."""
+def _spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Health checkers start and stop from compile() and swap(), which run inside the event
+    loop — or offline (``pyproxy explain``, validate), where there is nothing to probe."""
     try:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        asyncio.get_running_loop()
     except RuntimeError:
-        coro.close()  # no loop (offline explain/validate): nothing to probe
+        coro.close()
         return
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    spawn_detached(coro, name)
 
 
 class CompiledBackend:

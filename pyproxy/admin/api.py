@@ -46,13 +46,13 @@ from pyproxy.admin.http import (
     HTTPError,
     json_response,
 )
-from pyproxy.workers.peers import Peers
 from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
 from pyproxy.errors import InvalidOverride
 from pyproxy.metrics.exposition import render_metrics
 from pyproxy.metrics.stats import Stats
+from pyproxy.workers.peers import Peers
 
 log = logging.getLogger(__name__)
 

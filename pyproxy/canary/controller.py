@@ -56,6 +56,7 @@ from pyproxy.errors import InvalidOverride
 from pyproxy.metrics.stats import CanaryMetrics, Stats
 from pyproxy.metrics.windows import Totals
 from pyproxy.runtime import Runtime
+from pyproxy.tasks import TaskGroup
 
 if TYPE_CHECKING:
     import aiohttp
@@ -110,7 +111,7 @@ class CanaryController:
         self._transitions: dict[str, Counter] = {}
         self._checks: dict[str, Counter] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._background: set[asyncio.Task] = set()
+        self._tasks = TaskGroup()  # each runner's loop, and promotions finishing
         stats.canaries_provider = self.metrics
 
     # ------------------------------------------------------------------ lifecycle
@@ -125,10 +126,7 @@ class CanaryController:
             await self.aclose()
 
     async def aclose(self) -> None:
-        tasks = [r.task for r in self._runners.values() if r.task] + list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -174,8 +172,7 @@ class CanaryController:
             except ValueError as exc:
                 logger.error("canary %s: saved state ignored, starting over: %s",
                              canary.name, exc)
-        runner.task = asyncio.get_running_loop().create_task(self._run(runner),
-                                                             name=f"canary-{canary.name}")
+        runner.task = self._tasks.spawn(self._run(runner), f"canary-{canary.name}")
 
     def _stop(self, runner: _Runner, why: str) -> None:
         logger.info("canary %s stopped: %s", runner.canary.name, why)
@@ -374,14 +371,12 @@ class CanaryController:
         if action == "resume":
             runner.baseline = self._snapshot(runner)  # judge only what comes after it
         if machine.is_finishing:
-            task = asyncio.get_running_loop().create_task(self._finish(runner),
-                                                          name=f"canary-{name}-finish")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._tasks.spawn(self._finish(runner), f"canary-{name}-finish")
         self._changed()
         return self.describe(runner)
 
-    def describe(self) -> dict:
+    def describe_all(self) -> dict:
+        """Every configured canary: running ones with their state, blocked ones with why."""
         canaries = [self.describe(runner) for runner in self._runners.values()]
         snapshot = self.runtime.snapshot
         for canary in snapshot.config.canaries if snapshot else ():

@@ -38,9 +38,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pyproxy.workers.peers import clear_registry
 from pyproxy.config.model import Address
 from pyproxy.server import LOG_FORMAT, Worker, prepare, run_worker
+from pyproxy.workers.peers import clear_registry
 
 logger = logging.getLogger("pyproxy.supervisor")
 

@@ -133,7 +133,7 @@ async def canary_proxy(proxy_factory):
 
 
 def view(controller, name: str = "shop") -> dict:
-    return next(c for c in controller.describe()["canaries"] if c["name"] == name)
+    return next(c for c in controller.describe_all()["canaries"] if c["name"] == name)
 
 
 def phase_is(controller, phase: str):
@@ -365,7 +365,7 @@ async def test_reload_restarts_a_changed_canary_and_a_removed_one_lets_go(fake_f
     assert view(controller)["failed_checks"] == 0
 
     proxy.reload(Config(services=config.services, routes=config.routes))  # canary removed
-    await wait_for(lambda: not controller.describe()["canaries"], 3, "the stop")
+    await wait_for(lambda: not controller.describe_all()["canaries"], 3, "the stop")
     assert "shop" not in proxy.runtime.overrides.weights  # the configured 90/10 serves again
 
 
