@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +35,13 @@ from pyproxy.config.model import (
     UpstreamTLS,
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
+from pyproxy.messages import RequestHead
 from pyproxy.overrides import Overrides
 from pyproxy.resilience.breaker import CircuitBreaker
 from pyproxy.resilience.budget import RetryBudget
 from pyproxy.resilience.health import HealthChecker
 from pyproxy.resilience.outlier import OutlierDetector, OutlierEvent
-from pyproxy.routing.matchers import compile_matches
+from pyproxy.routing.matchers import Predicate, compile_matches
 from pyproxy.routing.table import RouteTable
 from pyproxy.tasks import spawn_detached
 from pyproxy.traffic.balancer import make_balancer
@@ -108,7 +109,7 @@ class ServiceRuntime:
         else:
             self.checker.update(service.endpoints, health)
 
-    def available(self, endpoints: tuple[EndpointState, ...]):
+    def available(self, endpoints: tuple[EndpointState, ...]) -> Sequence[EndpointState]:
         """The endpoints to balance over: not ejected and not failing health checks."""
         detector, checker = self.detector, self.checker
         if detector is not None:
@@ -213,7 +214,7 @@ class CompiledRoute:
     hosts: tuple[str, ...]
     route: Route
     backends: tuple[CompiledBackend, ...]
-    split: WeightedSplit
+    split: WeightedSplit[CompiledBackend]
     timeout: float | None
     sticky: Sticky | None = None
     sticky_table: StickyTable | None = None
@@ -221,13 +222,13 @@ class CompiledRoute:
     retries: Retries | None = None
     headers: HeaderRules | None = None
     rewrite: Rewrite | None = None
-    rewrite_regex: re.Pattern | None = None
+    rewrite_regex: re.Pattern[str] | None = None
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     mirrors: tuple[tuple[Mirror, CompiledBackend], ...] = ()
     path_prefixes: tuple[tuple[str, bool], ...] = ()  # (prefix, element-wise), longest first
     implicit: bool = False
-    _predicate: object = field(default=None, repr=False)
+    _predicate: Predicate = field(default=lambda head: True, repr=False)
     # Only forwards, with nothing per attempt or per backend to do first: the pipeline's fast
     # path (Proxy.serve_now) may serve it.
     forward_only: bool = field(init=False, repr=False)
@@ -238,7 +239,7 @@ class CompiledRoute:
             and (self.fault is None or self.fault.scope == "request")
             and all(backend.direct_status is None for backend in self.backends))
 
-    def matches(self, head) -> bool:
+    def matches(self, head: RequestHead) -> bool:
         return self._predicate(head)
 
     def backend_named(self, name: str) -> CompiledBackend | None:
@@ -260,14 +261,14 @@ class CompiledRoute:
 class Snapshot:
     generation: int
     config: Config
-    table: RouteTable
+    table: RouteTable[CompiledRoute]
     routes: dict[str, CompiledRoute]
 
 
 class Runtime:
     """The current snapshot plus the state that outlives any one of them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pools = UpstreamPools()
         self._endpoints: dict[tuple[str, str, bool], EndpointState] = {}
         self._sticky_tables: dict[str, StickyTable] = {}
@@ -302,11 +303,11 @@ class Runtime:
             self.refresh()
         live = {(s.name, ep.address, ep.tls) for s in snapshot.config.services.values()
                 for ep in s.endpoints}
-        for key in [k for k in self._endpoints if k not in live]:
-            del self._endpoints[key]
+        for endpoint_key in [k for k in self._endpoints if k not in live]:
+            del self._endpoints[endpoint_key]
         names = set(snapshot.routes)
-        for key in [k for k in self._sticky_tables if k not in names]:
-            del self._sticky_tables[key]
+        for route in [r for r in self._sticky_tables if r not in names]:
+            del self._sticky_tables[route]
         for name in [n for n in self.services if n not in snapshot.config.services]:
             _spawn(self.services.pop(name).close(), f"service-close-{name}")
 
@@ -330,7 +331,7 @@ class Runtime:
         self.overrides.expire_faults()
         return events
 
-    def ejections(self):
+    def ejections(self) -> Iterator[tuple[str, str, bool]]:
         """(service, endpoint, ejected) for ``pyproxy_endpoint_ejected``."""
         for service in list(self.services.values()):
             detector = service.detector
@@ -341,11 +342,16 @@ class Runtime:
     def endpoint_state(self, service: str, endpoint: Endpoint) -> EndpointState | None:
         return self._endpoints.get((service, endpoint.address, endpoint.tls))
 
-    # ------------------------------------------------------------------ run-time overrides
+    @property
+    def current(self) -> Snapshot:
+        """The snapshot serving now; there is one from the first ``swap`` on."""
+        if self.snapshot is None:
+            raise RuntimeError("no config has been swapped in yet")
+        return self.snapshot
 
     def refresh(self) -> None:
         """Recompile the current config with the current overrides (same generation)."""
-        snapshot = self.compile(self.snapshot.config)
+        snapshot = self.compile(self.current.config)
         snapshot.generation = self.generation
         self.snapshot = snapshot
 
@@ -385,7 +391,8 @@ class Runtime:
 
     def _compile_backend(self, backend: Backend, config: Config, index: int) -> CompiledBackend:
         if backend.direct_status is not None:
-            return CompiledBackend(backend, None, (), index, None)
+            # It answers by itself: nothing reads the service or runtime of such a backend.
+            return CompiledBackend(backend, None, (), index, None)  # type: ignore[arg-type]
         service = config.services[backend.service]
         endpoints = tuple(self._endpoint_state(service, ep)
                           for ep in service.subset_endpoints(backend.subset))
@@ -414,7 +421,8 @@ class Runtime:
         return CompiledRoute(
             name=route.name, hosts=route.hosts, route=route, backends=tuple(backends),
             split=split, timeout=timeout, sticky=route.sticky, sticky_table=sticky_table,
-            fault=active_fault.fault if active_fault else route.fault, retries=route.retries, headers=route.headers,
+            fault=active_fault.fault if active_fault else route.fault, retries=route.retries,
+            headers=route.headers,
             rewrite=route.rewrite, rewrite_regex=rewrite_regex, redirect=route.redirect,
             direct_response=route.direct_response,
             mirrors=tuple((m, self._compile_backend(Backend(m.service, m.subset), config, -1))
@@ -424,7 +432,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ read by metrics
 
-    def backend_weights(self):
+    def backend_weights(self) -> Iterator[tuple[str, str, float]]:
         """(route, backend, configured share 0..1) for ``pyproxy_backend_weight``."""
         snapshot = self.snapshot
         if snapshot is None:

@@ -8,7 +8,8 @@ This is the only module that imports ``prometheus_client``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -16,13 +17,15 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from pyproxy.metrics.linkerd import latency_samples, response_samples
 from pyproxy.metrics.merge import FamilyLike
 from pyproxy.metrics.stats import DURATION_BUCKETS, CanaryMetrics, Stats
 
-_LE = tuple(floatToGoString(b) for b in DURATION_BUCKETS) + ("+Inf",)
+# The ``le`` label values; repr() writes these bounds as Prometheus does ("0.0025", "1.0").
+_LE = tuple(repr(b) for b in DURATION_BUCKETS) + ("+Inf",)
+
+LabelValues = TypeVar("LabelValues", bound=tuple[str, ...])
 
 
 def render_metrics(stats: Stats) -> tuple[bytes, str]:
@@ -111,7 +114,7 @@ class _StatsCollector(Collector):
 
 
 def _counter(name: str, help_text: str, labels: list[str],
-             data: dict[tuple[str, ...], int]) -> CounterMetricFamily:
+             data: Mapping[LabelValues, int]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, help_text, labels=labels)
     for key, value in list(data.items()):
         family.add_metric(key, value)
