@@ -30,10 +30,11 @@ import uvloop
 
 from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
+from pyproxy.canary.analysis import CanaryState
 from pyproxy.canary.controller import CanaryController
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
-from pyproxy.config.model import Address, Config
-from pyproxy.control import ProxyControl
+from pyproxy.config.model import Address, Config, ListenerTLS
+from pyproxy.control import ConfigOverrides, ProxyControl
 from pyproxy.engine.downstream import Listener
 from pyproxy.metrics.linkerd import backend_workloads
 from pyproxy.metrics.stats import Stats
@@ -45,6 +46,9 @@ from pyproxy.workers.peers import Peers, register
 from pyproxy.workers.state_file import StateFile, StateSync
 
 logger = logging.getLogger("pyproxy")
+
+# What getsockname() gives for a TCP socket: (host, port), or for IPv6 (host, port, flow, scope)
+SocketAddress = tuple[str | int, ...]
 
 
 def _parse_address(text: str) -> Address:
@@ -72,7 +76,7 @@ class Startup:
 
     loaded: LoadedConfig
     config: Config
-    overrides: dict  # --listen / --admin: they outlive reloads
+    overrides: ConfigOverrides  # --listen / --admin: they outlive reloads
     listener_tls: ListenerCertificate | None
 
 
@@ -91,7 +95,7 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
     for warning in loaded.warnings:
         logger.warning("config: %s", warning)
 
-    overrides: dict = {}
+    overrides: ConfigOverrides = {}
     if listen:
         overrides["listen"] = _parse_address(listen)
     if admin:
@@ -113,7 +117,8 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
 
 
 async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
-                started: asyncio.Future | None = None, rng: random.Random | None = None,
+                started: asyncio.Future[tuple[SocketAddress, SocketAddress | None]] | None = None,
+                rng: random.Random | None = None,
                 state_dir: str | None = None, worker: Worker | None = None) -> int:
     """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code.
     ``state_dir``: keep run-time state in a state file there; ``worker``: run as one of
@@ -133,7 +138,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     stats = Stats()
     stats.weights_provider = runtime.backend_weights
     stats.ejections_provider = runtime.ejections
-    stats.workloads_provider = lambda: backend_workloads(runtime.snapshot.config)
+    stats.workloads_provider = lambda: backend_workloads(runtime.current.config)
     stats.linkerd_compat = config.metrics.linkerd_compat
     stats.record_reload(True, runtime.generation)
     access_log = AccessLog(config.access_log.format, shared=worker is not None)
@@ -169,7 +174,8 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         server.close()
         return 1
     admin_bound = admin_runner.addresses[0] if admin_runner.addresses else None
-    if not leader:
+    if worker is not None and not leader:
+        assert admin_bound is not None  # a bound TCP server has an address
         register(worker.state_dir, worker.index, *admin_bound[:2])
 
     stop = loop.create_future()
@@ -206,7 +212,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         signame = "cancelled"
     # SIGTERM is an orchestrator's stop: stay in rotation for drain_delay so load balancers
     # notice /readyz. Ctrl-C is a person at a terminal: stop accepting at once.
-    await _drain(server, listener, runtime.snapshot.config, delay=signame == "SIGTERM")
+    await _drain(server, listener, runtime.current.config, delay=signame == "SIGTERM")
     await tasks.cancel_all()
     await admin_runner.cleanup()
     if peers is not None:
@@ -223,7 +229,7 @@ def _share_state(control: ProxyControl, state_dir: str | None, leader: bool) -> 
     run-time state from an earlier run or the other workers is applied before serving, and
     the leader writes the file after every change — its own, the canaries'."""
     runtime = control.runtime
-    saved_canaries: dict = {}
+    saved_canaries: dict[str, CanaryState] = {}
     if state_dir is not None:
         control.shared = StateSync(StateFile(state_dir), runtime, leader=leader,
                                    reload=control.reload)
@@ -240,7 +246,8 @@ def _share_state(control: ProxyControl, state_dir: str | None, leader: bool) -> 
 async def _watch_supervisor(supervisor: int, stop: Callable[[str], None]) -> None:
     """A worker whose supervisor is gone (killed outright) stops rather than serve alone:
     nothing would restart it or tell it to drain."""
-    while os.getppid() == supervisor:
+    # Polled: nothing signals the death of a parent to a child (no event to wait on).
+    while os.getppid() == supervisor:  # noqa: ASYNC110
         await asyncio.sleep(1.0)
     stop("supervisor gone")
 
@@ -266,13 +273,13 @@ class ListenerCertificate:
     handshakes use the new certificate, established connections keep theirs. A broken new
     pair is logged and the old one keeps serving."""
 
-    def __init__(self, tls):
+    def __init__(self, tls: ListenerTLS):
         self.tls = tls
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(tls.cert, tls.key)
         self._stamp = self._files_stamp()
 
-    def _files_stamp(self):
+    def _files_stamp(self) -> tuple[tuple[int, int], ...] | None:
         try:
             return tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size)
                          for p in (self.tls.cert, self.tls.key))

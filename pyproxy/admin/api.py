@@ -49,6 +49,7 @@ from pyproxy.admin.http import (
 from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
+from pyproxy.control import ReloadResult
 from pyproxy.errors import InvalidOverride
 from pyproxy.metrics.exposition import render_metrics
 from pyproxy.metrics.stats import Stats
@@ -77,13 +78,12 @@ class AdminControl(Protocol):
     def is_ready(self) -> bool:
         """Config loaded, listener bound, not draining."""
 
-    def describe_config(self) -> dict:
+    def describe_config(self) -> dict[str, object]:
         """The effective config as plain JSON values, with ``generation`` and the last reload
         result. Secrets may be included: the admin redacts them."""
 
-    async def reload_all(self) -> dict:
-        """Reload from the config sources, in every worker: ``{"result": "success"|"failure"|
-        "unchanged", "generation": int, "errors": [str]}`` (this process's result)."""
+    async def reload_all(self) -> ReloadResult:
+        """Reload from the config sources, in every worker (this process's result)."""
 
 
 CONTROL = "control"  # the AdminControl
@@ -139,7 +139,9 @@ async def get_services(request: AdminRequest) -> AdminResponse:
     return json_response(request.app[CONTROL].describe_services())
 
 
-async def _json_body(request: AdminRequest) -> dict:
+async def _json_body(request: AdminRequest) -> dict[str, Any]:
+    """The request's JSON object; the handlers check each value they use (it came from the
+    network), hence ``Any``."""
     try:
         body = request.json()
     except ValueError:
@@ -249,7 +251,7 @@ DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-s
 @functools.cache
 def _dashboard_file(name: str) -> tuple[bytes, str]:
     body = (importlib.resources.files("pyproxy.admin") / "dashboard" / name).read_bytes()
-    return body, '"%s"' % hashlib.sha256(body).hexdigest()[:24]
+    return body, f'"{hashlib.sha256(body).hexdigest()[:24]}"'
 
 
 async def dashboard(request: AdminRequest) -> AdminResponse:

@@ -44,10 +44,12 @@ from pyproxy.canary.analysis import (
     ACTIVE,
     PHASES,
     CanaryMachine,
+    CanaryState,
     CommandRefused,
     Event,
     HookResult,
     IntervalStats,
+    Judgement,
     aggregate,
     judge,
 )
@@ -78,12 +80,12 @@ class _Runner:
     def __init__(self, canary: Canary, machine: CanaryMachine):
         self.canary = canary
         self.machine = machine
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.applied: dict[str, float] | None = None  # the weights we set last
         self.baseline: tuple[Totals, Totals, float] | None = None  # candidate, primary, when
         self.next_check: float | None = None  # monotonic time of the next tick
         self.interval = 0  # judged intervals so far
-        self.last_check: dict | None = None
+        self.last_check: dict[str, object] | None = None
         self.finishing = False
         self.resumed = False  # restored from saved state rather than started afresh
 
@@ -94,7 +96,7 @@ class CanaryController:
     def __init__(self, runtime: Runtime, stats: Stats, *, poll: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 saved: Mapping[str, dict] | None = None,
+                 saved: Mapping[str, CanaryState] | None = None,
                  on_change: Callable[[], None] | None = None):
         self.runtime = runtime
         self.stats = stats
@@ -108,8 +110,8 @@ class CanaryController:
         self._blocked: dict[str, str] = {}  # canary → why it does not run
         self._canaries: tuple[Canary, ...] | None = None
         # Counters per canary name: they outlive one analysis so Prometheus sees them grow.
-        self._transitions: dict[str, Counter] = {}
-        self._checks: dict[str, Counter] = {}
+        self._transitions: dict[str, Counter[str]] = {}
+        self._checks: dict[str, Counter[str]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks = TaskGroup()  # each runner's loop, and promotions finishing
         stats.canaries_provider = self.metrics
@@ -217,14 +219,14 @@ class CanaryController:
         due = [t for t in machine.hooks_due(judgement)
                if any(h.type == t for h in runner.canary.webhooks)]
         answers = await asyncio.gather(*(self._call_hooks(runner, t) for t in due))
-        machine.tick(judgement, dict(zip(due, answers)))
+        machine.tick(judgement, dict(zip(due, answers, strict=True)))
         self._apply(runner)
         runner.baseline = self._snapshot(runner)
         self._changed()
         if machine.is_finishing:
             await self._finish(runner)
 
-    def _judge(self, runner: _Runner):
+    def _judge(self, runner: _Runner) -> Judgement:
         canary = runner.canary
         now = self._snapshot(runner)
         if runner.baseline is None:
@@ -268,7 +270,7 @@ class CanaryController:
         """The route's split: primary 100−w, candidate w; other backends keep their
         configured weights."""
         canary, machine = runner.canary, runner.machine
-        compiled = self.runtime.snapshot.routes.get(canary.route)
+        compiled = self.runtime.current.routes.get(canary.route)
         weights = {b.name: b.weight for b in compiled.route.backends} if compiled else {}
         weights[canary.primary] = machine.primary_weight
         weights[canary.candidate] = machine.weight
@@ -359,7 +361,7 @@ class CanaryController:
             raise CanaryNotFound(f"no such canary; canaries: {names}")
         return runner
 
-    def command(self, name: str, action: str) -> dict:
+    def command(self, name: str, action: str) -> dict[str, object]:
         """``promote``, ``abort``, ``pause`` or ``resume``; raises ``CanaryNotFound`` or
         ``CommandRefused`` (with a message for the operator)."""
         if action not in ACTIONS:
@@ -375,7 +377,7 @@ class CanaryController:
         self._changed()
         return self.describe(runner)
 
-    def describe_all(self) -> dict:
+    def describe_all(self) -> dict[str, object]:
         """Every configured canary: running ones with their state, blocked ones with why."""
         canaries = [self.describe(runner) for runner in self._runners.values()]
         snapshot = self.runtime.snapshot
@@ -385,7 +387,7 @@ class CanaryController:
                                  "message": self._blocked[canary.name]})
         return {"canaries": canaries}
 
-    def describe(self, runner: _Runner) -> dict:
+    def describe(self, runner: _Runner) -> dict[str, object]:
         machine, canary = runner.machine, runner.canary
         next_in = None
         if runner.next_check is not None and not machine.is_final:
@@ -405,7 +407,7 @@ class CanaryController:
             "events": [event.as_dict() for event in machine.events],
         }
 
-    def export(self) -> dict[str, dict]:
+    def export(self) -> dict[str, CanaryState]:
         """canary name → its analysis as plain values (JSON), with a fingerprint of its
         definition: what ``saved`` takes after a restart. Saved entries of canaries not
         started yet are kept."""
@@ -427,7 +429,7 @@ class CanaryController:
                 for name, runner in list(self._runners.items())]
 
 
-def _definition(canary: Canary) -> dict:
+def _definition(canary: Canary) -> dict[str, object]:
     return {"name": canary.name, "route": canary.route, "primary": canary.primary,
             "candidate": canary.candidate, "interval_s": canary.interval,
             "max_weight": canary.max_weight, "threshold": canary.threshold,

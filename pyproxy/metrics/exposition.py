@@ -23,7 +23,7 @@ from pyproxy.metrics.merge import FamilyLike
 from pyproxy.metrics.stats import DURATION_BUCKETS, CanaryMetrics, Stats
 
 # The ``le`` label values; repr() writes these bounds as Prometheus does ("0.0025", "1.0").
-_LE = tuple(repr(b) for b in DURATION_BUCKETS) + ("+Inf",)
+_LE = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")
 
 LabelValues = TypeVar("LabelValues", bound=tuple[str, ...])
 

@@ -29,7 +29,7 @@ from pyproxy.config.model import Config
 # linkerd/metrics/src/latency.rs), in milliseconds; +Inf is implied.
 LINKERD_LATENCY_BUCKETS_MS = (1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
                               1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000)
-LINKERD_LE = tuple(str(b) for b in LINKERD_LATENCY_BUCKETS_MS) + ("+Inf",)  # le="5", as Linkerd
+LINKERD_LE = (*(str(b) for b in LINKERD_LATENCY_BUCKETS_MS), "+Inf")  # le="5", as Linkerd
 
 # (namespace, deployment, service): who a backend is, in Linkerd's labels
 Workload = tuple[str, str, str]

@@ -37,6 +37,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
 
 from pyproxy.config.model import Address
 from pyproxy.server import LOG_FORMAT, Worker, prepare, run_worker
@@ -66,7 +67,7 @@ class RestartPolicy:
         exits = self._quick_exits[index] = self._quick_exits.get(index, 0) + 1
         if exits >= self.max_quick_exits:
             return None
-        return min(self.max_delay, self.first_delay * 2 ** (exits - 1))
+        return min(self.max_delay, self.first_delay * 2.0 ** (exits - 1))
 
     def quick_exits(self, index: int) -> int:
         return self._quick_exits.get(index, 0)
@@ -220,8 +221,9 @@ class Supervisor:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            os.close(self._wakeup[0])
-            os.close(self._wakeup[1])
+            if self._wakeup is not None:  # set while the supervisor runs, which forks us
+                os.close(self._wakeup[0])
+                os.close(self._wakeup[1])
             for sig in SIGNALS:  # until the worker's event loop installs its own
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
@@ -235,7 +237,7 @@ class Supervisor:
             os._exit(code)
 
 
-def _numbers_only(signum, frame) -> None:
+def _numbers_only(signum: int, frame: FrameType | None) -> None:
     """A Python-level handler must exist for the wakeup pipe to carry the signal."""
 
 
@@ -269,7 +271,7 @@ def run_workers(paths: Sequence[str], count: int, *, listen: str | None = None,
     host = f"[{address.host}]" if ":" in address.host else address.host
     listen = f"{host}:{address.port}"
     temporary = state_dir is None
-    directory = tempfile.mkdtemp(prefix="pyproxy-state-") if temporary else state_dir
+    directory = tempfile.mkdtemp(prefix="pyproxy-state-") if state_dir is None else state_dir
     clear_registry(directory)
     supervisor = os.getpid()
     logger.info("starting %d workers on %s, state in %s%s", count, listen, directory,
