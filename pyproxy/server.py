@@ -1,17 +1,17 @@
 """Composition root: load the config, start the listener and the admin, handle signals.
 
 ``run_server`` is what ``pyproxy run`` calls; with ``--workers N`` the supervisor
-(``workers/supervisor.py``) starts N processes that each call ``run_worker``. Lifecycle (SPEC §7):
-SIGTERM turns /readyz 503 at once, keeps serving for ``drain_delay`` so load balancers
-notice, then stops accepting, lets in-flight requests finish for up to ``drain_timeout`` and
-exits 0. SIGHUP, ``POST /api/v1/reload`` and file changes reload the config; an invalid one is
-rejected whole and the last good one keeps serving.
+(``workers/supervisor.py``) starts N processes that each call ``run_worker``. Lifecycle
+(docs/operations.md): SIGTERM turns /readyz 503 at once, keeps serving for ``drain_delay``
+so load balancers notice, then stops accepting, lets in-flight requests finish for up to
+``drain_timeout`` and exits 0. SIGHUP, ``POST /api/v1/reload`` and file changes reload the
+config; an invalid one is rejected whole and the last good one keeps serving.
 
 A worker differs from the single process in a few places only: it binds the listener with
-``SO_REUSEPORT`` (the kernel spreads connections over the workers), it keeps run-time state in
-step through the state file (``workers/state_file.py``), and only the leader (worker 0) serves the
-public admin, runs canaries and merges the others' metrics (``workers/peers.py``); the others
-serve a read-only admin on a private loopback port.
+``SO_REUSEPORT`` (the kernel spreads connections over the workers), it keeps run-time state
+in step through the state file (``workers/state_file.py``), and only the leader (worker 0)
+serves the public admin, runs canaries and merges the others' metrics
+(``workers/peers.py``); the others serve a read-only admin on a private loopback port.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The automated canary loop (SPEC §6 ``canaries``): one task per canary, one tick per
+"""The automated canary loop (docs/canary.md): one task per canary, one tick per
 ``interval``.
 
 Each tick reads the candidate's (and the primary's) numbers for the interval that just

@@ -15,7 +15,8 @@ workers to exit.
   up — stops the other workers and exits 1 — because a worker that cannot start (its address
   taken, the config on disk invalid by now) would otherwise be restarted forever.
 * SIGTERM and SIGINT are passed on to every worker, which drain as a single process does
-  (SPEC §7); the supervisor waits for all of them and exits 0 (1 if one did not exit cleanly).
+  (docs/operations.md); the supervisor waits for all of them and exits 0 (1 if one did not
+  exit cleanly).
 * SIGHUP is passed on: every worker reloads its config.
 
 Why fork rather than start new interpreters: the supervisor has no threads and no event loop,
