@@ -4,7 +4,9 @@ A snapshot holds everything a request needs, decided at load time: the route tab
 compiled matchers, each route's split, and each backend's endpoints with their balancer.
 Live state that must survive a reload (connection pools, per-endpoint counters, sticky pins)
 lives in the ``Runtime`` and is looked up by stable keys while compiling, so in-flight
-requests finish on the snapshot they started with and new ones see the new one.
+requests finish on the snapshot they started with and new ones see the new one. Weights and
+faults set at run time (``overrides.py``) are compiled in the same way: a change recompiles
+the current config.
 """
 
 from __future__ import annotations
