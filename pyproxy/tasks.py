@@ -12,7 +12,7 @@ Which one to use:
   a service's health checker after a reload removed it). Its reference is kept until it
   ends.
 
-``asyncio.create_task`` and ``loop.create_task`` are not used anywhere else (ruff TID251).
+ruff bans ``asyncio.create_task`` and ``asyncio.ensure_future`` outside this module (TID251).
 """
 
 from __future__ import annotations
