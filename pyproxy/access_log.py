@@ -1,4 +1,4 @@
-"""The access log (SPEC §8): one line per request on stdout, JSON or text.
+"""The access log (docs/operations.md): one line per request on stdout, JSON or text.
 
 Writing to stdout can block (a full pipe, a slow terminal, a paused ``docker logs``), and
 formatting costs microseconds the event loop should not pay. So ``log()`` only appends the

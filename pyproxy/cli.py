@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pyproxy: cannot keep state in {args.state_dir}: {exc}", file=sys.stderr)
                 return 2
         if args.workers > 1:
-            from pyproxy.supervisor import run_workers
+            from pyproxy.workers.supervisor import run_workers
 
             return run_workers(paths, args.workers, listen=args.listen, admin=args.admin,
                                state_dir=args.state_dir)

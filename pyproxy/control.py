@@ -1,8 +1,10 @@
 """The running proxy as the admin API and the CLI see it.
 
 ``ProxyControl`` owns reloads (parse → validate → compile → swap, keeping the last good
-config), run-time weight overrides and time-boxed faults, and renders the views the admin
-API serves: routes with live stats, services with their endpoints, active faults, explain.
+config), passes run-time weight overrides and time-boxed faults on to ``runtime.overrides``,
+and describes the running proxy as plain JSON values for the admin API (``describe_*``:
+routes with live stats, services with their endpoints, active faults, canaries, explain).
+The CLI turns those into text in ``admin/views.py``.
 """
 
 from __future__ import annotations
@@ -12,25 +14,44 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from typing import NotRequired, TypedDict
 
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
-from pyproxy.config.model import AbortFault, Config, DelayFault, Fault
+from pyproxy.config.model import AbortFault, Address, AdminConfig, Config, DelayFault, Fault
 from pyproxy.engine.downstream import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
-from pyproxy.metrics import Stats
+from pyproxy.metrics.stats import Stats
+from pyproxy.overrides import ActiveFault
 from pyproxy.runtime import Runtime
-from pyproxy.shared_state import StateSync
+from pyproxy.workers.state_file import StateSync
 
 logger = logging.getLogger("pyproxy")
+
+
+class ConfigOverrides(TypedDict, total=False):
+    """``pyproxy run --listen/--admin``: config values given on the command line, which
+    outlive reloads."""
+
+    listen: Address
+    admin: AdminConfig
+
+
+class ReloadResult(TypedDict):
+    """What a reload did (``POST /api/v1/reload``, docs/admin-api.md)."""
+
+    result: str  # success, failure or unchanged
+    generation: int  # of the config serving afterwards
+    errors: list[str]  # why a failed reload was rejected
+    time: NotRequired[float]  # wall clock; not for "unchanged"
 
 
 class ProxyControl:
     """The running proxy as the admin API sees it: readiness, config and reloads."""
 
     def __init__(self, paths: Sequence[str], loaded: LoadedConfig, runtime: Runtime,
-                 stats: Stats, listener: Listener, overrides: dict):
+                 stats: Stats, listener: Listener, overrides: ConfigOverrides):
         self.paths = list(paths)
         self.loaded = loaded
         self.runtime = runtime
@@ -38,7 +59,7 @@ class ProxyControl:
         self.listener = listener
         self.overrides = overrides
         self.serving = False
-        self.last_reload = {"result": "success", "generation": runtime.generation,
+        self.last_reload: ReloadResult = {"result": "success", "generation": runtime.generation,
                             "time": time.time(), "errors": []}
         self._reload_lock = asyncio.Lock()
         self.canaries: CanaryController | None = None  # set by the server
@@ -51,15 +72,16 @@ class ProxyControl:
         return dataclasses.replace(loaded.config, **self.overrides) if self.overrides \
             else loaded.config
 
-    def config_view(self) -> dict:
-        view = _plain(self.runtime.snapshot.config)
+    def describe_config(self) -> dict[str, object]:
+        config = self.runtime.current.config
+        view = {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
         view["generation"] = self.runtime.generation
         view["files"] = list(self.loaded.files)
         view["warnings"] = [str(w) for w in self.loaded.warnings]
         view["last_reload"] = self.last_reload
         return view
 
-    async def reload(self) -> dict:
+    async def reload(self) -> ReloadResult:
         """parse → validate → compile → swap; the last good config stays on any error."""
         async with self._reload_lock:
             try:
@@ -77,10 +99,11 @@ class ProxyControl:
                 return {"result": "unchanged", "generation": self.runtime.generation,
                         "errors": []}
             config = self.effective(loaded)
-            if config.listen != self.runtime.snapshot.config.listen:
+            serving = self.runtime.current.config
+            if config.listen != serving.listen:
                 logger.warning("listen address changes need a restart; still on %s",
-                               self.runtime.snapshot.config.listen)
-                config = dataclasses.replace(config, listen=self.runtime.snapshot.config.listen)
+                               serving.listen)
+                config = dataclasses.replace(config, listen=serving.listen)
             self.runtime.swap(self.runtime.compile(config))
             self.listener.timeouts = config.timeouts
             self.listener.limits = config.limits
@@ -96,7 +119,7 @@ class ProxyControl:
                                 "time": time.time(), "errors": []}
             return self.last_reload
 
-    async def reload_all(self) -> dict:
+    async def reload_all(self) -> ReloadResult:
         """``POST /api/v1/reload``: this process now; with ``--workers N`` the others too,
         when they see the request in the state file. The answer is this process's."""
         result = await self.reload()
@@ -104,20 +127,20 @@ class ProxyControl:
             self.shared.request_reload()
         return result
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ descriptions (JSON)
 
-    def routes_view(self) -> dict:
+    def describe_routes(self) -> dict[str, object]:
         """Per route: configured and effective weights, override, fault, live stats."""
-        snapshot = self.runtime.snapshot
-        live = self.stats.snapshot_routes()
+        snapshot = self.runtime.current
+        live = self.stats.windows.by_route(self.runtime.backend_weights())
         routes = []
         for route in snapshot.routes.values():
-            override = self.runtime.weight_overrides.get(route.name)
+            override = self.runtime.overrides.weights.get(route.name)
             stats = live.get(route.name, {})
             total = route.split.total
-            backends = []
+            backends: list[dict[str, object]] = []
             for index, backend in enumerate(route.backends):
-                window = stats.get(backend.name) or self.stats.window_stats(route.name,
+                window = stats.get(backend.name) or self.stats.windows.summary(route.name,
                                                                             backend.name)
                 backends.append({
                     "backend": backend.name,
@@ -130,22 +153,22 @@ class ProxyControl:
                     "p50": window.get("p50"), "p95": window.get("p95"), "p99": window.get("p99"),
                     "endpoints": [ep.address for ep in backend.endpoints],
                 })
-            active = self.runtime.faults.get(route.name)
+            active = self.runtime.overrides.faults.get(route.name)
             routes.append({
                 "name": route.name, "hosts": list(route.hosts),
                 "override": None if override is None else {
                     "weights": override.weights, "source": override.source,
                     "since": override.since},
-                "fault": _fault_view(route.fault),
-                "runtime_fault": None if active is None else _active_fault_view(active),
+                "fault": None if route.fault is None else _describe_fault(route.fault),
+                "runtime_fault": None if active is None else _describe_active_fault(active),
                 "backends": backends,
             })
-        return {"window_seconds": self.stats.window, "generation": self.runtime.generation,
+        return {"window_seconds": self.stats.windows.size, "generation": self.runtime.generation,
                 "routes": routes}
 
-    def services_view(self) -> dict:
+    def describe_services(self) -> dict[str, object]:
         services = []
-        for service in self.runtime.snapshot.config.services.values():
+        for service in self.runtime.current.config.services.values():
             live = self.runtime.services.get(service.name)
             detector = live.detector if live else None
             checker = live.checker if live else None
@@ -174,51 +197,52 @@ class ProxyControl:
                              "circuit_breaker": live.breaker.snapshot() if live else None})
         return {"services": services}
 
-    def canaries_view(self) -> dict:
-        return self.canaries.view() if self.canaries is not None else {"canaries": []}
+    def describe_canaries(self) -> dict[str, object]:
+        return self.canaries.describe_all() if self.canaries is not None else {"canaries": []}
 
-    def canary_command(self, name: str, action: str) -> dict:
+    def canary_command(self, name: str, action: str) -> dict[str, object]:
         """promote / abort / pause / resume; raises CanaryNotFound or CommandRefused."""
         if self.canaries is None:
             raise CanaryNotFound("no such canary; canaries: none configured")
         return self.canaries.command(name, action)
 
-    def faults_view(self) -> dict:
-        return {"faults": [_active_fault_view(f) for f in self.runtime.faults.values()]}
+    def describe_faults(self) -> dict[str, object]:
+        faults = self.runtime.overrides.faults.values()
+        return {"faults": [_describe_active_fault(f) for f in faults]}
 
     def explain(self, host: str, path: str, method: str = "GET",
-                headers: list[tuple[str, str]] | None = None) -> dict:
-        return explain(self.runtime.snapshot, self.runtime,
+                headers: list[tuple[str, str]] | None = None) -> dict[str, object]:
+        return explain(self.runtime.current, self.runtime,
                        request_head(host, path, method, headers))
 
     # ------------------------------------------------------------------ mutations
 
-    def set_weights(self, route: str, weights: dict[str, float], source: str = "api") -> dict:
-        self.runtime.set_weights(route, weights, source)
-        return self.routes_view()
+    def set_weights(self, route: str, weights: dict[str, float],
+                    source: str = "api") -> dict[str, object]:
+        self.runtime.overrides.set_weights(route, weights, source)
+        return self.describe_routes()
 
     def clear_weights(self, route: str | None = None) -> list[str]:
-        return self.runtime.clear_weights(route)
+        return self.runtime.overrides.clear_weights(route)
 
     def add_fault(self, route: str, duration: float, *, abort_status: int | None = None,
-                  delay: float | None = None, percent: float = 100.0) -> dict:
+                  delay: float | None = None, percent: float = 100.0) -> dict[str, object]:
         if not 0 <= percent <= 100:
             raise InvalidOverride("percent must be within 0..100")
         if abort_status is not None and not 200 <= abort_status <= 599:
             raise InvalidOverride("abort status must be within 200..599")
         fault = Fault(abort=AbortFault(abort_status, percent) if abort_status else None,
                       delay=DelayFault(delay, percent) if delay else None)
-        active = self.runtime.add_fault(route, fault, duration)
-        self.runtime.schedule_expiry(active)  # the dead-man's switch: at the deadline itself
-        return _active_fault_view(active)
+        active = self.runtime.overrides.add_fault(route, fault, duration)
+        # the dead-man's switch: at the deadline itself
+        self.runtime.overrides.schedule_expiry(active)
+        return _describe_active_fault(active)
 
     def clear_faults(self, route: str | None = None) -> list[str]:
-        return self.runtime.clear_faults(route)
+        return self.runtime.overrides.clear_faults(route)
 
 
-def _fault_view(fault: Fault | None) -> dict | None:
-    if fault is None:
-        return None
+def _describe_fault(fault: Fault) -> dict[str, object]:
     return {"abort": None if fault.abort is None else {"status": fault.abort.status,
                                                        "percent": fault.abort.percent},
             "delay": None if fault.delay is None else {"fixed_s": fault.delay.fixed,
@@ -226,12 +250,12 @@ def _fault_view(fault: Fault | None) -> dict | None:
             "scope": fault.scope}
 
 
-def _active_fault_view(active) -> dict:
-    return {"route": active.route, **_fault_view(active.fault), "since": active.since,
+def _describe_active_fault(active: ActiveFault) -> dict[str, object]:
+    return {"route": active.route, **_describe_fault(active.fault), "since": active.since,
             "expires": active.expires, "remaining_s": round(active.remaining(), 3)}
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     """Dataclasses → JSON-able dicts (tuples of pairs stay lists)."""
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

@@ -72,7 +72,7 @@ def explain(snapshot: Snapshot, runtime: Runtime | None,
     result["reason"] = ("first match wins: " + (f"route #{position} in file order"
                         if position else "implicit route of a known service")
                         + f" — {considered[-1]['why']}")
-    override = runtime.weight_overrides.get(chosen.name) if runtime else None
+    override = runtime.overrides.weights.get(chosen.name) if runtime else None
     total = chosen.split.total
     result["backends"] = [
         {"backend": b.name, "weight": chosen.split.weights[i],
@@ -96,7 +96,7 @@ def explain(snapshot: Snapshot, runtime: Runtime | None,
         "abort": None if fault.abort is None else {"status": fault.abort.status,
                                                    "percent": fault.abort.percent},
         "scope": fault.scope,
-        "runtime": bool(runtime and chosen.name in runtime.faults)}
+        "runtime": bool(runtime and chosen.name in runtime.overrides.faults)}
     retries = chosen.retries
     result["retries"] = None if retries is None else {
         "attempts": retries.attempts, "per_try_timeout_s": retries.per_try_timeout,

@@ -27,16 +27,16 @@ def _watch_dirs(paths: Sequence[str]) -> list[str]:
     return sorted(d for d in dirs if os.path.isdir(d))
 
 
-def _relevant_filter(paths: Sequence[str]):
+def _relevant_filter(paths: Sequence[str]) -> Callable[[watchfiles.Change, str], bool]:
     """Only changes to the config itself count: a log file or an editor's swap file written
     next to the config must not trigger reloads (a log beside it would loop forever)."""
-    files = set()
-    dirs = set()
+    files: set[str] = set()
+    dirs: set[str] = set()
     for p in paths:
         path = Path(p).absolute()
         (dirs if path.is_dir() else files).add(str(path))
 
-    def relevant(change, changed: str) -> bool:
+    def relevant(change: watchfiles.Change, changed: str) -> bool:
         changed_path = Path(changed)
         name = changed_path.name
         if name.startswith("..data"):
@@ -48,9 +48,13 @@ def _relevant_filter(paths: Sequence[str]):
     return relevant
 
 
-def _fingerprint(paths: Sequence[str]) -> tuple:
+# (file, size, mtime), or (file, None, None) for a file that cannot be read
+Fingerprint = tuple[tuple[str, int | None, int | None], ...]
+
+
+def _fingerprint(paths: Sequence[str]) -> Fingerprint:
     """Names, sizes and mtimes of the YAML files behind ``paths`` (follows symlinks)."""
-    seen = []
+    seen: list[tuple[str, int | None, int | None]] = []
     for p in paths:
         path = Path(p)
         files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path]
@@ -58,7 +62,7 @@ def _fingerprint(paths: Sequence[str]) -> tuple:
             try:
                 st = f.stat()
             except OSError:
-                seen.append((str(f), None))
+                seen.append((str(f), None, None))
                 continue
             seen.append((str(f), st.st_size, st.st_mtime_ns))
     return tuple(seen)

@@ -4,7 +4,9 @@ A snapshot holds everything a request needs, decided at load time: the route tab
 compiled matchers, each route's split, and each backend's endpoints with their balancer.
 Live state that must survive a reload (connection pools, per-endpoint counters, sticky pins)
 lives in the ``Runtime`` and is looked up by stable keys while compiling, so in-flight
-requests finish on the snapshot they started with and new ones see the new one.
+requests finish on the snapshot they started with and new ones see the new one. Weights and
+faults set at run time (``overrides.py``) are compiled in the same way: a change recompiles
+the current config.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import asyncio
 import logging
 import re
 import ssl
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyproxy.config.model import (
     Backend,
@@ -35,13 +37,15 @@ from pyproxy.config.model import (
     UpstreamTLS,
 )
 from pyproxy.engine.upstream import EndpointPool, UpstreamPools
-from pyproxy.errors import InvalidOverride
+from pyproxy.messages import RequestHead
+from pyproxy.overrides import Overrides
 from pyproxy.resilience.breaker import CircuitBreaker
 from pyproxy.resilience.budget import RetryBudget
 from pyproxy.resilience.health import HealthChecker
 from pyproxy.resilience.outlier import OutlierDetector, OutlierEvent
-from pyproxy.routing.matchers import compile_matches
+from pyproxy.routing.matchers import Predicate, compile_matches
 from pyproxy.routing.table import RouteTable
+from pyproxy.tasks import spawn_detached
 from pyproxy.traffic.balancer import make_balancer
 from pyproxy.traffic.split import WeightedSplit
 from pyproxy.traffic.sticky import StickyTable
@@ -107,7 +111,7 @@ class ServiceRuntime:
         else:
             self.checker.update(service.endpoints, health)
 
-    def available(self, endpoints: tuple[EndpointState, ...]):
+    def available(self, endpoints: tuple[EndpointState, ...]) -> Sequence[EndpointState]:
         """The endpoints to balance over: not ejected and not failing health checks."""
         detector, checker = self.detector, self.checker
         if detector is not None:
@@ -164,18 +168,15 @@ def _log_health(service: str, key: str, healthy: bool) -> None:
                    "healthy" if healthy else "unhealthy")
 
 
-_background: set[asyncio.Task] = set()
-
-
-def _spawn(coro, name: str) -> None:
-    """Health checkers start and stop from compile(), which runs inside the event loop."""
+def _spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Health checkers start and stop from compile() and swap(), which run inside the event
+    loop — or offline (``pyproxy explain``, validate), where there is nothing to probe."""
     try:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        asyncio.get_running_loop()
     except RuntimeError:
-        coro.close()  # no loop (offline explain/validate): nothing to probe
+        coro.close()
         return
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    spawn_detached(coro, name)
 
 
 class CompiledBackend:
@@ -215,7 +216,7 @@ class CompiledRoute:
     hosts: tuple[str, ...]
     route: Route
     backends: tuple[CompiledBackend, ...]
-    split: WeightedSplit
+    split: WeightedSplit[CompiledBackend]
     timeout: float | None
     sticky: Sticky | None = None
     sticky_table: StickyTable | None = None
@@ -223,13 +224,13 @@ class CompiledRoute:
     retries: Retries | None = None
     headers: HeaderRules | None = None
     rewrite: Rewrite | None = None
-    rewrite_regex: re.Pattern | None = None
+    rewrite_regex: re.Pattern[str] | None = None
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     mirrors: tuple[tuple[Mirror, CompiledBackend], ...] = ()
     path_prefixes: tuple[tuple[str, bool], ...] = ()  # (prefix, element-wise), longest first
     implicit: bool = False
-    _predicate: object = field(default=None, repr=False)
+    _predicate: Predicate = field(default=lambda head: True, repr=False)
     # Only forwards, with nothing per attempt or per backend to do first: the pipeline's fast
     # path (Proxy.serve_now) may serve it.
     forward_only: bool = field(init=False, repr=False)
@@ -240,7 +241,7 @@ class CompiledRoute:
             and (self.fault is None or self.fault.scope == "request")
             and all(backend.direct_status is None for backend in self.backends))
 
-    def matches(self, head) -> bool:
+    def matches(self, head: RequestHead) -> bool:
         return self._predicate(head)
 
     def backend_named(self, name: str) -> CompiledBackend | None:
@@ -258,55 +259,26 @@ class CompiledRoute:
         return None
 
 
-@dataclass
-class WeightOverride:
-    """Weights set at run time (CLI, admin API, canary): they replace the route's configured
-    split until cleared, and survive reloads while the route and its backends exist."""
-
-    weights: dict[str, float]  # backend name → weight; backends not named get 0
-    source: str = "api"
-    since: float = field(default_factory=time.time)
-
-
-@dataclass
-class ActiveFault:
-    """A time-boxed fault: it replaces the route's configured fault until ``expires``
-    (wall clock), then removes itself — a dead-man's switch for chaos experiments."""
-
-    route: str
-    fault: Fault
-    expires: float
-    since: float = field(default_factory=time.time)
-
-    def remaining(self, now: float | None = None) -> float:
-        return max(0.0, self.expires - (time.time() if now is None else now))
-
-
 @dataclass(eq=False)
 class Snapshot:
     generation: int
     config: Config
-    table: RouteTable
+    table: RouteTable[CompiledRoute]
     routes: dict[str, CompiledRoute]
 
 
 class Runtime:
     """The current snapshot plus the state that outlives any one of them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pools = UpstreamPools()
         self._endpoints: dict[tuple[str, str, bool], EndpointState] = {}
         self._sticky_tables: dict[str, StickyTable] = {}
         self.snapshot: Snapshot | None = None
         self.generation = 0
-        self.weight_overrides: dict[str, WeightOverride] = {}
-        self.faults: dict[str, ActiveFault] = {}
+        self.overrides = Overrides(self.refresh)
         self.services: dict[str, ServiceRuntime] = {}
         self._tls_contexts: dict[UpstreamTLS, ssl.SSLContext] = {}
-        # Called after each change made through the methods below (weights set or cleared,
-        # faults added or cleared); not when faults expire or a reload prunes overrides.
-        # With a state file, the leader writes it from here (``shared_state``).
-        self.on_change: Callable[[], None] | None = None
 
     def compile(self, config: Config) -> Snapshot:
         """Build a snapshot for ``config``. Service state (pools, breakers, detectors) is
@@ -328,15 +300,16 @@ class Runtime:
         """Make ``snapshot`` current; requests already running keep their own reference."""
         self.snapshot = snapshot
         self.generation = snapshot.generation
-        if self._prune_overrides(snapshot):
+        routes = {name: [b.name for b in route.backends] for name, route in snapshot.routes.items()}
+        if self.overrides.set_routes(routes):
             self.refresh()
         live = {(s.name, ep.address, ep.tls) for s in snapshot.config.services.values()
                 for ep in s.endpoints}
-        for key in [k for k in self._endpoints if k not in live]:
-            del self._endpoints[key]
+        for endpoint_key in [k for k in self._endpoints if k not in live]:
+            del self._endpoints[endpoint_key]
         names = set(snapshot.routes)
-        for key in [k for k in self._sticky_tables if k not in names]:
-            del self._sticky_tables[key]
+        for route in [r for r in self._sticky_tables if r not in names]:
+            del self._sticky_tables[route]
         for name in [n for n in self.services if n not in snapshot.config.services]:
             _spawn(self.services.pop(name).close(), f"service-close-{name}")
 
@@ -357,10 +330,10 @@ class Runtime:
                     logger.info("endpoint %s of %s returned after ejection", event.key,
                                 service.name)
                     events.append((service.name, event))
-        self.expire_faults()
+        self.overrides.expire_faults()
         return events
 
-    def ejections(self):
+    def ejections(self) -> Iterator[tuple[str, str, bool]]:
         """(service, endpoint, ejected) for ``pyproxy_endpoint_ejected``."""
         for service in list(self.services.values()):
             detector = service.detector
@@ -371,115 +344,18 @@ class Runtime:
     def endpoint_state(self, service: str, endpoint: Endpoint) -> EndpointState | None:
         return self._endpoints.get((service, endpoint.address, endpoint.tls))
 
-    # ------------------------------------------------------------------ run-time overrides
+    @property
+    def current(self) -> Snapshot:
+        """The snapshot serving now; there is one from the first ``swap`` on."""
+        if self.snapshot is None:
+            raise RuntimeError("no config has been swapped in yet")
+        return self.snapshot
 
     def refresh(self) -> None:
         """Recompile the current config with the current overrides (same generation)."""
-        snapshot = self.compile(self.snapshot.config)
+        snapshot = self.compile(self.current.config)
         snapshot.generation = self.generation
         self.snapshot = snapshot
-
-    def set_weights(self, route: str, weights: dict[str, float], source: str = "api") -> None:
-        """Override a route's split; raises InvalidOverride naming what is wrong."""
-        compiled = self.snapshot.routes.get(route)
-        if compiled is None:
-            raise InvalidOverride(f"no such route; routes: {', '.join(self.snapshot.routes)}")
-        known = [b.name for b in compiled.backends]
-        for name, weight in weights.items():
-            if name not in known:
-                raise InvalidOverride(f"unknown backend for route {compiled.name}; "
-                                 f"its backends: {', '.join(known)}")
-            if not isinstance(weight, (int, float)) or weight < 0:
-                raise InvalidOverride("weights must be non-negative numbers")
-        if not weights:
-            raise InvalidOverride("give at least one BACKEND=WEIGHT")
-        self.weight_overrides[route] = WeightOverride(dict(weights), source)
-        logger.info("weights of route %s set by %s: %s", route, source, weights)
-        self.refresh()
-        self._changed()
-
-    def clear_weights(self, route: str | None = None) -> list[str]:
-        cleared = [r for r in self.weight_overrides if route is None or r == route]
-        for r in cleared:
-            del self.weight_overrides[r]
-            logger.info("weight override of route %s cleared", r)
-        if cleared:
-            self.refresh()
-            self._changed()
-        return cleared
-
-    def add_fault(self, route: str, fault: Fault, duration: float) -> ActiveFault:
-        if route not in self.snapshot.routes:
-            raise InvalidOverride(f"no such route; routes: {', '.join(self.snapshot.routes)}")
-        if fault.delay is None and fault.abort is None:
-            raise InvalidOverride("a fault needs an abort or a delay")
-        if not 0 < duration <= 24 * 3600:
-            raise InvalidOverride("duration must be between 0 and 24h")
-        active = ActiveFault(route, fault, time.time() + duration)
-        self.faults[route] = active
-        logger.info("fault on route %s for %.1fs: %s", route, duration, fault)
-        self.refresh()
-        self._changed()
-        return active
-
-    def clear_faults(self, route: str | None = None) -> list[str]:
-        cleared = [r for r in self.faults if route is None or r == route]
-        for r in cleared:
-            del self.faults[r]
-            logger.info("fault on route %s cleared", r)
-        if cleared:
-            self.refresh()
-            self._changed()
-        return cleared
-
-    def expire_faults(self, now: float | None = None) -> list[str]:
-        """Remove faults whose time is up (called on a tick and at each deadline)."""
-        now = time.time() if now is None else now
-        expired = [r for r, f in self.faults.items() if f.expires <= now]
-        for r in expired:
-            del self.faults[r]
-            logger.info("fault on route %s expired", r)
-        if expired:
-            self.refresh()
-        return expired
-
-    def schedule_expiry(self, fault: ActiveFault) -> None:
-        """End ``fault`` at its deadline rather than at the next tick. A few milliseconds
-        after it: event-loop timers may fire up to a millisecond early (uvloop counts whole
-        milliseconds), and ``expire_faults`` compares with the wall clock."""
-        asyncio.get_running_loop().call_later(fault.remaining() + 0.005, self.expire_faults)
-
-    def restore(self, weights: Mapping[str, WeightOverride],
-                faults: Mapping[str, ActiveFault]) -> None:
-        """Replace every run-time override at once: state another worker set, or an earlier
-        run saved (``shared_state``). Faults whose time is up are left out; what no longer
-        fits the config is dropped, as on a reload."""
-        now = time.time()
-        self.weight_overrides = dict(weights)
-        self.faults = {route: fault for route, fault in faults.items() if fault.expires > now}
-        self._prune_overrides(self.snapshot)
-        self.refresh()
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    def _prune_overrides(self, snapshot: Snapshot) -> bool:
-        """Overrides whose route or backends vanished in a reload go with them."""
-        pruned = False
-        for route, override in list(self.weight_overrides.items()):
-            compiled = snapshot.routes.get(route)
-            names = {b.name for b in compiled.backends} if compiled else set()
-            if not set(override.weights) <= names:
-                del self.weight_overrides[route]
-                pruned = True
-                logger.warning("weight override of route %s dropped: the route or a backend "
-                               "is gone from the config", route)
-        for route in [r for r in self.faults if r not in snapshot.routes]:
-            del self.faults[route]
-            pruned = True
-            logger.warning("fault on route %s dropped: the route is gone", route)
-        return pruned
 
     # ------------------------------------------------------------------ compile helpers
 
@@ -517,7 +393,8 @@ class Runtime:
 
     def _compile_backend(self, backend: Backend, config: Config, index: int) -> CompiledBackend:
         if backend.direct_status is not None:
-            return CompiledBackend(backend, None, (), index, None)
+            # It answers by itself: nothing reads the service or runtime of such a backend.
+            return CompiledBackend(backend, None, (), index, None)  # type: ignore[arg-type]
         service = config.services[backend.service]
         endpoints = tuple(self._endpoint_state(service, ep)
                           for ep in service.subset_endpoints(backend.subset))
@@ -526,11 +403,11 @@ class Runtime:
     def _compile_route(self, route: Route, config: Config, implicit: bool = False) -> CompiledRoute:
         backends = [self._compile_backend(backend, config, index)
                     for index, backend in enumerate(route.backends)]
-        override = None if implicit else self.weight_overrides.get(route.name)
+        override = None if implicit else self.overrides.weights.get(route.name)
         weights = [b.weight for b in route.backends] if override is None else \
             [override.weights.get(b.name, 0.0) for b in route.backends]
         split = WeightedSplit(backends, weights)
-        active_fault = None if implicit else self.faults.get(route.name)
+        active_fault = None if implicit else self.overrides.faults.get(route.name)
         sticky_table = None
         if route.sticky is not None and route.sticky.header:
             sticky_table = self._sticky_tables.setdefault(route.name, StickyTable())
@@ -546,7 +423,8 @@ class Runtime:
         return CompiledRoute(
             name=route.name, hosts=route.hosts, route=route, backends=tuple(backends),
             split=split, timeout=timeout, sticky=route.sticky, sticky_table=sticky_table,
-            fault=active_fault.fault if active_fault else route.fault, retries=route.retries, headers=route.headers,
+            fault=active_fault.fault if active_fault else route.fault, retries=route.retries,
+            headers=route.headers,
             rewrite=route.rewrite, rewrite_regex=rewrite_regex, redirect=route.redirect,
             direct_response=route.direct_response,
             mirrors=tuple((m, self._compile_backend(Backend(m.service, m.subset), config, -1))
@@ -556,7 +434,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ read by metrics
 
-    def backend_weights(self):
+    def backend_weights(self) -> Iterator[tuple[str, str, float]]:
         """(route, backend, configured share 0..1) for ``pyproxy_backend_weight``."""
         snapshot = self.snapshot
         if snapshot is None:

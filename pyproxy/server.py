@@ -1,17 +1,17 @@
 """Composition root: load the config, start the listener and the admin, handle signals.
 
 ``run_server`` is what ``pyproxy run`` calls; with ``--workers N`` the supervisor
-(``supervisor.py``) starts N processes that each call ``run_worker``. Lifecycle (SPEC §7):
-SIGTERM turns /readyz 503 at once, keeps serving for ``drain_delay`` so load balancers
-notice, then stops accepting, lets in-flight requests finish for up to ``drain_timeout`` and
-exits 0. SIGHUP, ``POST /api/v1/reload`` and file changes reload the config; an invalid one is
-rejected whole and the last good one keeps serving.
+(``workers/supervisor.py``) starts N processes that each call ``run_worker``. Lifecycle
+(docs/operations.md): SIGTERM turns /readyz 503 at once, keeps serving for ``drain_delay``
+so load balancers notice, then stops accepting, lets in-flight requests finish for up to
+``drain_timeout`` and exits 0. SIGHUP, ``POST /api/v1/reload`` and file changes reload the
+config; an invalid one is rejected whole and the last good one keeps serving.
 
 A worker differs from the single process in a few places only: it binds the listener with
-``SO_REUSEPORT`` (the kernel spreads connections over the workers), it keeps run-time state in
-step through the state file (``shared_state.py``), and only the leader (worker 0) serves the
-public admin, runs canaries and merges the others' metrics (``admin/peers.py``); the others
-serve a read-only admin on a private loopback port.
+``SO_REUSEPORT`` (the kernel spreads connections over the workers), it keeps run-time state
+in step through the state file (``workers/state_file.py``), and only the leader (worker 0)
+serves the public admin, runs canaries and merges the others' metrics
+(``workers/peers.py``); the others serve a read-only admin on a private loopback port.
 """
 
 from __future__ import annotations
@@ -30,20 +30,25 @@ import uvloop
 
 from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
-from pyproxy.admin.peers import Peers, register
+from pyproxy.canary.analysis import CanaryState
 from pyproxy.canary.controller import CanaryController
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
-from pyproxy.config.model import Address, Config
-from pyproxy.control import ProxyControl
+from pyproxy.config.model import Address, Config, ListenerTLS
+from pyproxy.control import ConfigOverrides, ProxyControl
 from pyproxy.engine.downstream import Listener
-from pyproxy.metrics import Stats, backend_workloads
+from pyproxy.metrics.linkerd import backend_workloads
+from pyproxy.metrics.stats import Stats
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch
 from pyproxy.runtime import Runtime
-from pyproxy.shared_state import StateFile, StateSync
 from pyproxy.tasks import TaskGroup
+from pyproxy.workers.peers import Peers, register
+from pyproxy.workers.state_file import StateFile, StateSync
 
 logger = logging.getLogger("pyproxy")
+
+# What getsockname() gives for a TCP socket: (host, port), or for IPv6 (host, port, flow, scope)
+SocketAddress = tuple[str | int, ...]
 
 
 def _parse_address(text: str) -> Address:
@@ -71,7 +76,7 @@ class Startup:
 
     loaded: LoadedConfig
     config: Config
-    overrides: dict  # --listen / --admin: they outlive reloads
+    overrides: ConfigOverrides  # --listen / --admin: they outlive reloads
     listener_tls: ListenerCertificate | None
 
 
@@ -90,7 +95,7 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
     for warning in loaded.warnings:
         logger.warning("config: %s", warning)
 
-    overrides: dict = {}
+    overrides: ConfigOverrides = {}
     if listen:
         overrides["listen"] = _parse_address(listen)
     if admin:
@@ -112,7 +117,8 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
 
 
 async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
-                started: asyncio.Future | None = None, rng: random.Random | None = None,
+                started: asyncio.Future[tuple[SocketAddress, SocketAddress | None]] | None = None,
+                rng: random.Random | None = None,
                 state_dir: str | None = None, worker: Worker | None = None) -> int:
     """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code.
     ``state_dir``: keep run-time state in a state file there; ``worker``: run as one of
@@ -132,7 +138,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     stats = Stats()
     stats.weights_provider = runtime.backend_weights
     stats.ejections_provider = runtime.ejections
-    stats.workloads_provider = lambda: backend_workloads(runtime.snapshot.config)
+    stats.workloads_provider = lambda: backend_workloads(runtime.current.config)
     stats.linkerd_compat = config.metrics.linkerd_compat
     stats.record_reload(True, runtime.generation)
     access_log = AccessLog(config.access_log.format, shared=worker is not None)
@@ -145,7 +151,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     peers = None
     if worker is not None and leader:
         peers = Peers(worker.state_dir, worker.count)
-        stats.peer_windows = peers.windows
+        stats.windows.peers = peers.windows
     tasks = TaskGroup()
 
     try:
@@ -168,7 +174,8 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         server.close()
         return 1
     admin_bound = admin_runner.addresses[0] if admin_runner.addresses else None
-    if not leader:
+    if worker is not None and not leader:
+        assert admin_bound is not None  # a bound TCP server has an address
         register(worker.state_dir, worker.index, *admin_bound[:2])
 
     stop = loop.create_future()
@@ -205,7 +212,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         signame = "cancelled"
     # SIGTERM is an orchestrator's stop: stay in rotation for drain_delay so load balancers
     # notice /readyz. Ctrl-C is a person at a terminal: stop accepting at once.
-    await _drain(server, listener, runtime.snapshot.config, delay=signame == "SIGTERM")
+    await _drain(server, listener, runtime.current.config, delay=signame == "SIGTERM")
     await tasks.cancel_all()
     await admin_runner.cleanup()
     if peers is not None:
@@ -222,7 +229,7 @@ def _share_state(control: ProxyControl, state_dir: str | None, leader: bool) -> 
     run-time state from an earlier run or the other workers is applied before serving, and
     the leader writes the file after every change — its own, the canaries'."""
     runtime = control.runtime
-    saved_canaries: dict = {}
+    saved_canaries: dict[str, CanaryState] = {}
     if state_dir is not None:
         control.shared = StateSync(StateFile(state_dir), runtime, leader=leader,
                                    reload=control.reload)
@@ -232,14 +239,15 @@ def _share_state(control: ProxyControl, state_dir: str | None, leader: bool) -> 
     control.canaries = CanaryController(runtime, control.stats, saved=saved_canaries)
     if control.shared is not None:
         control.shared.canaries = control.canaries.export
-        runtime.on_change = control.canaries.on_change = control.shared.save
+        runtime.overrides.on_change = control.canaries.on_change = control.shared.save
         control.shared.save()  # what no longer fits the config is gone from the file too
 
 
 async def _watch_supervisor(supervisor: int, stop: Callable[[str], None]) -> None:
     """A worker whose supervisor is gone (killed outright) stops rather than serve alone:
     nothing would restart it or tell it to drain."""
-    while os.getppid() == supervisor:
+    # Polled: nothing signals the death of a parent to a child (no event to wait on).
+    while os.getppid() == supervisor:  # noqa: ASYNC110
         await asyncio.sleep(1.0)
     stop("supervisor gone")
 
@@ -265,13 +273,13 @@ class ListenerCertificate:
     handshakes use the new certificate, established connections keep theirs. A broken new
     pair is logged and the old one keeps serving."""
 
-    def __init__(self, tls):
+    def __init__(self, tls: ListenerTLS):
         self.tls = tls
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(tls.cert, tls.key)
         self._stamp = self._files_stamp()
 
-    def _files_stamp(self):
+    def _files_stamp(self) -> tuple[tuple[int, int], ...] | None:
         try:
             return tuple((os.stat(p).st_mtime_ns, os.stat(p).st_size)
                          for p in (self.tls.cert, self.tls.key))

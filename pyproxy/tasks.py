@@ -1,34 +1,67 @@
-"""Background tasks with an owner and a name, so none is garbage-collected mid-flight and
-none fails silently."""
+"""Every background task is started here, with a name, so none is garbage-collected
+mid-flight and none fails silently: a task that ends with an exception is logged with its
+name and traceback.
+
+Which one to use:
+
+* ``TaskGroup.spawn(coro, name)`` — a task with an owner: something that lives as long as
+  its owner and is cancelled when the owner stops (the reload watcher, the once-a-second
+  tick, a health checker's probes, a canary's loop). The owner keeps a ``TaskGroup`` and
+  calls ``cancel_all()`` when it shuts down.
+* ``spawn_detached(coro, name)`` — fire-and-forget work nobody waits for or cancels (closing
+  a service's health checker after a reload removed it). Its reference is kept until it
+  ends.
+
+ruff bans ``asyncio.create_task`` and ``asyncio.ensure_future`` outside this module (TID251).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 logger = logging.getLogger("pyproxy")
 
+T = TypeVar("T")
+
+# Detached tasks, referenced until they end: the event loop itself only keeps weak references.
+_detached: set[asyncio.Task[Any]] = set()
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
 
 class TaskGroup:
-    """Long-lived tasks (reload watcher, ticks): started by name, cancelled together."""
+    """Tasks with one owner: started by name, cancelled together."""
 
-    def __init__(self):
-        self._tasks: set[asyncio.Task] = set()
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Coroutine, name: str) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("background task %s failed", task.get_name(),
-                         exc_info=task.exception())
+        _log_failure(task)
 
     async def cancel_all(self) -> None:
+        """Cancel every task still running and wait until they have ended."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def spawn_detached(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+    """Start ``coro`` with no owner; needs a running event loop."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    task.add_done_callback(_log_failure)
+    return task

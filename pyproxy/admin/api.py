@@ -1,4 +1,5 @@
-"""The admin API (SPEC §6): health, readiness, metrics, config, reload and live route stats.
+"""The admin API (docs/admin-api.md): health, readiness, metrics, config, reload and live
+route stats.
 
 This is the control plane, never on the request path; it is served by the data plane's own
 engine (``admin/http.py`` says why). It reads and drives the proxy only through
@@ -16,7 +17,7 @@ Security, enforced by one middleware for every route:
   loopback name, so a hostile page whose domain was re-pointed to 127.0.0.1 cannot read it.
 
 With ``pyproxy run --workers N`` the leader serves this on the public address and merges the
-other workers' ``/metrics`` and live windows (``admin/peers.py``); the other workers serve it
+other workers' ``/metrics`` and live windows (``workers/peers.py``); the other workers serve it
 read-only on a private loopback port, for the leader (``read_only``: mutations are refused,
 since the state they change is the leader's to write).
 
@@ -46,12 +47,14 @@ from pyproxy.admin.http import (
     HTTPError,
     json_response,
 )
-from pyproxy.admin.peers import Peers
 from pyproxy.canary.analysis import CommandRefused
 from pyproxy.canary.controller import CanaryNotFound
 from pyproxy.config.parse import parse_duration
+from pyproxy.control import ReloadResult
 from pyproxy.errors import InvalidOverride
-from pyproxy.metrics import Stats, render_metrics
+from pyproxy.metrics.exposition import render_metrics
+from pyproxy.metrics.stats import Stats
+from pyproxy.workers.peers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +79,17 @@ class AdminControl(Protocol):
     def is_ready(self) -> bool:
         """Config loaded, listener bound, not draining."""
 
-    def config_view(self) -> dict:
+    def describe_config(self) -> dict[str, object]:
         """The effective config as plain JSON values, with ``generation`` and the last reload
         result. Secrets may be included: the admin redacts them."""
 
-    async def reload_all(self) -> dict:
-        """Reload from the config sources, in every worker: ``{"result": "success"|"failure"|
-        "unchanged", "generation": int, "errors": [str]}`` (this process's result)."""
+    async def reload_all(self) -> ReloadResult:
+        """Reload from the config sources, in every worker (this process's result)."""
 
 
 CONTROL = "control"  # the AdminControl
 TOKEN = "token"  # the bearer token mutations need ("" = none)
-PEERS = "peers"  # admin.peers.Peers of the leader of --workers N, else None
+PEERS = "peers"  # workers.peers.Peers of the leader of --workers N, else None
 READ_ONLY = "read_only"  # a non-leader worker's private admin
 
 
@@ -114,13 +116,13 @@ async def metrics(request: AdminRequest) -> AdminResponse:
 
 async def get_windows(request: AdminRequest) -> AdminResponse:
     """This process's live windows as raw per-second buckets: the leader of ``--workers N``
-    adds them up (``admin/peers.py``)."""
+    adds them up (``workers/peers.py``)."""
     return json_response({"pid": os.getpid(),
-                          "windows": request.app[CONTROL].stats.export_windows()})
+                          "windows": request.app[CONTROL].stats.windows.export()})
 
 
 async def get_config(request: AdminRequest) -> AdminResponse:
-    return json_response(redact(request.app[CONTROL].config_view()))
+    return json_response(redact(request.app[CONTROL].describe_config()))
 
 
 async def post_reload(request: AdminRequest) -> AdminResponse:
@@ -131,14 +133,16 @@ async def post_reload(request: AdminRequest) -> AdminResponse:
 
 
 async def get_routes(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].routes_view())
+    return json_response(request.app[CONTROL].describe_routes())
 
 
 async def get_services(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].services_view())
+    return json_response(request.app[CONTROL].describe_services())
 
 
-async def _json_body(request: AdminRequest) -> dict:
+async def _json_body(request: AdminRequest) -> dict[str, Any]:
+    """The request's JSON object; the handlers check each value they use (it came from the
+    network), hence ``Any``."""
     try:
         body = request.json()
     except ValueError:
@@ -161,7 +165,7 @@ async def put_weights(request: AdminRequest) -> AdminResponse:
         raise _BadRequest("'weights' must map backend names to numbers")
     request.app[CONTROL].set_weights(request.match_info["route"], weights,
                                      source=str(body.get("source", "api"))[:32])
-    return json_response(request.app[CONTROL].routes_view())
+    return json_response(request.app[CONTROL].describe_routes())
 
 
 async def delete_weights(request: AdminRequest) -> AdminResponse:
@@ -170,7 +174,7 @@ async def delete_weights(request: AdminRequest) -> AdminResponse:
 
 
 async def get_faults(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].faults_view())
+    return json_response(request.app[CONTROL].describe_faults())
 
 
 async def post_fault(request: AdminRequest) -> AdminResponse:
@@ -201,7 +205,7 @@ async def delete_faults(request: AdminRequest) -> AdminResponse:
 
 
 async def get_canaries(request: AdminRequest) -> AdminResponse:
-    return json_response(request.app[CONTROL].canaries_view())
+    return json_response(request.app[CONTROL].describe_canaries())
 
 
 async def post_canary_action(request: AdminRequest) -> AdminResponse:
@@ -229,7 +233,7 @@ async def post_explain(request: AdminRequest) -> AdminResponse:
         [(str(k), str(v)) for k, v in headers.items()]))
 
 
-# The dashboard (SPEC §6 ``GET /``): static files shipped in the package, served from an
+# The dashboard (docs/admin-api.md, ``GET /``): static files shipped in the package, served from an
 # allow-list, so no part of the request path ever reaches the filesystem. The page only
 # loads its own files and calls this API: the CSP forbids everything else (inline script
 # and style included). ``no-cache`` + ETag: revalidated on each load, so an upgraded proxy
@@ -248,7 +252,7 @@ DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-s
 @functools.cache
 def _dashboard_file(name: str) -> tuple[bytes, str]:
     body = (importlib.resources.files("pyproxy.admin") / "dashboard" / name).read_bytes()
-    return body, '"%s"' % hashlib.sha256(body).hexdigest()[:24]
+    return body, f'"{hashlib.sha256(body).hexdigest()[:24]}"'
 
 
 async def dashboard(request: AdminRequest) -> AdminResponse:
@@ -366,7 +370,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_admin_binding(host: str, token: str) -> None:
-    """Refuse an admin listener reachable beyond this machine without a token (SPEC §6)."""
+    """Refuse an admin listener reachable beyond this machine without a token
+    (docs/admin-api.md)."""
     if token or _is_loopback(host.strip("[]")):
         return
     shown = host or "all interfaces"

@@ -10,6 +10,8 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from typing import Any
 
 DEFAULT_ADMIN = "http://127.0.0.1:9901"
 
@@ -26,7 +28,10 @@ class AdminClient:
         self.token = token if token is not None else os.environ.get("PYPROXY_ADMIN_TOKEN", "")
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+    # Answers are decoded JSON whose shape depends on the endpoint (docs/admin-api.md):
+    # the CLI reads the keys it knows, so they stay ``dict[str, Any]``.
+    def request(self, method: str, path: str,
+                body: Mapping[str, object] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
@@ -35,7 +40,8 @@ class AdminClient:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"{}")
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("error", exc.reason)
@@ -52,5 +58,5 @@ class AdminClient:
                 f"cannot reach the pyproxy admin at {self.url} ({reason}).\n"
                 "  Is pyproxy running? Point at it with --admin URL or PYPROXY_ADMIN.") from None
 
-    def get(self, path: str) -> dict:
+    def get(self, path: str) -> dict[str, Any]:
         return self.request("GET", path)

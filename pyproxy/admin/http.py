@@ -16,7 +16,7 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, overload
 from urllib.parse import unquote
 
 from pyproxy.config.model import Limits, Timeouts
@@ -44,6 +44,11 @@ class AdminRequest:
     @property
     def path(self) -> str:
         return self.head.path
+
+    @overload
+    def header(self, name: str) -> str | None: ...
+    @overload
+    def header(self, name: str, default: str) -> str: ...
 
     def header(self, name: str, default: str | None = None) -> str | None:
         value = self.head.header(name.lower())

@@ -27,13 +27,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypedDict
 
 from pyproxy.config.model import Canary, CanaryChecks
 
 __all__ = [
-    "ACTIVE", "FINAL", "PHASES", "CanaryMachine", "CommandRefused", "Event", "HookResult",
-    "IntervalStats", "Judgement", "aggregate", "judge", "weight_steps",
+    "ACTIVE",
+    "FINAL",
+    "PHASES",
+    "CanaryMachine",
+    "CanaryState",
+    "CommandRefused",
+    "Event",
+    "HookResult",
+    "IntervalStats",
+    "Judgement",
+    "aggregate",
+    "judge",
+    "weight_steps",
 ]
 
 Verdict = Literal["pass", "fail", "no_data"]
@@ -42,6 +53,19 @@ PHASES = ("initializing", "progressing", "waiting_promotion", "paused", "promoti
           "promoted", "rolling_back", "rolled_back")
 ACTIVE = frozenset({"initializing", "progressing", "waiting_promotion"})  # ticks do work
 FINISHING = frozenset({"promoting", "rolling_back"})  # post-rollout webhooks running
+
+# A canary's analysis as JSON values (``CanaryMachine.export``), kept in the state file. What
+# comes back from the file may be anything: ``restore`` checks every value it reads.
+CanaryState = dict[str, Any]
+
+
+class IntervalNumbers(TypedDict):
+    """The part of a window summary the judge reads (``success_rate`` in percent, ``p99`` in
+    seconds; None without requests)."""
+
+    requests: int
+    success_rate: float | None
+    p99: float | None
 FINAL = frozenset({"promoted", "rolled_back"})
 
 
@@ -58,12 +82,13 @@ class IntervalStats:
     p99: float | None = None
 
     @classmethod
-    def of(cls, summary: Mapping) -> IntervalStats:
-        """From a ``Stats`` summary dict (``requests``, ``success_rate``, ``p99``)."""
+    def of(cls, summary: IntervalNumbers) -> IntervalStats:
+        """From a window summary (``metrics.windows.WindowSummary``) or any dict with these
+        keys."""
         return cls(int(summary.get("requests") or 0), summary.get("success_rate"),
                    summary.get("p99"))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"requests": self.requests, "success_rate": self.success_rate,
                 "p99_ms": None if self.p99 is None else round(self.p99 * 1000, 3)}
 
@@ -93,7 +118,7 @@ class Judgement:
             return "no data: " + "; ".join(self.reasons)
         return "check failed: " + "; ".join(self.reasons)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"verdict": self.verdict, "reasons": list(self.reasons),
                 "candidate": self.candidate.as_dict(),
                 "primary": None if self.primary is None else self.primary.as_dict()}
@@ -173,7 +198,7 @@ class Event:
     weight: float  # candidate weight after the event
     message: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"time": self.time, "phase": self.phase, "weight": self.weight,
                 "message": self.message}
 
@@ -245,14 +270,14 @@ class CanaryMachine:
                 due.append("confirm-promotion")
         return tuple(due)
 
-    def export(self) -> dict:
+    def export(self) -> CanaryState:
         """Where the analysis stands, as plain values (JSON): ``restore`` continues from it
         after a restart."""
         return {"phase": self.phase, "step": self.step, "weight": self.weight,
                 "failed_checks": self.failed_checks, "paused_from": self.paused_from,
                 "events": [event.as_dict() for event in self.events]}
 
-    def restore(self, saved: Mapping) -> None:
+    def restore(self, saved: CanaryState) -> None:
         """Continue the analysis ``export`` saved for the same canary definition; raises
         ValueError when ``saved`` is not such an export."""
         try:

@@ -1,21 +1,21 @@
-"""The automated canary loop (SPEC §6 ``canaries``): one task per canary, one tick per
+"""The automated canary loop (docs/canary.md): one task per canary, one tick per
 ``interval``.
 
 Each tick reads the candidate's (and the primary's) numbers for the interval that just
 ended, asks the judge (``canary/analysis.py``), calls the webhooks the state machine needs,
 feeds both to the machine and applies its weight to the route as a run-time override
-(``Runtime.set_weights(..., source="canary")``): the files are never rewritten, and the
+(``Overrides.set_weights(..., source="canary")``): the files are never rewritten, and the
 override survives reloads like one set with ``pyproxy set-weight``.
 
-Per-interval numbers: ``Stats.totals`` gives cumulative counts per (route, backend); the
+Per-interval numbers: ``Windows.totals`` gives cumulative counts per (route, backend); the
 controller snapshots them whenever it applies a weight and subtracts at the next tick, so a
 judgement covers exactly the requests that finished during that interval, at that weight,
-whatever the interval's length (the 30-s ``window_stats`` would blur two steps together).
+whatever the interval's length (the 30-s ``Windows.summary`` would blur two steps together).
 
 Lifecycle: the controller follows the config — a canary added on reload starts, one whose
 definition changed starts over, one removed stops and its override is cleared so the
 configured split serves again. State lives in memory, and with a state directory
-(``--state-dir``, ``--workers N``) also in the state file (``shared_state``): ``export``
+(``--state-dir``, ``--workers N``) also in the state file (``workers/state_file.py``): ``export``
 gives it, ``on_change`` says when to write it, and a controller started with ``saved``
 resumes each canary whose definition is unchanged where it stood (phase, step, weight,
 failed checks, events) — its next check comes one interval after the restart. Without one,
@@ -44,17 +44,21 @@ from pyproxy.canary.analysis import (
     ACTIVE,
     PHASES,
     CanaryMachine,
+    CanaryState,
     CommandRefused,
     Event,
     HookResult,
     IntervalStats,
+    Judgement,
     aggregate,
     judge,
 )
 from pyproxy.config.model import Canary, Webhook
 from pyproxy.errors import InvalidOverride
-from pyproxy.metrics import Stats, Totals
+from pyproxy.metrics.stats import CanaryMetrics, Stats
+from pyproxy.metrics.windows import Totals
 from pyproxy.runtime import Runtime
+from pyproxy.tasks import TaskGroup
 
 if TYPE_CHECKING:
     import aiohttp
@@ -76,12 +80,12 @@ class _Runner:
     def __init__(self, canary: Canary, machine: CanaryMachine):
         self.canary = canary
         self.machine = machine
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.applied: dict[str, float] | None = None  # the weights we set last
         self.baseline: tuple[Totals, Totals, float] | None = None  # candidate, primary, when
         self.next_check: float | None = None  # monotonic time of the next tick
         self.interval = 0  # judged intervals so far
-        self.last_check: dict | None = None
+        self.last_check: dict[str, object] | None = None
         self.finishing = False
         self.resumed = False  # restored from saved state rather than started afresh
 
@@ -92,7 +96,7 @@ class CanaryController:
     def __init__(self, runtime: Runtime, stats: Stats, *, poll: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 saved: Mapping[str, dict] | None = None,
+                 saved: Mapping[str, CanaryState] | None = None,
                  on_change: Callable[[], None] | None = None):
         self.runtime = runtime
         self.stats = stats
@@ -106,10 +110,10 @@ class CanaryController:
         self._blocked: dict[str, str] = {}  # canary → why it does not run
         self._canaries: tuple[Canary, ...] | None = None
         # Counters per canary name: they outlive one analysis so Prometheus sees them grow.
-        self._transitions: dict[str, Counter] = {}
-        self._checks: dict[str, Counter] = {}
+        self._transitions: dict[str, Counter[str]] = {}
+        self._checks: dict[str, Counter[str]] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._background: set[asyncio.Task] = set()
+        self._tasks = TaskGroup()  # each runner's loop, and promotions finishing
         stats.canaries_provider = self.metrics
 
     # ------------------------------------------------------------------ lifecycle
@@ -124,10 +128,7 @@ class CanaryController:
             await self.aclose()
 
     async def aclose(self) -> None:
-        tasks = [r.task for r in self._runners.values() if r.task] + list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -173,17 +174,16 @@ class CanaryController:
             except ValueError as exc:
                 logger.error("canary %s: saved state ignored, starting over: %s",
                              canary.name, exc)
-        runner.task = asyncio.get_running_loop().create_task(self._run(runner),
-                                                             name=f"canary-{canary.name}")
+        runner.task = self._tasks.spawn(self._run(runner), f"canary-{canary.name}")
 
     def _stop(self, runner: _Runner, why: str) -> None:
         logger.info("canary %s stopped: %s", runner.canary.name, why)
         if runner.task is not None:
             runner.task.cancel()
         del self._runners[runner.canary.name]
-        override = self.runtime.weight_overrides.get(runner.canary.route)
+        override = self.runtime.overrides.weights.get(runner.canary.route)
         if override is not None and override.source == "canary":
-            self.runtime.clear_weights(runner.canary.route)
+            self.runtime.overrides.clear_weights(runner.canary.route)
         self._changed()
 
     async def _run(self, runner: _Runner) -> None:
@@ -219,14 +219,14 @@ class CanaryController:
         due = [t for t in machine.hooks_due(judgement)
                if any(h.type == t for h in runner.canary.webhooks)]
         answers = await asyncio.gather(*(self._call_hooks(runner, t) for t in due))
-        machine.tick(judgement, dict(zip(due, answers)))
+        machine.tick(judgement, dict(zip(due, answers, strict=True)))
         self._apply(runner)
         runner.baseline = self._snapshot(runner)
         self._changed()
         if machine.is_finishing:
             await self._finish(runner)
 
-    def _judge(self, runner: _Runner):
+    def _judge(self, runner: _Runner) -> Judgement:
         canary = runner.canary
         now = self._snapshot(runner)
         if runner.baseline is None:
@@ -248,8 +248,8 @@ class CanaryController:
 
     def _snapshot(self, runner: _Runner) -> tuple[Totals, Totals, float]:
         canary = runner.canary
-        return (self.stats.totals(canary.route, canary.candidate),
-                self.stats.totals(canary.route, canary.primary), self._clock())
+        return (self.stats.windows.totals(canary.route, canary.candidate),
+                self.stats.windows.totals(canary.route, canary.primary), self._clock())
 
     async def _finish(self, runner: _Runner) -> None:
         """Post-rollout webhooks (failures are only logged), then the final phase."""
@@ -270,7 +270,7 @@ class CanaryController:
         """The route's split: primary 100−w, candidate w; other backends keep their
         configured weights."""
         canary, machine = runner.canary, runner.machine
-        compiled = self.runtime.snapshot.routes.get(canary.route)
+        compiled = self.runtime.current.routes.get(canary.route)
         weights = {b.name: b.weight for b in compiled.route.backends} if compiled else {}
         weights[canary.primary] = machine.primary_weight
         weights[canary.candidate] = machine.weight
@@ -280,12 +280,12 @@ class CanaryController:
         if runner.machine.phase == "paused":
             return  # hold whatever serves now, including an operator's weights
         weights = self._weights_for(runner)
-        override = self.runtime.weight_overrides.get(runner.canary.route)
+        override = self.runtime.overrides.weights.get(runner.canary.route)
         if (weights == runner.applied and override is not None and override.source == "canary"
                 and override.weights == weights):
             return
         try:
-            self.runtime.set_weights(runner.canary.route, weights, source="canary")
+            self.runtime.overrides.set_weights(runner.canary.route, weights, source="canary")
         except InvalidOverride as exc:
             logger.error("canary %s: cannot set the weights of route %s: %s",
                          runner.canary.name, runner.canary.route, exc)
@@ -296,7 +296,7 @@ class CanaryController:
         """Someone else set (or cleared) the route's weights: pause instead of fighting."""
         if runner.applied is None or runner.machine.phase == "paused":
             return
-        override = self.runtime.weight_overrides.get(runner.canary.route)
+        override = self.runtime.overrides.weights.get(runner.canary.route)
         if override is not None and override.source == "canary" \
                 and override.weights == runner.applied:
             return
@@ -361,7 +361,7 @@ class CanaryController:
             raise CanaryNotFound(f"no such canary; canaries: {names}")
         return runner
 
-    def command(self, name: str, action: str) -> dict:
+    def command(self, name: str, action: str) -> dict[str, object]:
         """``promote``, ``abort``, ``pause`` or ``resume``; raises ``CanaryNotFound`` or
         ``CommandRefused`` (with a message for the operator)."""
         if action not in ACTIONS:
@@ -373,14 +373,12 @@ class CanaryController:
         if action == "resume":
             runner.baseline = self._snapshot(runner)  # judge only what comes after it
         if machine.is_finishing:
-            task = asyncio.get_running_loop().create_task(self._finish(runner),
-                                                          name=f"canary-{name}-finish")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._tasks.spawn(self._finish(runner), f"canary-{name}-finish")
         self._changed()
         return self.describe(runner)
 
-    def view(self) -> dict:
+    def describe_all(self) -> dict[str, object]:
+        """Every configured canary: running ones with their state, blocked ones with why."""
         canaries = [self.describe(runner) for runner in self._runners.values()]
         snapshot = self.runtime.snapshot
         for canary in snapshot.config.canaries if snapshot else ():
@@ -389,7 +387,7 @@ class CanaryController:
                                  "message": self._blocked[canary.name]})
         return {"canaries": canaries}
 
-    def describe(self, runner: _Runner) -> dict:
+    def describe(self, runner: _Runner) -> dict[str, object]:
         machine, canary = runner.machine, runner.canary
         next_in = None
         if runner.next_check is not None and not machine.is_final:
@@ -409,7 +407,7 @@ class CanaryController:
             "events": [event.as_dict() for event in machine.events],
         }
 
-    def export(self) -> dict[str, dict]:
+    def export(self) -> dict[str, CanaryState]:
         """canary name → its analysis as plain values (JSON), with a fingerprint of its
         definition: what ``saved`` takes after a restart. Saved entries of canaries not
         started yet are kept."""
@@ -421,7 +419,7 @@ class CanaryController:
         if self.on_change is not None:
             self.on_change()
 
-    def metrics(self) -> list[dict]:
+    def metrics(self) -> list[CanaryMetrics]:
         """For ``/metrics`` (``Stats.canaries_provider``)."""
         return [{"name": name, "weight": runner.machine.weight,
                  "failed_checks": runner.machine.failed_checks,
@@ -431,7 +429,7 @@ class CanaryController:
                 for name, runner in list(self._runners.items())]
 
 
-def _definition(canary: Canary) -> dict:
+def _definition(canary: Canary) -> dict[str, object]:
     return {"name": canary.name, "route": canary.route, "primary": canary.primary,
             "candidate": canary.candidate, "interval_s": canary.interval,
             "max_weight": canary.max_weight, "threshold": canary.threshold,

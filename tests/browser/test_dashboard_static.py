@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from pyproxy.admin.api import DASHBOARD_FILES, build_admin_app, start_admin
-from pyproxy.metrics import Stats
+from pyproxy.metrics.stats import Stats
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "pyproxy" / "admin" / "dashboard"
 

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyproxy.canary.controller import CanaryController
 from pyproxy.config.model import Backend, Canary, CanaryChecks, Config, Route, Webhook
 from pyproxy.demo.fake_service import start_fake_service
-from pyproxy.metrics import LINKERD_LATENCY_BUCKETS_MS
+from pyproxy.metrics.linkerd import LINKERD_LATENCY_BUCKETS_MS
 from tests.support.harness import ProxyProcess, metric_value, service
 
 HOST = "shop"
@@ -133,7 +133,7 @@ async def canary_proxy(proxy_factory):
 
 
 def view(controller, name: str = "shop") -> dict:
-    return next(c for c in controller.view()["canaries"] if c["name"] == name)
+    return next(c for c in controller.describe_all()["canaries"] if c["name"] == name)
 
 
 def phase_is(controller, phase: str):
@@ -159,7 +159,7 @@ async def test_a_failing_candidate_is_rolled_back_to_zero_by_itself(fake_factory
     assert 20 <= c["last_check"]["candidate"]["success_rate"] <= 80
     assert [e["phase"] for e in c["events"]] == ["initializing", "progressing", "progressing",
                                                  "rolling_back", "rolled_back"]
-    override = proxy.runtime.weight_overrides["shop"]
+    override = proxy.runtime.overrides.weights["shop"]
     assert (override.source, override.weights) == ("canary", {"shop/v1": 100, "shop/v2": 0})
     assert v2.requests - served <= 10  # only requests already in flight at the rollback
 
@@ -179,7 +179,7 @@ async def test_a_healthy_candidate_is_promoted_through_every_step(fake_factory, 
     assert [e["phase"] for e in c["events"]][-2:] == ["promoting", "promoted"]
     assert (c["candidate_weight"], c["step"], c["failed_checks"]) == (100, 3, 0)
     assert c["checks"] == {"pass": 3}
-    assert proxy.runtime.weight_overrides["shop"].weights == {"shop/v1": 0, "shop/v2": 100}
+    assert proxy.runtime.overrides.weights["shop"].weights == {"shop/v1": 0, "shop/v2": 100}
     assert v1.requests == served  # the primary gets nothing any more
     assert set(load.statuses) == {200}
 
@@ -283,7 +283,7 @@ async def test_a_rollback_webhook_answering_200_rolls_back_now(fake_factory, can
     hooks.default["rollback"] = 200
     await wait_for(phase_is(controller, "rolled_back"), 5, "the rollback")
     assert "rollback webhook asked for a rollback" in view(controller)["events"][-2]["message"]
-    assert proxy.runtime.weight_overrides["shop"].weights["shop/v2"] == 0
+    assert proxy.runtime.overrides.weights["shop"].weights["shop/v2"] == 0
 
 
 async def test_a_slow_pre_rollout_hook_times_out_and_counts_as_a_failed_check(
@@ -311,7 +311,7 @@ async def test_a_slow_pre_rollout_hook_times_out_and_counts_as_a_failed_check(
         c = view(controller)
         assert (c["phase"], c["candidate_weight"]) == ("initializing", 0)
         assert "timed out after 0.2s" in c["events"][-1]["message"]
-        assert proxy.runtime.weight_overrides["shop"].weights == {"shop/v1": 100, "shop/v2": 0}
+        assert proxy.runtime.overrides.weights["shop"].weights == {"shop/v1": 100, "shop/v2": 0}
     finally:
         release.set()
         await runner.cleanup()
@@ -327,16 +327,16 @@ async def test_commands_and_an_operator_override(fake_factory, canary_proxy):
     await wait_for(phase_is(controller, "progressing"), 3, "the start")
 
     # Someone sets the weights by hand: the canary pauses instead of fighting.
-    proxy.runtime.set_weights("shop", {"shop/v1": 50, "shop/v2": 50}, source="cli")
+    proxy.runtime.overrides.set_weights("shop", {"shop/v1": 50, "shop/v2": 50}, source="cli")
     await wait_for(phase_is(controller, "paused"), 3, "the pause")
     assert "changed by weights set by cli" in view(controller)["events"][-1]["message"]
     await asyncio.sleep(0.5)
-    assert proxy.runtime.weight_overrides["shop"].weights == {"shop/v1": 50, "shop/v2": 50}
+    assert proxy.runtime.overrides.weights["shop"].weights == {"shop/v1": 50, "shop/v2": 50}
 
     c = controller.command("shop", "resume")  # hands the route back to the canary
     assert c["phase"] == "progressing"
-    assert proxy.runtime.weight_overrides["shop"].source == "canary"
-    assert proxy.runtime.weight_overrides["shop"].weights["shop/v2"] == c["candidate_weight"]
+    assert proxy.runtime.overrides.weights["shop"].source == "canary"
+    assert proxy.runtime.overrides.weights["shop"].weights["shop/v2"] == c["candidate_weight"]
 
     assert controller.command("shop", "pause")["phase"] == "paused"
     c = controller.command("shop", "promote")
@@ -365,8 +365,8 @@ async def test_reload_restarts_a_changed_canary_and_a_removed_one_lets_go(fake_f
     assert view(controller)["failed_checks"] == 0
 
     proxy.reload(Config(services=config.services, routes=config.routes))  # canary removed
-    await wait_for(lambda: not controller.view()["canaries"], 3, "the stop")
-    assert "shop" not in proxy.runtime.weight_overrides  # the configured 90/10 serves again
+    await wait_for(lambda: not controller.describe_all()["canaries"], 3, "the stop")
+    assert "shop" not in proxy.runtime.overrides.weights  # the configured 90/10 serves again
 
 
 async def test_a_restarted_controller_resumes_where_the_canary_stood(fake_factory,

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxy.admin.api import build_admin_app, check_admin_binding, redact, start_admin
-from pyproxy.metrics import Stats
+from pyproxy.metrics.stats import Stats
 from pyproxy.outcome import RequestOutcome
 
 TOKEN = "s3cret-token"
@@ -33,7 +33,7 @@ class FakeControl:
     def is_ready(self) -> bool:
         return self.ready
 
-    def config_view(self) -> dict:
+    def describe_config(self) -> dict:
         return self.view
 
     async def reload_all(self) -> dict:
@@ -137,8 +137,8 @@ def test_redact_keeps_empty_secrets_visible_and_walks_lists():
                             "Token": "***"}
 
 
-async def test_routes_serves_the_controls_view(serve, client, control):
-    control.routes_view = lambda: {"window_seconds": 30, "routes": [{"name": "shop"}]}
+async def test_routes_serves_the_controls_description(serve, client, control):
+    control.describe_routes = lambda: {"window_seconds": 30, "routes": [{"name": "shop"}]}
     base = await serve()
     status, body, _ = await call(client, "GET", f"{base}/api/v1/routes")
     assert (status, body) == (200, {"window_seconds": 30, "routes": [{"name": "shop"}]})
@@ -161,7 +161,7 @@ async def test_get_on_a_mutation_is_405_without_effect(serve, client, control):
 async def test_a_failing_handler_is_a_generic_500(serve, client, control):
     def broken() -> dict:
         raise RuntimeError("internal detail")
-    control.config_view = broken
+    control.describe_config = broken
     base = await serve()
     status, body, _ = await call(client, "GET", f"{base}/api/v1/config")
     assert (status, body) == (500, {"error": "internal error"})
@@ -295,7 +295,7 @@ async def test_start_admin_fails_cleanly_on_a_taken_port(serve, control):
 
 
 async def test_weights_need_the_token_and_bad_input_is_a_fixed_400(serve, client, control):
-    control.routes_view = lambda: {"routes": []}
+    control.describe_routes = lambda: {"routes": []}
     base = await serve()
     url = f"{base}/api/v1/routes/shop/weights"
     status, _, _ = await call(client, "PUT", url, json={"weights": {"a": 1}})

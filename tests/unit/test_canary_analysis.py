@@ -15,7 +15,7 @@ from pyproxy.canary.analysis import (
     weight_steps,
 )
 from pyproxy.config.model import Canary, CanaryChecks
-from pyproxy.metrics import Stats
+from pyproxy.metrics.stats import Stats
 from pyproxy.outcome import RequestOutcome
 
 OK = HookResult(True, "answered 200")
@@ -381,19 +381,19 @@ def test_totals_give_exact_numbers_for_any_interval():
 
     for _ in range(5):
         record(200, 0.010)
-    before = s.totals("shop", "shop/v2")
+    before = s.windows.totals("shop", "shop/v2")
     clock.now = 45.0  # longer than the 30-s window: totals do not care
     for _ in range(3):
         record(200, 0.010)
     record(503, 0.200)
     record(200, 0.010, backend="shop/v1")
-    summary = s.totals("shop", "shop/v2").since(before, 45.0)
+    summary = s.windows.totals("shop", "shop/v2").since(before, 45.0)
     assert summary["requests"] == 4
     assert summary["success_rate"] == 75.0
     assert 0.18 <= summary["p99"] <= 0.21
-    idle = s.totals("shop", "shop/v2").since(s.totals("shop", "shop/v2"), 1.0)
+    idle = s.windows.totals("shop", "shop/v2").since(s.windows.totals("shop", "shop/v2"), 1.0)
     assert idle["requests"] == 0 and idle["success_rate"] is None
-    unseen = s.totals("shop", "nope")
+    unseen = s.windows.totals("shop", "nope")
     assert unseen.since(unseen, 1.0)["requests"] == 0
 
 

@@ -32,8 +32,7 @@ LAYERS = [
                  "resilience.health"]),  # active health checks: probes over the network
     ("pipeline", ["proxy", "fast_path", "runtime", "overrides", "explain"]),
     ("edges", ["server", "workers", "control", "admin", "reload", "canary", "demo",
-               "discovery",
-               "supervisor", "shared_state"]),  # old: now workers.supervisor, .shared_state
+               "discovery"]),
     ("entry", ["cli", "cli_text", "__main__"]),
 ]
 
@@ -49,7 +48,7 @@ KNOWN_SIDEWAYS: dict[tuple[str, str], str] = {}
 # Where each third-party library may be imported (module prefixes).
 HOMES = {
     "yaml": ["config.load", "demo"],
-    "prometheus_client": ["metrics"],
+    "prometheus_client": ["metrics.exposition"],
     "watchfiles": ["reload"],
     "uvloop": ["server", "demo"],
     "httptools": ["engine"],

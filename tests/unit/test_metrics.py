@@ -8,17 +8,14 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyproxy.metrics import (
-    DURATION_BUCKETS,
-    Stats,
-    cumulative_only,
-    merge_expositions,
+from pyproxy.metrics.exposition import (
     parse_exposition,
     render_families,
     render_metrics,
-    window_totals,
     workers_family,
 )
+from pyproxy.metrics.merge import cumulative_only, merge_expositions, window_totals
+from pyproxy.metrics.stats import DURATION_BUCKETS, Stats
 from pyproxy.outcome import AttemptOutcome, RequestOutcome
 
 
@@ -252,7 +249,7 @@ def test_window_rate_success_rate_and_percentiles():
         for _ in range(2):
             stats.record(outcome(status=503, flags="URX", duration=0.400))
 
-    window = stats.window_stats("shop", "stock/v1")
+    window = stats.windows.summary("shop", "stock/v1")
     assert window["requests"] == 200
     assert window["rps"] == 20.0  # averaged over the 10 s seen so far, not the full 30
     assert window["success_rate"] == 90.0
@@ -267,7 +264,7 @@ def test_percentiles_interpolate_within_fine_buckets():
     durations = [0.001 * i for i in range(1, 1001)]  # uniform 1 ms … 1 s
     for d in durations:
         stats.record(outcome(duration=d))
-    window = stats.window_stats("shop", "stock/v1")
+    window = stats.windows.summary("shop", "stock/v1")
     assert window["p50"] == pytest.approx(0.500, rel=0.1)
     assert window["p95"] == pytest.approx(0.950, rel=0.1)
     assert window["p99"] == pytest.approx(0.990, rel=0.1)
@@ -283,7 +280,7 @@ def test_success_counts_injected_delays_but_not_other_flags():
     stats.record(outcome(status=500))
     stats.record(outcome(status=502, flags="DI,UC"))
     stats.record(outcome(status=200, flags="URX"))
-    assert stats.window_stats("shop", "stock/v1")["success_rate"] == pytest.approx(300 / 8)
+    assert stats.windows.summary("shop", "stock/v1")["success_rate"] == pytest.approx(300 / 8)
 
 
 def test_old_seconds_roll_out_of_the_window():
@@ -292,11 +289,11 @@ def test_old_seconds_roll_out_of_the_window():
     for _ in range(50):
         stats.record(outcome(status=503, duration=2.0))
     clock.now = 1029.9  # second 1000 is still inside (1029 - 30, 1029]
-    assert stats.window_stats("shop", "stock/v1")["requests"] == 50
+    assert stats.windows.summary("shop", "stock/v1")["requests"] == 50
 
     clock.now = 1030.0  # now it has rolled out
     stats.record(outcome(status=200, duration=0.005))
-    window = stats.window_stats("shop", "stock/v1")
+    window = stats.windows.summary("shop", "stock/v1")
     assert window["requests"] == 1
     assert window["success_rate"] == 100.0
     assert window["p99"] < 0.01
@@ -309,22 +306,22 @@ def test_a_reused_slot_forgets_the_second_it_held():
     stats.record(outcome(status=500))
     clock.now = 1005.0  # same ring slot as 1000
     stats.record(outcome(status=200))
-    window = stats.window_stats("shop", "stock/v1")
+    window = stats.windows.summary("shop", "stock/v1")
     assert (window["requests"], window["success_rate"]) == (1, 100.0)
 
 
 def test_idle_window_reports_no_data_rather_than_perfect_health():
     clock = FakeClock(1000.0)
     stats = Stats(clock=clock)
-    assert stats.window_stats("shop", "stock/v1") == {
+    assert stats.windows.summary("shop", "stock/v1") == {
         "requests": 0, "rps": 0.0, "success_rate": None, "p50": None, "p95": None, "p99": None}
     stats.record(outcome())
     clock.now = 2000.0
-    window = stats.window_stats("shop", "stock/v1")
+    window = stats.windows.summary("shop", "stock/v1")
     assert window["requests"] == 0 and window["success_rate"] is None and window["p99"] is None
 
 
-def test_snapshot_routes_merges_configured_weights_and_observed_share():
+def test_by_route_merges_configured_weights_and_observed_share():
     clock = FakeClock(1000.0)
     stats = Stats(clock=clock)
     stats.weights_provider = lambda: [("shop", "stock/v1", 0.9), ("shop", "stock/v2", 0.1),
@@ -334,7 +331,7 @@ def test_snapshot_routes_merges_configured_weights_and_observed_share():
     stats.record(outcome(backend="stock/v2", status=503))
     stats.record(outcome(backend="stock/v0"))  # removed from config, still in the window
 
-    routes = stats.snapshot_routes()
+    routes = stats.windows.by_route(stats.weights_provider())
     assert set(routes) == {"shop", "cart"}
     shop = routes["shop"]
     assert set(shop) == {"stock/v1", "stock/v2", "stock/v0"}
@@ -344,17 +341,18 @@ def test_snapshot_routes_merges_configured_weights_and_observed_share():
     assert shop["stock/v0"]["weight"] is None and shop["stock/v0"]["share"] == 0.2
     assert routes["cart"]["cart"] == {"requests": 0, "rps": 0.0, "success_rate": None, "p50": None,
                                       "p95": None, "p99": None, "weight": 1.0, "share": None}
-    assert shop["stock/v1"] == {**stats.window_stats("shop", "stock/v1"),
+    assert shop["stock/v1"] == {**stats.windows.summary("shop", "stock/v1"),
                                 "weight": 0.9, "share": 0.6}
 
     clock.now = 1100.0  # everything rolled out: the unconfigured backend disappears
-    assert set(stats.snapshot_routes()["shop"]) == {"stock/v1", "stock/v2"}
+    weights = stats.weights_provider()
+    assert set(stats.windows.by_route(weights)["shop"]) == {"stock/v1", "stock/v2"}
 
 
 def test_window_values_are_json_numbers():
     stats = Stats(clock=FakeClock())
     stats.record(outcome(duration=0.123))
-    window = stats.window_stats("shop", "stock/v1")
+    window = stats.windows.summary("shop", "stock/v1")
     assert all(v is None or (isinstance(v, (int, float)) and math.isfinite(v))
                for v in window.values())
 
@@ -461,23 +459,23 @@ def test_peer_windows_add_up_to_one_window_and_exact_totals():
             leader.record(outcome(duration=0.010))
         other.record(outcome(duration=0.010))
         other.record(outcome(status=503, duration=0.400))
-    before = leader.totals("shop", "stock/v1")
+    before = leader.windows.totals("shop", "stock/v1")
 
     peer = {}
-    for export in other.export_windows():  # what GET /api/v1/windows carries, as JSON
+    for export in other.windows.export():  # what GET /api/v1/windows carries, as JSON
         peer.setdefault((export["route"], export["backend"]), []).append(export)
-    leader.peer_windows = lambda: peer
-    window = leader.window_stats("shop", "stock/v1")
+    leader.windows.peers = lambda: peer
+    window = leader.windows.summary("shop", "stock/v1")
     assert (window["requests"], window["rps"], window["success_rate"]) == (25, 5.0, 80.0)
     assert window["p99"] == pytest.approx(0.400, rel=0.1)
-    routes = leader.snapshot_routes()
+    routes = leader.windows.by_route([])
     assert routes["shop"]["stock/v1"]["requests"] == 25
-    totals = leader.totals("shop", "stock/v1")
+    totals = leader.windows.totals("shop", "stock/v1")
     assert (totals.requests, totals.successes) == (25, 20)
     assert totals.since(before, 5.0)["requests"] == 10  # the other worker's, added in
-    assert leader.window_stats("shop", "stock/v1")["requests"] == 25  # own window untouched
-    leader.peer_windows = None
-    assert leader.window_stats("shop", "stock/v1")["requests"] == 15
+    assert leader.windows.summary("shop", "stock/v1")["requests"] == 25  # own window untouched
+    leader.windows.peers = None
+    assert leader.windows.summary("shop", "stock/v1")["requests"] == 15
 
 
 def test_peer_seconds_age_out_and_an_exited_workers_totals_stay():
@@ -485,13 +483,13 @@ def test_peer_seconds_age_out_and_an_exited_workers_totals_stay():
     leader, other = Stats(window=5, clock=clock), Stats(window=5, clock=clock)
     for _ in range(4):
         other.record(outcome())
-    exported = other.export_windows()
+    exported = other.windows.export()
     retired = window_totals(exported + exported)  # two exited workers' worth
-    assert retired["seconds"] == [] and retired["totals"][:2] == [8, 8]
+    assert retired["seconds"] == [] and list(retired["totals"][:2]) == [8, 8]
 
-    leader.peer_windows = lambda: {("shop", "stock/v1"): exported}
+    leader.windows.peers = lambda: {("shop", "stock/v1"): exported}
     clock.now = 1010.0  # second 1000 is out of the window by now
-    assert leader.window_stats("shop", "stock/v1")["requests"] == 0
-    assert leader.totals("shop", "stock/v1").requests == 4
-    leader.peer_windows = lambda: {("shop", "stock/v1"): [retired]}
-    assert leader.totals("shop", "stock/v1").requests == 8
+    assert leader.windows.summary("shop", "stock/v1")["requests"] == 0
+    assert leader.windows.totals("shop", "stock/v1").requests == 4
+    leader.windows.peers = lambda: {("shop", "stock/v1"): [retired]}
+    assert leader.windows.totals("shop", "stock/v1").requests == 8

@@ -19,8 +19,9 @@ from pyproxy.config.model import (
     Route,
     Service,
 )
-from pyproxy.runtime import ActiveFault, Runtime, WeightOverride
-from pyproxy.shared_state import (
+from pyproxy.overrides import ActiveFault, WeightOverride
+from pyproxy.runtime import Runtime
+from pyproxy.workers.state_file import (
     SharedState,
     StateFile,
     StateSync,
@@ -123,30 +124,30 @@ async def test_a_follower_applies_what_the_leader_writes(tmp_path):
         reloads.append(1)
 
     follower = StateSync(StateFile(tmp_path), follower_runtime, leader=False, reload=reload)
-    leader_runtime.on_change = leader.save
+    leader_runtime.overrides.on_change = leader.save
     leader.load()
     follower.load()
     task = asyncio.get_running_loop().create_task(follower.run())
     try:
-        leader_runtime.set_weights("shop", {"shop/v1": 0, "shop/v2": 100}, source="api")
-        leader_runtime.add_fault("shop", Fault(abort=AbortFault(503, 100.0)), 0.6)
-        await _eventually(lambda: "shop" in follower_runtime.faults)
-        assert follower_runtime.weight_overrides == leader_runtime.weight_overrides
-        assert follower_runtime.faults == leader_runtime.faults
+        leader_runtime.overrides.set_weights("shop", {"shop/v1": 0, "shop/v2": 100}, source="api")
+        leader_runtime.overrides.add_fault("shop", Fault(abort=AbortFault(503, 100.0)), 0.6)
+        await _eventually(lambda: "shop" in follower_runtime.overrides.faults)
+        assert follower_runtime.overrides.weights == leader_runtime.overrides.weights
+        assert follower_runtime.overrides.faults == leader_runtime.overrides.faults
         route = follower_runtime.snapshot.routes["shop"]
         assert route.split.weights == (0, 100) and route.fault.abort.status == 503
 
         # The fault ends at its wall-clock deadline everywhere, with no write in between and
         # no once-a-second tick running here: the deadline's own timer does it.
-        expires = follower_runtime.faults["shop"].expires
-        await _eventually(lambda: not follower_runtime.faults, timeout=1.5)
+        expires = follower_runtime.overrides.faults["shop"].expires
+        await _eventually(lambda: not follower_runtime.overrides.faults, timeout=1.5)
         assert expires <= time.time() < expires + 0.1
         assert follower_runtime.snapshot.routes["shop"].fault is None
 
         leader.request_reload()
         await _eventually(lambda: reloads)
-        leader_runtime.clear_weights("shop")
-        await _eventually(lambda: not follower_runtime.weight_overrides)
+        leader_runtime.overrides.clear_weights("shop")
+        await _eventually(lambda: not follower_runtime.overrides.weights)
         assert follower_runtime.snapshot.routes["shop"].split.weights == (90, 10)
     finally:
         task.cancel()
@@ -156,15 +157,15 @@ async def test_a_follower_applies_what_the_leader_writes(tmp_path):
 async def test_a_restart_picks_up_where_the_file_left_off(tmp_path):
     first = _runtime()
     sync = StateSync(StateFile(tmp_path), first, leader=True, reload=None)
-    first.on_change = sync.save
-    first.set_weights("shop", {"shop/v2": 1})
-    first.add_fault("shop", Fault(delay=DelayFault(0.1, 10.0)), 60)
-    expires = first.faults["shop"].expires
+    first.overrides.on_change = sync.save
+    first.overrides.set_weights("shop", {"shop/v2": 1})
+    first.overrides.add_fault("shop", Fault(delay=DelayFault(0.1, 10.0)), 60)
+    expires = first.overrides.faults["shop"].expires
 
     again = _runtime()  # the same proxy, restarted
     StateSync(StateFile(tmp_path), again, leader=True, reload=None).load()
-    assert again.weight_overrides["shop"].weights == {"shop/v2": 1.0}
-    assert again.faults["shop"].expires == expires  # a restart never extends a fault
+    assert again.overrides.weights["shop"].weights == {"shop/v2": 1.0}
+    assert again.overrides.faults["shop"].expires == expires  # a restart never extends a fault
     assert again.snapshot.routes["shop"].split.weights == (0, 1)
 
 
@@ -176,7 +177,7 @@ async def test_what_no_longer_fits_the_config_is_dropped(tmp_path):
     runtime = _runtime()
     sync = StateSync(file, runtime, leader=True, reload=None)
     sync.load()
-    assert set(runtime.weight_overrides) == {"shop"}
-    assert set(runtime.faults) == {"shop"}  # "cart" is no route here
+    assert set(runtime.overrides.weights) == {"shop"}
+    assert set(runtime.overrides.faults) == {"shop"}  # "cart" is no route here
     sync.save()
     assert set(file.read().weights) == {"shop"}  # and the leader writes it so

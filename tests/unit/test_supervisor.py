@@ -10,7 +10,7 @@ import pytest
 
 from pyproxy.cli import _build_parser
 from pyproxy.config.model import Address
-from pyproxy.supervisor import RestartPolicy, check_listen_address
+from pyproxy.workers.supervisor import RestartPolicy, check_listen_address
 
 
 def test_quick_exits_back_off_then_give_up():

@@ -4,9 +4,9 @@ It checks the config as a single process would (an invalid one: exit 2 before an
 starts) and that nothing listens on the listen address yet, then forks N workers
 (``server.run_worker``). Each binds the listen port with ``SO_REUSEPORT``, so the kernel
 spreads new connections over them; worker 0, the leader, serves the public admin API and
-merges the others' metrics (``server.py``, ``admin/peers.py``); run-time state goes through
+merges the others' metrics (``server.py``, ``workers/peers.py``); run-time state goes through
 the state directory (``--state-dir``, else a temporary one removed at exit;
-``shared_state.py``). The supervisor serves nothing itself: it waits for signals and for
+``workers/state_file.py``). The supervisor serves nothing itself: it waits for signals and for
 workers to exit.
 
 * A worker that exits while it should be serving (a crash, kill -9, the OOM killer) is
@@ -15,7 +15,8 @@ workers to exit.
   up — stops the other workers and exits 1 — because a worker that cannot start (its address
   taken, the config on disk invalid by now) would otherwise be restarted forever.
 * SIGTERM and SIGINT are passed on to every worker, which drain as a single process does
-  (SPEC §7); the supervisor waits for all of them and exits 0 (1 if one did not exit cleanly).
+  (docs/operations.md); the supervisor waits for all of them and exits 0 (1 if one did not
+  exit cleanly).
 * SIGHUP is passed on: every worker reloads its config.
 
 Why fork rather than start new interpreters: the supervisor has no threads and no event loop,
@@ -37,10 +38,11 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
 
-from pyproxy.admin.peers import clear_registry
 from pyproxy.config.model import Address
 from pyproxy.server import LOG_FORMAT, Worker, prepare, run_worker
+from pyproxy.workers.peers import clear_registry
 
 logger = logging.getLogger("pyproxy.supervisor")
 
@@ -66,7 +68,7 @@ class RestartPolicy:
         exits = self._quick_exits[index] = self._quick_exits.get(index, 0) + 1
         if exits >= self.max_quick_exits:
             return None
-        return min(self.max_delay, self.first_delay * 2 ** (exits - 1))
+        return min(self.max_delay, self.first_delay * 2.0 ** (exits - 1))
 
     def quick_exits(self, index: int) -> int:
         return self._quick_exits.get(index, 0)
@@ -220,8 +222,9 @@ class Supervisor:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            os.close(self._wakeup[0])
-            os.close(self._wakeup[1])
+            if self._wakeup is not None:  # set while the supervisor runs, which forks us
+                os.close(self._wakeup[0])
+                os.close(self._wakeup[1])
             for sig in SIGNALS:  # until the worker's event loop installs its own
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
@@ -235,7 +238,7 @@ class Supervisor:
             os._exit(code)
 
 
-def _numbers_only(signum, frame) -> None:
+def _numbers_only(signum: int, frame: FrameType | None) -> None:
     """A Python-level handler must exist for the wakeup pipe to carry the signal."""
 
 
@@ -269,7 +272,7 @@ def run_workers(paths: Sequence[str], count: int, *, listen: str | None = None,
     host = f"[{address.host}]" if ":" in address.host else address.host
     listen = f"{host}:{address.port}"
     temporary = state_dir is None
-    directory = tempfile.mkdtemp(prefix="pyproxy-state-") if temporary else state_dir
+    directory = tempfile.mkdtemp(prefix="pyproxy-state-") if state_dir is None else state_dir
     clear_registry(directory)
     supervisor = os.getpid()
     logger.info("starting %d workers on %s, state in %s%s", count, listen, directory,

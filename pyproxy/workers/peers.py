@@ -6,10 +6,10 @@ state directory (``workers/INDEX.json``: its pid and address). Through those the
 
 * answers ``/metrics`` for the whole proxy: at each scrape it fetches every worker's
   exposition, parses it with prometheus_client's parser and adds them up
-  (``metrics.merge_expositions``). A worker that does not answer (exited, restarting) is
+  (``metrics.merge.merge_expositions``). A worker that does not answer (exited, restarting) is
   counted in ``pyproxy_workers{state="down"}``;
 * keeps the live windows whole: every second it fetches each worker's per-second buckets
-  (``GET /api/v1/windows``), which ``Stats.peer_windows`` adds to the leader's own, so the
+  (``GET /api/v1/windows``), which ``Windows.peers`` adds to the leader's own, so the
   dashboard, ``pyproxy status`` and the canary judge see every worker's requests.
 
 A restarted worker counts from zero. So that the proxy's totals never drop (Prometheus would
@@ -25,18 +25,14 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyproxy.metrics import (
-    cumulative_only,
-    merge_expositions,
-    parse_exposition,
-    render_families,
-    window_totals,
-    workers_family,
-)
+from pyproxy.metrics.exposition import parse_exposition, render_families, workers_family
+from pyproxy.metrics.merge import FamilyLike, cumulative_only, merge_expositions, window_totals
+from pyproxy.metrics.windows import RouteWindowExport, WindowExport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -48,7 +44,7 @@ WINDOW_REFRESH = 1.0  # seconds between fetches of the other workers' windows
 TIMEOUT = 2.0  # seconds: a worker slower than this counts as down
 
 
-def register(state_dir: str | os.PathLike, index: int, host: str, port: int) -> None:
+def register(state_dir: str | os.PathLike[str], index: int, host: str, port: int) -> None:
     """A worker's private admin address, for the leader to find (written whole, renamed)."""
     directory = Path(state_dir) / REGISTRY
     directory.mkdir(exist_ok=True)
@@ -57,7 +53,7 @@ def register(state_dir: str | os.PathLike, index: int, host: str, port: int) -> 
     tmp.replace(directory / f"{index}.json")
 
 
-def clear_registry(state_dir: str | os.PathLike) -> None:
+def clear_registry(state_dir: str | os.PathLike[str]) -> None:
     """Forget the workers of an earlier run in the same state directory."""
     for path in (Path(state_dir) / REGISTRY).glob("*.json"):
         path.unlink(missing_ok=True)
@@ -73,17 +69,19 @@ class _Peer:
 class Peers:
     """Workers 1..N-1 as the leader sees them."""
 
-    def __init__(self, state_dir: str | os.PathLike, count: int):
+    def __init__(self, state_dir: str | os.PathLike[str], count: int):
         self._dir = Path(state_dir) / REGISTRY
         self.count = count
         self._session: aiohttp.ClientSession | None = None
         # index → (pid, its counters and histograms at its last scrape)
-        self._metrics: dict[int, tuple[int, list]] = {}
-        self._retired_metrics: list = []  # the same, summed, of workers that have exited
+        self._metrics: dict[int, tuple[int, list[FamilyLike]]] = {}
+        # the same, summed, of workers that have exited
+        self._retired_metrics: Sequence[FamilyLike] = []
         # index → (pid, its window exports at the last fetch)
-        self._windows: dict[int, tuple[int, list[dict]]] = {}
-        self._retired_windows: dict[tuple[str, str], dict] = {}  # window_totals of exited ones
-        self._by_key: dict[tuple[str, str], list[dict]] = {}
+        self._windows: dict[int, tuple[int, list[RouteWindowExport]]] = {}
+        # window_totals of exited ones
+        self._retired_windows: dict[tuple[str, str], WindowExport] = {}
+        self._by_key: dict[tuple[str, str], list[WindowExport]] = {}
 
     # ------------------------------------------------------------------ /metrics
 
@@ -91,12 +89,13 @@ class Peers:
         """The leader's exposition ``own`` plus every other worker's."""
         peers = self._registered()
         bodies = await asyncio.gather(*(self._get(peer, "/metrics") for peer in peers))
-        answered = [(peer, body) for peer, body in zip(peers, bodies) if body is not None]
+        answered = [(peer, body) for peer, body in zip(peers, bodies, strict=True)
+                    if body is not None]
         # Parsing and merging is CPU work for a large config: not on the leader's event loop.
         parsed = await asyncio.to_thread(
             lambda: [parse_exposition(body.decode()) for body in [own] + [b for _, b in answered]])
-        workers = [parsed[0]]
-        for (peer, _), families in zip(answered, parsed[1:]):
+        workers: list[Sequence[FamilyLike]] = [parsed[0]]
+        for (peer, _), families in zip(answered, parsed[1:], strict=True):
             self._seen_metrics(peer.index, peer.pid, cumulative_only(families))
             workers.append(families)
         up = {peer.index for peer, _ in answered}
@@ -104,12 +103,12 @@ class Peers:
         workers += [families for index, (_, families) in self._metrics.items() if index not in up]
         workers.append(self._retired_metrics)
         merged = await asyncio.to_thread(merge_expositions, workers)
-        return render_families(merged + [workers_family(1 + len(answered), self.count)])
+        return render_families([*merged, workers_family(1 + len(answered), self.count)])
 
     # ------------------------------------------------------------------ windows
 
-    def windows(self) -> dict[tuple[str, str], list[dict]]:
-        """For ``Stats.peer_windows``: (route, backend) → the other workers' exports."""
+    def windows(self) -> dict[tuple[str, str], list[WindowExport]]:
+        """For ``Windows.peers``: (route, backend) → the other workers' exports."""
         return self._by_key
 
     async def run(self) -> None:
@@ -126,7 +125,7 @@ class Peers:
     async def _refresh_windows(self) -> None:
         peers = self._registered()
         bodies = await asyncio.gather(*(self._get(peer, "/api/v1/windows") for peer in peers))
-        for peer, body in zip(peers, bodies):
+        for peer, body in zip(peers, bodies, strict=True):
             if body is None:
                 continue
             try:
@@ -134,7 +133,7 @@ class Peers:
                 self._seen_windows(peer.index, int(answer["pid"]), list(answer["windows"]))
             except (ValueError, KeyError, TypeError) as exc:
                 logger.warning("worker %d sent windows that do not parse: %r", peer.index, exc)
-        by_key: dict[tuple[str, str], list[dict]] = {}
+        by_key: dict[tuple[str, str], list[WindowExport]] = {}
         for _, exports in self._windows.values():
             for export in exports:
                 by_key.setdefault((export["route"], export["backend"]), []).append(export)
@@ -147,19 +146,19 @@ class Peers:
     # What worker ``index`` reported. A new pid there means the worker was restarted: what
     # the old process had counted is retired (kept, summed with other exited workers').
 
-    def _seen_metrics(self, index: int, pid: int, families: list) -> None:
+    def _seen_metrics(self, index: int, pid: int, families: list[FamilyLike]) -> None:
         last = self._metrics.get(index)
         if last is not None and last[0] != pid:
             self._retired_metrics = merge_expositions([self._retired_metrics, last[1]])
         self._metrics[index] = (pid, families)
 
-    def _seen_windows(self, index: int, pid: int, exports: list[dict]) -> None:
+    def _seen_windows(self, index: int, pid: int, exports: list[RouteWindowExport]) -> None:
         last = self._windows.get(index)
         if last is not None and last[0] != pid:
             for export in last[1]:
                 key = (export["route"], export["backend"])
                 earlier = [self._retired_windows[key]] if key in self._retired_windows else []
-                self._retired_windows[key] = window_totals(earlier + [export])
+                self._retired_windows[key] = window_totals([*earlier, export])
         self._windows[index] = (pid, exports)
 
     def _registered(self) -> list[_Peer]:

@@ -35,9 +35,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from pyproxy.canary.analysis import CanaryState
 from pyproxy.config.model import AbortFault, DelayFault, Fault
-from pyproxy.runtime import ActiveFault, Runtime, WeightOverride
+from pyproxy.overrides import ActiveFault, WeightOverride
+from pyproxy.runtime import Runtime
 
 logger = logging.getLogger("pyproxy.state")
 
@@ -51,14 +54,14 @@ class SharedState:
 
     weights: dict[str, WeightOverride] = field(default_factory=dict)  # route → override
     faults: dict[str, ActiveFault] = field(default_factory=dict)  # route → fault
-    canaries: dict[str, dict] = field(default_factory=dict)  # CanaryController.export()
+    canaries: dict[str, CanaryState] = field(default_factory=dict)  # CanaryController.export()
     reloads: int = 0  # POST /api/v1/reload requests so far
 
 
 # ---------------------------------------------------------------------- pure: encode, decode
 
 
-def encode(state: SharedState) -> dict:
+def encode(state: SharedState) -> dict[str, object]:
     return {
         "version": VERSION,
         "weights": {route: {"weights": o.weights, "source": o.source, "since": o.since}
@@ -74,15 +77,16 @@ def encode(state: SharedState) -> dict:
     }
 
 
-def decode(data: object) -> SharedState:
-    """The inverse of ``encode``; raises ValueError for anything else."""
+def decode(data: Any) -> SharedState:
+    """The inverse of ``encode``; raises ValueError for anything else. ``data`` is JSON read
+    from the file, of any shape: each value is checked (or fails) as it is read."""
     try:
         if data["version"] != VERSION:
             raise ValueError(f"state file version {data['version']!r}, expected {VERSION}")
         weights = {str(route): WeightOverride({str(b): float(w) for b, w in o["weights"].items()},
                                               str(o["source"]), float(o["since"]))
                    for route, o in data["weights"].items()}
-        faults = {}
+        faults: dict[str, ActiveFault] = {}
         for route, f in data["faults"].items():
             abort = None if f["abort"] is None else AbortFault(int(f["abort"]["status"]),
                                                                float(f["abort"]["percent"]))
@@ -109,23 +113,29 @@ def describe_changes(before: SharedState, after: SharedState, now: float) -> lis
         elif new != old:
             changes.append(f"weights of route {route} set by {new.source}: {new.weights}")
     for route in sorted(before.faults.keys() | after.faults.keys()):
-        old, new = before.faults.get(route), after.faults.get(route)
-        if new is None and old.expires > now:  # an expired one was already logged as such
+        old_fault, new_fault = before.faults.get(route), after.faults.get(route)
+        # an expired one was already logged as such
+        if new_fault is None and old_fault is not None and old_fault.expires > now:
             changes.append(f"fault on route {route} cleared")
-        elif new is not None and new != old and new.expires > now:
-            changes.append(f"fault on route {route} for {new.remaining(now):.1f}s: {new.fault}")
+        elif new_fault is not None and new_fault != old_fault and new_fault.expires > now:
+            changes.append(f"fault on route {route} for {new_fault.remaining(now):.1f}s: "
+                           f"{new_fault.fault}")
     return changes
 
 
 # ---------------------------------------------------------------------- the file
 
 
+# (inode, mtime in ns, size): a rename over the file changes the inode, a rewrite the others
+FileStamp = tuple[int, int, int]
+
+
 class StateFile:
     """``DIR/state.json``: written whole and renamed into place; read when it changed."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike[str]):
         self.path = Path(directory) / "state.json"
-        self._stamp: tuple | None = None  # what the file was when last read
+        self._stamp: FileStamp | None = None  # what the file was when last read
 
     def write(self, state: SharedState) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -152,7 +162,7 @@ class StateFile:
         """Has the file been replaced or rewritten since ``read`` or ``write``?"""
         return self._current_stamp() != self._stamp
 
-    def _current_stamp(self) -> tuple | None:
+    def _current_stamp(self) -> FileStamp | None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -167,7 +177,7 @@ class StateSync:
     """Keeps one worker's runtime and the state file in step.
 
     The leader (``leader=True``: worker 0, or the only process) writes: ``save`` after every
-    change (``Runtime.on_change``, the canary controller's ``on_change``) and after a reload
+    change (``Overrides.on_change``, the canary controller's ``on_change``) and after a reload
     pruned overrides. Every other worker follows: it applies the file when it changes, again
     after each of its own reloads (an override for a route it only now knows), and reloads
     when the leader counted a reload request.
@@ -179,7 +189,8 @@ class StateSync:
         self.runtime = runtime
         self.leader = leader
         self._reload = reload
-        self.canaries: Callable[[], dict[str, dict]] | None = None  # leader: controller.export
+        # the leader's: CanaryController.export
+        self.canaries: Callable[[], dict[str, CanaryState]] | None = None
         self.state = SharedState()  # leader: last written; follower: last read
         self._generation = 0  # the config generation the state was last applied to
 
@@ -191,13 +202,14 @@ class StateSync:
             self.state = state
             self._apply(state)
             logger.info("run-time state from %s: %d weight overrides, %d faults, %d canaries",
-                        self.file.path, len(self.runtime.weight_overrides),
-                        len(self.runtime.faults), len(state.canaries))
+                        self.file.path, len(self.runtime.overrides.weights),
+                        len(self.runtime.overrides.faults), len(state.canaries))
         return self.state
 
     def save(self) -> None:
         """Leader: write the state now in memory, if it differs from the file's."""
-        state = SharedState(dict(self.runtime.weight_overrides), dict(self.runtime.faults),
+        overrides = self.runtime.overrides
+        state = SharedState(dict(overrides.weights), dict(overrides.faults),
                             self.canaries() if self.canaries else self.state.canaries,
                             self.state.reloads)
         if encode(state) != encode(self.state):
@@ -242,8 +254,10 @@ class StateSync:
     def _apply(self, state: SharedState) -> None:
         now = time.time()
         live_faults = {route: f for route, f in state.faults.items() if f.expires > now}
-        if state.weights == self.runtime.weight_overrides and live_faults == self.runtime.faults:
+        overrides = self.runtime.overrides
+        if state.weights == overrides.weights and live_faults == overrides.faults:
             return  # e.g. only a canary's progress changed: no need to recompile routes
-        self.runtime.restore(state.weights, state.faults)
-        for fault in self.runtime.faults.values():
-            self.runtime.schedule_expiry(fault)  # at the deadline here too, not the next tick
+        self.runtime.overrides.restore(state.weights, state.faults)
+        for fault in self.runtime.overrides.faults.values():
+            # at the deadline here too, not the next tick
+            self.runtime.overrides.schedule_expiry(fault)
