@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import AbortFault, Config, DelayFault, Fault
-from pyproxy.engine.downstream import Listener
+from pyproxy.engine.server import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
 from pyproxy.metrics import Stats

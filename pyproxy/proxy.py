@@ -14,7 +14,7 @@ import random
 import time
 
 from pyproxy.engine import wire
-from pyproxy.engine.upstream import ResponseHead, UpstreamConnection
+from pyproxy.engine.pool import ResponseHead, UpstreamConnection
 from pyproxy.errors import (
     ClientDisconnected,
     DownstreamError,

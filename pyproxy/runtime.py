@@ -34,7 +34,7 @@ from pyproxy.config.model import (
     Sticky,
     UpstreamTLS,
 )
-from pyproxy.engine.upstream import EndpointPool, UpstreamPools
+from pyproxy.engine.pool import EndpointPool, UpstreamPools
 from pyproxy.errors import InvalidOverride
 from pyproxy.resilience.breaker import CircuitBreaker
 from pyproxy.resilience.budget import RetryBudget

@@ -35,7 +35,7 @@ from pyproxy.canary.controller import CanaryController
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import Address, Config
 from pyproxy.control import ProxyControl
-from pyproxy.engine.downstream import Listener
+from pyproxy.engine.server import Listener
 from pyproxy.metrics import Stats, backend_workloads
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch

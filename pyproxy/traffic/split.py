@@ -47,9 +47,3 @@ class WeightedSplit(Generic[T]):
     def share(self, index: int) -> float:
         """The configured share (0..1) of choice ``index``."""
         return self.weights[index] / self.total if self.total else 0.0
-
-    def weight_of(self, choice: T) -> float:
-        for c, w in zip(self.choices, self.weights):
-            if c is choice or c == choice:
-                return w
-        return 0.0

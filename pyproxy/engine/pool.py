@@ -431,13 +431,6 @@ class EndpointPool:
                 return conn
         return None
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection for one request, and whether it was reused from the pool."""
-        conn = self.take_idle()
-        if conn is not None:
-            return conn, True
-        return await self.connect(), False
-
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         tls = {}

@@ -41,7 +41,7 @@ MAX_PIPELINED = 16
 # pipelining client retries what went unanswered (RFC 9112 §9.3.2).
 MAX_PIPELINED_PARSED = 4 * MAX_PIPELINED
 # Unsent response bytes per client before the relay waits for drain (see READ_HIGH_WATER
-# in upstream.py for why 64 KiB).
+# in pool.py for why 64 KiB).
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 
