@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
+from typing import Any
 
 logger = logging.getLogger("pyproxy")
 
@@ -32,3 +33,15 @@ class TaskGroup:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def race(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run ``coros`` side by side until the first one ends, then cancel the rest (the two
+    directions of a tunnel and its idle watchdog): tasks owned by the awaiting caller."""
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(coro) for coro in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

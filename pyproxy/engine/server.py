@@ -346,7 +346,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._head_started = False
         self._cancel_timer()
         parser = self.parser
-        head, exchange = self._validate_head(parser.get_method().decode("ascii"),
+        _, exchange = self._validate_head(parser.get_method().decode("ascii"),
                                              parser.get_http_version())
         exchange.keep_alive = parser.should_keep_alive()
         self._parsing = exchange
@@ -776,7 +776,8 @@ class DownstreamExchange:
             self.keep_alive = False
         self.send_continue = False
         if status == 101:
-            self._pending_head = wire.status_line(101, reason) + wire.header_block(headers) + b"\r\n"
+            self._pending_head = (wire.status_line(101, reason) + wire.header_block(headers)
+                                  + b"\r\n")
             self._no_body = True
             return
         self._no_body = head.method == "HEAD" or status in (204, 304) or status < 200
