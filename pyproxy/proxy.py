@@ -272,13 +272,14 @@ class Proxy:
         """The weighted draw, honouring a sticky pin while its backend's weight is > 0."""
         split = route.split
         sticky = route.sticky
+        table = route.sticky_table  # set for a header-keyed sticky
         key = None
         if sticky is not None:
             if sticky.cookie is not None:
                 pinned = head.cookie(sticky.cookie.name)
             else:
-                key = head.header(sticky.header)
-                pinned = route.sticky_table.get(key) if key is not None else None
+                key = head.header(sticky.header) if sticky.header is not None else None
+                pinned = table.get(key) if key is not None and table is not None else None
             if pinned is not None:
                 backend = route.backend_named(pinned)
                 if backend is not None and split.weights[backend.index] > 0:
@@ -290,8 +291,8 @@ class Proxy:
         if sticky is not None:
             if sticky.cookie is not None:
                 cookie = set_cookie_header(sticky.cookie.name, backend.name, sticky.cookie.ttl)
-            elif key is not None:
-                route.sticky_table.pin(key, backend.name)
+            elif key is not None and table is not None:
+                table.pin(key, backend.name)
         return backend, cookie
 
     def _pick_endpoint(self, head: RequestHead, backend: CompiledBackend,
@@ -311,7 +312,10 @@ class Proxy:
                 key = head.cookie(hash_on.cookie)
             elif hash_on.source_ip:
                 key = head.client_ip
-        return backend.balancer.pick(endpoints, self.rng, key)
+        balancer = backend.balancer
+        assert balancer is not None  # a backend with endpoints has a balancer
+        endpoint: EndpointState = balancer.pick(endpoints, self.rng, key)
+        return endpoint
 
     # ------------------------------------------------------------------ forwarding
 

@@ -14,7 +14,7 @@ logger = logging.getLogger("pyproxy")
 class TaskGroup:
     """Long-lived tasks (reload watcher, ticks): started by name, cancelled together."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._tasks: set[asyncio.Task] = set()
 
     def spawn(self, coro: Coroutine, name: str) -> asyncio.Task:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import httptools
 
+from pyproxy.config.model import Limits, Timeouts
 from pyproxy.engine import wire
 from pyproxy.engine.timer import Deadline
 from pyproxy.errors import ClientDisconnected, DownstreamError
@@ -72,7 +73,7 @@ class Listener:
     """Settings and live state shared by every connection of one listening socket."""
 
     def __init__(self, handler: Callable[[RequestHead, DownstreamExchange], Awaitable[None]],
-                 *, timeouts, limits, scheme: str = "http",
+                 *, timeouts: Timeouts, limits: Limits, scheme: str = "http",
                  serve_now: Callable[[RequestHead, DownstreamExchange], None] | None = None):
         self.handler = handler
         # Takes every plain request (no body, no upgrade) instead of ``handler``, without a
@@ -152,7 +153,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._feeding = False  # inside parser.feed_data (and so inside parser callbacks)
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future] = []
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._tunnel: _DownstreamTunnel | None = None
         self._head_started = False
         self._completed: DownstreamExchange | None = None  # the last fully parsed request
@@ -162,7 +163,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ connection
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream connection
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
@@ -176,7 +178,7 @@ class DownstreamProtocol(asyncio.Protocol):
         listener.connections.add(self)
         self._arm_timer(listener.timeouts.keep_alive, _KEEP_ALIVE)
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
         self._deadline.close()
         self._accepting = False
@@ -200,12 +202,20 @@ class DownstreamProtocol(asyncio.Protocol):
         if (self._tunnel is not None or self._parsing is not None or self._head_started
                 or not self.busy):
             return False  # asyncio closes the transport; connection_lost does the rest
-        (self._queue[-1] if self._queue else self._active).keep_alive = False
+        last = self._queue[-1] if self._queue else self._active
+        assert last is not None  # busy: a request is being answered
+        last.keep_alive = False
         return True
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` unless the connection is closing."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -218,7 +228,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._drain_waiters.clear()
 
     async def drain(self) -> None:
-        if self._write_paused and not self.transport.is_closing():
+        transport = self.transport
+        if transport is not None and self._write_paused and not transport.is_closing():
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
             # Slow-read attack (RX-7): pausing keeps memory bounded, but a client that takes
@@ -226,14 +237,14 @@ class DownstreamProtocol(asyncio.Protocol):
             # write buffer has not shrunk for body_idle seconds (progress, however slow,
             # re-arms the wait, like nginx's send_timeout).
             idle = self.listener.timeouts.body_idle
-            pending = self.transport.get_write_buffer_size()
+            pending = transport.get_write_buffer_size()
             while True:
                 done, _ = await asyncio.wait((waiter,), timeout=idle)
                 if done:
                     return
-                now = self.transport.get_write_buffer_size()
+                now = transport.get_write_buffer_size()
                 if now >= pending:
-                    self.transport.abort()
+                    transport.abort()
                     raise ClientDisconnected("client stopped reading")
                 pending = now
 
@@ -358,7 +369,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._pause_reading()
 
     def on_body(self, body: bytes) -> None:
-        self._parsing.feed_body(body)
+        exchange = self._parsing
+        assert exchange is not None  # llhttp calls on_body only inside a request
+        exchange.feed_body(body)
 
     def on_message_complete(self) -> None:
         exchange = self._parsing
@@ -672,13 +685,13 @@ class DownstreamExchange:
         self.content_length = content_length
         self.send_continue = send_continue
         self.keep_alive = True
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.is_websocket = False
         self.upgrade_data = b""
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._body_done = not body_expected
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -748,7 +761,7 @@ class DownstreamExchange:
                 return b""
             if self.send_continue:
                 self.send_continue = False
-                self.conn.transport.write(wire.CONTINUE_100)
+                self.conn.write(wire.CONTINUE_100)
             self._waiter = self.conn.loop.create_future()
             try:
                 async with asyncio.timeout(self.conn.listener.timeouts.body_idle):
@@ -815,7 +828,7 @@ class DownstreamExchange:
             self._pending_head = None
             data = pending + data  # one send for head and first bytes
         transport = self.conn.transport
-        if not transport.is_closing():
+        if transport is not None and not transport.is_closing():
             transport.write(data)
 
     async def drain(self) -> None:
@@ -830,8 +843,8 @@ class DownstreamExchange:
         if pending is not None:
             self._pending_head = None
             tail = pending + tail
-        if tail and not self.conn.transport.is_closing():
-            self.conn.transport.write(tail)
+        if tail:
+            self.conn.write(tail)
         self.response_done = True
         if not self.body_done:
             self.keep_alive = False
@@ -871,7 +884,7 @@ class DownstreamExchange:
         pending = self._pending_head
         if pending is not None:
             self._pending_head = None
-            self.conn.transport.write(pending)
+            self.conn.write(pending)
         self.response_done = True
         self.keep_alive = False
         return self.conn.start_tunnel(self)
@@ -884,7 +897,7 @@ class _DownstreamTunnel:
         self.conn = conn
         self._chunks: deque[bytes] = deque([initial] if initial else [])
         self._eof = False
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
