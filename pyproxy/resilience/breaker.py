@@ -24,7 +24,8 @@ and ``x-pyproxy-overloaded: true`` — except for retries, see below.
   budget silently replaces ``max_retries``, both hold when both are set: a configured cap
   is never ignored, and the budget keeps retries from amplifying an outage at any scale.
 
-How the pipeline uses it (per request to service S with breaker ``b``)::
+How ``upstream/attempt.py``'s ``Admission`` uses it (per request to service S with breaker
+``b``)::
 
     limit = b.admit_request()
     if limit: stats.record_overflow(S, limit); raise Overflow()
