@@ -21,9 +21,8 @@ import random
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from pyproxy.engine.pool import ResponseHead, UpstreamConnection
 from pyproxy.filters import fault as fault_filter
-from pyproxy.messages import Exchange, RequestHead
+from pyproxy.messages import Exchange, RequestHead, ResponseHead, UpstreamExchange
 from pyproxy.outcome import RequestOutcome
 from pyproxy.resilience.retry import is_retryable
 from pyproxy.runtime import CompiledBackend, CompiledRoute, EndpointState
@@ -43,7 +42,7 @@ class Pipeline(Protocol):
     def inject_abort(self, route: CompiledRoute, decision: fault_filter.FaultDecision) -> None:
         """Raise the fault's abort, if it drew one."""
 
-    def respond_whole(self, request: FastRequest, conn: UpstreamConnection,
+    def respond_whole(self, request: FastRequest, conn: UpstreamExchange,
                       response: ResponseHead) -> None:
         """Relay a whole response and end the request."""
 
@@ -99,7 +98,7 @@ class FastRequest:
         self.started = started
         self.debug = debug
         # The pooled connection the request was sent on; None: not sent (a connect awaits).
-        self.conn: UpstreamConnection | None = None
+        self.conn: UpstreamExchange | None = None
 
     def start(self) -> None:
         """Raises ProxyError for an answer given at once (fault abort, overflow, no endpoint)."""

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 
 from pyproxy.config.model import Timeouts
 from pyproxy.engine import wire
-from pyproxy.engine.pool import ResponseHead, UpstreamConnection
 from pyproxy.errors import (
     ClientDisconnected,
     InjectedAbort,
@@ -39,7 +38,7 @@ from pyproxy.filters import fault as fault_filter
 from pyproxy.filters import headers as header_filter
 from pyproxy.filters import mirror
 from pyproxy.filters.rewrite import redirect_location, rewrite_path
-from pyproxy.messages import Exchange, RequestHead, Tunnel
+from pyproxy.messages import Exchange, RequestHead, ResponseHead, Tunnel, UpstreamExchange
 from pyproxy.outcome import Accounting, RequestLog, RequestOutcome
 from pyproxy.resilience.retry import Failure, backoff, is_retryable
 from pyproxy.runtime import CompiledBackend, CompiledRoute, EndpointState, Runtime
@@ -60,7 +59,7 @@ class Underway(NamedTuple):
     its endpoint, the connection its request was sent on (None: not sent yet), its deadline."""
 
     endpoint: EndpointState
-    conn: UpstreamConnection | None
+    conn: UpstreamExchange | None
     deadline: float | None
 
 
@@ -153,7 +152,7 @@ class Proxy:
             self.stats.record_fault(route.name, "abort")
             raise InjectedAbort(status=decision.abort)
 
-    def respond_whole(self, request: FastRequest, conn: UpstreamConnection,
+    def respond_whole(self, request: FastRequest, conn: UpstreamExchange,
                       response: ResponseHead) -> None:
         """The first attempt's response came whole and stands: relay it, end the request."""
         outcome = request.outcome
@@ -483,7 +482,7 @@ class Proxy:
 
     # ------------------------------------------------------------------ response
 
-    async def _relay(self, exchange: Exchange, route: CompiledRoute, conn: UpstreamConnection,
+    async def _relay(self, exchange: Exchange, route: CompiledRoute, conn: UpstreamExchange,
                      response: ResponseHead, cookie: Cookie, debug: bool,
                      outcome: RequestOutcome, websocket: bool) -> None:
         status = response.status
@@ -513,7 +512,7 @@ class Proxy:
             raise
         conn.release()
 
-    def _relay_whole(self, exchange: Exchange, route: CompiledRoute, conn: UpstreamConnection,
+    def _relay_whole(self, exchange: Exchange, route: CompiledRoute, conn: UpstreamExchange,
                      response: ResponseHead, cookie: Cookie, debug: bool,
                      outcome: RequestOutcome) -> None:
         """A response already received in full: one write, no waiting (the common case)."""
@@ -543,7 +542,7 @@ class Proxy:
         assert snapshot is not None
         return snapshot.config.timeouts
 
-    async def _tunnel(self, tunnel: Tunnel, conn: UpstreamConnection) -> None:
+    async def _tunnel(self, tunnel: Tunnel, conn: UpstreamExchange) -> None:
         """Copy bytes both ways after a 101 until either side closes, or until neither has
         sent anything for ``timeouts.tunnel_idle`` (a forgotten socket must not live forever)."""
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from pyproxy.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from pyproxy.messages import ResponseHead
 
 # A response body waiting to be written downstream: reading from the upstream pauses past
 # this. 64 KiB (asyncio's own default) streams 1 MiB bodies as fast as 256 KiB did here
@@ -37,19 +38,6 @@ MAX_IDLE_PER_ENDPOINT = 256
 def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout("upstream body stalled"))
-
-
-class ResponseHead:
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "reason", "status")
-
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
-                 content_length: int | None, chunked: bool, keep_alive: bool):
-        self.status = status
-        self.reason = reason
-        self.headers = headers  # lower-case names, as received
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -18,9 +18,8 @@ from collections.abc import Callable, Sequence, Sized
 from typing import NamedTuple, Protocol, TypeVar
 
 from pyproxy.config.model import Mirror
-from pyproxy.engine.pool import UpstreamConnection
 from pyproxy.errors import ProxyError
-from pyproxy.messages import RequestHead
+from pyproxy.messages import RequestHead, UpstreamExchange
 from pyproxy.outcome import Accounting, AttemptOutcome
 from pyproxy.tasks import TaskGroup
 from pyproxy.upstream.attempt import STREAMED, Admission, Target
@@ -83,7 +82,7 @@ class Mirroring:
     async def _send(self, route: str, backend: Backend, head: RequestHead, body: bytes,
                     prepare: Callable[[Backend], Shadow]) -> None:
         shadow = None
-        conn: UpstreamConnection | None = None
+        conn: UpstreamExchange | None = None
         status = 0
         try:
             shadow = prepare(backend)

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from pyproxy.config.model import ConnectionPool
 from pyproxy.engine import wire
-from pyproxy.engine.pool import EndpointPool, ResponseHead, UpstreamConnection
+from pyproxy.engine.pool import EndpointPool
 from pyproxy.errors import (
     ClientDisconnected,
     DownstreamError,
@@ -36,7 +36,7 @@ from pyproxy.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from pyproxy.messages import Exchange
+from pyproxy.messages import Exchange, ResponseHead, UpstreamExchange
 from pyproxy.outcome import Accounting, AttemptOutcome
 from pyproxy.resilience.breaker import CircuitBreaker
 from pyproxy.resilience.budget import RetryBudget
@@ -103,7 +103,7 @@ class Admission:
     # ------------------------------------------------------------------ connections
 
     async def acquire(self, pool: EndpointPool, stats: Accounting
-                      ) -> tuple[UpstreamConnection, bool]:
+                      ) -> tuple[UpstreamExchange, bool]:
         """An idle pooled connection, or a new one if ``max_connections`` allows, or a
         bounded wait in the pending queue for either. Returns it and whether it was reused."""
         conn = pool.take_idle()
@@ -136,7 +136,7 @@ class Admission:
         """Count one more connection if ``max_connections`` allows it (no waiting)."""
         return self.breaker.try_open_connection()
 
-    async def connect(self, pool: EndpointPool) -> UpstreamConnection:
+    async def connect(self, pool: EndpointPool) -> UpstreamExchange:
         """Open a connection whose slot was counted already."""
         try:
             return await pool.connect()
@@ -176,8 +176,8 @@ class Admission:
 async def attempt(exchange: Exchange, endpoint: Target, admission: Admission,
                   stats: Accounting, request_head: bytes, body: bytes | None,
                   deadline: float | None, is_head: bool,
-                  sent: UpstreamConnection | None = None
-                  ) -> tuple[UpstreamConnection, ResponseHead, asyncio.Task[None] | None]:
+                  sent: UpstreamExchange | None = None
+                  ) -> tuple[UpstreamExchange, ResponseHead, asyncio.Task[None] | None]:
     """Send the request to one endpoint and wait for its response head.
 
     ``sent``: the pooled connection the fast path already sent a bodiless request on.
@@ -242,7 +242,7 @@ def attempt_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None,
     return try_deadline if deadline is None else min(deadline, try_deadline)
 
 
-def send(conn: UpstreamConnection, exchange: Exchange, request_head: bytes,
+def send(conn: UpstreamExchange, exchange: Exchange, request_head: bytes,
          body: bytes | None, is_head: bool) -> asyncio.Task[None] | None:
     """Write the request (``request_head`` is unframed: the framing is added here); a
     streamed body gets a pump task that runs alongside."""
@@ -265,7 +265,7 @@ def send(conn: UpstreamConnection, exchange: Exchange, request_head: bytes,
     return None
 
 
-async def _pump_body(conn: UpstreamConnection, exchange: Exchange) -> None:
+async def _pump_body(conn: UpstreamExchange, exchange: Exchange) -> None:
     """Stream the client's body upstream. If the client stops short, the upstream
     connection is aborted: a truncated request must never look complete (FR-7)."""
     chunked = exchange.content_length is None
