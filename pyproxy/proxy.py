@@ -13,7 +13,6 @@ metrics and the access log.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import Coroutine, Sequence
@@ -48,8 +47,6 @@ from pyproxy.upstream import attempt as upstream
 from pyproxy.upstream import forwarding
 from pyproxy.upstream.attempt import NO_BODY, STREAMED
 
-logger = logging.getLogger("pyproxy")
-
 Cookie = tuple[str, str] | None  # a Set-Cookie header to add to the response (stickiness)
 Work = Coroutine[Any, Any, None]
 
@@ -64,6 +61,9 @@ class Underway(NamedTuple):
 
 
 class Proxy:
+    """The pipeline over a ``Runtime``'s current snapshot: ``handle`` and ``serve_now`` are
+    its entries, the public methods below them the steps a fast request takes."""
+
     def __init__(self, runtime: Runtime, stats: Accounting, access_log: RequestLog, *,
                  rng: random.Random | None = None):
         self.runtime = runtime
