@@ -114,9 +114,10 @@ class FastRequest:
         conn = self.conn = endpoint.pool.take_idle()
         # A pooled connection knows the loop; asyncio.get_running_loop() costs a getpid().
         loop = conn.loop if conn is not None else asyncio.get_running_loop()
-        self.deadline = loop.time() + route.timeout if route.timeout else None
-        self.attempt_deadline = attempt_deadline(
-            loop, self.deadline, route.retries.per_try_timeout if route.retries else None)
+        deadline = self.deadline = loop.time() + route.timeout if route.timeout else None
+        per_try = route.retries.per_try_timeout if route.retries else None
+        self.attempt_deadline = deadline if per_try is None else \
+            attempt_deadline(loop, deadline, per_try)
         if conn is None:  # a connect has to be awaited
             pipeline.continue_in_task(self, pipeline.resume(self))
             return
