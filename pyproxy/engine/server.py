@@ -357,8 +357,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._head_started = False
         self._cancel_timer()
         parser = self.parser
-        _, exchange = self._validate_head(parser.get_method().decode("ascii"),
-                                             parser.get_http_version())
+        exchange = self._validate_head(parser.get_method().decode("ascii"),
+                                       parser.get_http_version())
         exchange.keep_alive = parser.should_keep_alive()
         self._parsing = exchange
         if self._active is None:
@@ -403,7 +403,7 @@ class DownstreamProtocol(asyncio.Protocol):
             # h2c and friends are served as plain HTTP/1.1; bytes after them are refused.
             exchange.fail(DownstreamError("data after an upgrade request", status=400))
 
-    def _validate_head(self, method: str, version: str) -> tuple[RequestHead, DownstreamExchange]:
+    def _validate_head(self, method: str, version: str) -> DownstreamExchange:
         """Everything llhttp accepts but a proxy must still refuse or normalise."""
         if version not in ("1.1", "1.0"):
             raise DownstreamError(f"version {version}", status=505)
@@ -523,7 +523,7 @@ class DownstreamProtocol(asyncio.Protocol):
         # still inside this request: an upgrade request can still turn out to be refused
         # (bytes after an h2c head), and a body is read by the pipeline's Task.
         exchange.plain = not body_expected and upgrade is None and not answer_options
-        return head, exchange
+        return exchange
 
     # ------------------------------------------------------------------ dispatch
 
