@@ -13,6 +13,7 @@ import asyncio
 import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -105,9 +106,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio callbacks
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream connection
-        self.transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream connection (asyncio types it as the base class): a Transport.
+        transport = self.transport = cast(asyncio.Transport, base)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
 
     def connection_lost(self, exc: Exception | None) -> None:

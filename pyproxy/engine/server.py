@@ -19,6 +19,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import httptools
 
@@ -163,9 +164,9 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ connection
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream connection
-        self.transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream connection (asyncio types it as the base class): a Transport.
+        transport = self.transport = cast(asyncio.Transport, base)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
