@@ -413,7 +413,6 @@ class Proxy:
                 if (retryable and attempt < max_attempts
                         and (deadline is None or loop.time() < deadline)):
                     assert policy is not None
-                    # No retry slot (max_retries or budget): the request ends with what it has.
                     if admission.admit_retry(self.stats):
                         retrying = True
                         if conn is not None:
@@ -421,6 +420,7 @@ class Proxy:
                         self.stats.record_retry(route.name, backend.name)
                         await asyncio.sleep(backoff(policy, attempt, self.rng.random()))
                         continue
+                    # No retry slot (max_retries or budget): the request ends with what it has.
                 if error is not None:
                     if attempt > 1 and retryable:
                         _add_flag(outcome, "URX")
