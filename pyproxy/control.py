@@ -19,7 +19,7 @@ from typing import NotRequired, TypedDict
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import AbortFault, Address, AdminConfig, Config, DelayFault, Fault
-from pyproxy.engine.downstream import Listener
+from pyproxy.engine.server import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
 from pyproxy.metrics.stats import Stats

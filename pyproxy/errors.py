@@ -1,7 +1,7 @@
 """Every way a request can fail, each knowing the status and response flag it becomes.
 
-The pipeline raises these; exactly one place (``proxy.Proxy._respond_error``) turns them
-into responses, so the status/flag table of SPEC §3 lives here and nowhere else.
+The pipeline raises these; exactly one place (``proxy.Proxy.respond_error``) turns them
+into responses, so the status/flag table of docs/responses.md lives here and nowhere else.
 Bodies are short and generic: details go to logs and metrics, never to the client.
 """
 
@@ -38,7 +38,7 @@ class UpstreamReset(ProxyError):
     """The upstream closed or reset the connection before a full response.
 
     503 when nothing of the response arrived yet, 502 once the response had begun
-    (SPEC §3); the caller chooses by passing ``status``.
+    (docs/responses.md); the caller chooses by passing ``status``.
     """
 
     status, flag, body = 503, "UC", b"upstream connection reset\n"

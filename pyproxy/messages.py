@@ -1,13 +1,16 @@
 """The pipeline's view of an HTTP exchange, free of any engine or framework type.
 
-The engine parses bytes into a ``RequestHead`` and hands the pipeline an ``Exchange``
-(the request body to read, the response to write). Routing and filters only read
-``RequestHead``; nothing above the engine ever sees a transport or a parser.
+Downstream, the engine parses bytes into a ``RequestHead`` and hands the pipeline an
+``Exchange`` (the request body to read, the response to write). Upstream, it offers an
+``UpstreamExchange`` per connection (the request to write, a ``ResponseHead`` and body to
+read). Routing and filters only read ``RequestHead``; nothing above the engine ever sees a
+transport or a parser.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -138,3 +141,60 @@ class Tunnel(Protocol):
     async def drain(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class ResponseHead:
+    """A parsed upstream status line and header block."""
+
+    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
+                 content_length: int | None, chunked: bool, keep_alive: bool):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # lower-case names, as received
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+
+
+class UpstreamExchange(Protocol):
+    """One request/response on an upstream connection, as the engine offers it.
+
+    Writing: ``send`` the request's bytes (``drain`` when ``write_paused``); set
+    ``request_complete`` once all of it is out, and ``no_body_expected`` for a HEAD request.
+    Reading: ``response_head()``, then ``read_body()`` until ``b""``; or, once
+    ``response_received``, all of it at once with ``take_buffered``. Instead of awaiting,
+    ``watch`` asks for one callback when the head has arrived, the connection failed, or a
+    deadline passed (the fast path). Then ``release`` (back to the pool if both messages
+    ended cleanly) or ``abort``.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    no_body_expected: bool
+    request_complete: bool
+
+    def send(self, data: bytes) -> None: ...
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+    async def response_head(self) -> ResponseHead: ...
+
+    @property
+    def response(self) -> ResponseHead | None: ...
+
+    @property
+    def response_received(self) -> bool: ...
+
+    async def read_body(self, idle_timeout: float | None = None) -> bytes: ...
+
+    def take_buffered(self) -> bytes: ...
+
+    def watch(self, notify: Callable[[], None], deadline: float | None) -> None: ...
+
+    def release(self) -> None: ...
+
+    def abort(self) -> None: ...

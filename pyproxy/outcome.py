@@ -1,12 +1,14 @@
 """What happened to one request: the single record metrics and the access log both read.
 
 The pipeline fills one ``RequestOutcome`` per downstream request and hands it to
-``Accounting.record`` when the response is finished (or abandoned). Slots keep it cheap.
+``Accounting.record`` and the ``RequestLog`` when the response is finished (or abandoned).
+Slots keep it cheap.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -34,3 +36,32 @@ class AttemptOutcome:
     service: str
     endpoint: str
     status: int  # 0 = no response (connect failure, reset, timeout)
+
+
+class Accounting(Protocol):
+    """Where the pipeline reports what happened (``metrics.Stats``); every method is a few
+    counter updates, cheap enough for the request path."""
+
+    def request_started(self, route: str) -> None: ...
+
+    def request_finished(self, route: str) -> None: ...
+
+    def record(self, o: RequestOutcome) -> None: ...
+
+    def record_attempt(self, a: AttemptOutcome) -> None: ...
+
+    def record_retry(self, route: str, backend: str) -> None: ...
+
+    def record_fault(self, route: str, kind: str) -> None: ...
+
+    def record_mirror(self, route: str, backend: str, result: str) -> None: ...
+
+    def record_overflow(self, service: str, limit: str) -> None: ...
+
+    def record_ejection(self, service: str, endpoint: str, reason: str) -> None: ...
+
+
+class RequestLog(Protocol):
+    """The access log (``access_log.AccessLog``): one line per finished request, or none."""
+
+    def log(self, o: RequestOutcome) -> None: ...

@@ -36,11 +36,9 @@ from pyproxy.config.model import (
     Sticky,
     UpstreamTLS,
 )
-from pyproxy.engine.upstream import EndpointPool, UpstreamPools
+from pyproxy.engine.pool import EndpointPool, UpstreamPools
 from pyproxy.messages import RequestHead
 from pyproxy.overrides import Overrides
-from pyproxy.resilience.breaker import CircuitBreaker
-from pyproxy.resilience.budget import RetryBudget
 from pyproxy.resilience.health import HealthChecker
 from pyproxy.resilience.outlier import OutlierDetector, OutlierEvent
 from pyproxy.routing.matchers import Predicate, compile_matches
@@ -49,6 +47,7 @@ from pyproxy.tasks import spawn_detached
 from pyproxy.traffic.balancer import make_balancer
 from pyproxy.traffic.split import WeightedSplit
 from pyproxy.traffic.sticky import StickyTable
+from pyproxy.upstream.attempt import Admission
 
 logger = logging.getLogger("pyproxy.runtime")
 
@@ -74,23 +73,20 @@ class EndpointState:
 
 class ServiceRuntime:
     """A service's live resilience state, the same object across reloads while the service
-    exists: circuit breaker counters, outlier detector, health checker, and the requests
-    waiting for a connection slot."""
+    exists: its admission (circuit breaker and pending queue), outlier detector and health
+    checker."""
 
     def __init__(self, service: Service):
         self.name = service.name
-        # Retries can never amplify an outage: 20% of active requests, at least 3 at once.
-        self.breaker = CircuitBreaker(service.connection_pool, RetryBudget())
+        self.admission = Admission(service.name, service.connection_pool)
+        self.breaker = self.admission.breaker  # read by the admin API
         self.detector: OutlierDetector | None = None
         self.checker: HealthChecker | None = None
-        self.pending_timeout = service.connection_pool.pending_timeout
-        self._slot_waiters: list[asyncio.Future] = []
 
     def update(self, service: Service) -> None:
         """Apply a (re)loaded service definition, keeping state for surviving endpoints."""
         keys = [ep.address for ep in service.endpoints]
-        self.breaker.set_limits(service.connection_pool, RetryBudget())
-        self.pending_timeout = service.connection_pool.pending_timeout
+        self.admission.update(service.connection_pool)
         policy = service.outlier_detection
         if policy is None:
             self.detector = None
@@ -121,35 +117,12 @@ class ServiceRuntime:
             return [ep for ep in endpoints if checker.is_healthy(ep.address)]
         return endpoints
 
-    # A request waiting for a connection slot (max_connections reached) is woken when a
-    # connection goes back to a pool or closes.
-    async def wait_for_slot(self, timeout: float) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._slot_waiters.append(waiter)
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter
-        finally:
-            if waiter in self._slot_waiters:
-                self._slot_waiters.remove(waiter)
-
-    def slot_freed(self) -> None:
-        while self._slot_waiters:
-            waiter = self._slot_waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def connection_closed(self) -> None:
-        self.breaker.connection_closed()
-        self.slot_freed()
-
     async def close(self) -> None:
         if self.checker is not None:
             await self.checker.stop()
 
     def __repr__(self) -> str:
-        return f"<ServiceRuntime {self.name} {self.breaker!r} {self.detector!r}>"
+        return f"<ServiceRuntime {self.name} {self.admission!r} {self.detector!r}>"
 
 
 def _prefix_of(path: PathMatch) -> str:
@@ -365,8 +338,8 @@ class Runtime:
         if state is None:
             pool = self.pools.get(service.name, endpoint.host, endpoint.port, endpoint.tls)
             service_runtime = self.services[service.name]
-            pool.on_connection_closed = service_runtime.connection_closed
-            pool.on_connection_idle = service_runtime.slot_freed
+            pool.on_connection_closed = service_runtime.admission.connection_closed
+            pool.on_connection_idle = service_runtime.admission.slot_freed
             state = self._endpoints[key] = EndpointState(service.name, endpoint, pool)
         else:
             state.endpoint = endpoint  # labels may have changed

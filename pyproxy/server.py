@@ -35,7 +35,7 @@ from pyproxy.canary.controller import CanaryController
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import Address, Config, ListenerTLS
 from pyproxy.control import ConfigOverrides, ProxyControl
-from pyproxy.engine.downstream import Listener
+from pyproxy.engine.server import Listener
 from pyproxy.metrics.linkerd import backend_workloads
 from pyproxy.metrics.stats import Stats
 from pyproxy.proxy import Proxy

@@ -65,3 +65,15 @@ def spawn_detached(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
     task.add_done_callback(_detached.discard)
     task.add_done_callback(_log_failure)
     return task
+
+
+async def race(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run ``coros`` side by side until the first one ends, then cancel the rest (the two
+    directions of a tunnel and its idle watchdog): tasks owned by the awaiting caller."""
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(coro) for coro in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -20,7 +20,7 @@ from typing import Any, overload
 from urllib.parse import unquote
 
 from pyproxy.config.model import Limits, Timeouts
-from pyproxy.engine.downstream import Listener
+from pyproxy.engine.server import Listener
 from pyproxy.errors import ClientDisconnected, DownstreamError
 from pyproxy.messages import Exchange, RequestHead
 

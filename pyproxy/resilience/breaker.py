@@ -24,7 +24,8 @@ and ``x-pyproxy-overloaded: true`` — except for retries, see below.
   budget silently replaces ``max_retries``, both hold when both are set: a configured cap
   is never ignored, and the budget keeps retries from amplifying an outage at any scale.
 
-How the pipeline uses it (per request to service S with breaker ``b``)::
+How ``upstream/attempt.py``'s ``Admission`` uses it (per request to service S with breaker
+``b``)::
 
     limit = b.admit_request()
     if limit: stats.record_overflow(S, limit); raise Overflow()
@@ -57,9 +58,29 @@ one admission; an unmatched release is a bug and raises ``RuntimeError``.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TypedDict
 
 from pyproxy.config.model import ConnectionPool
 from pyproxy.resilience.budget import RetryBudget
+
+
+class Gauge(TypedDict):
+    active: int
+    max: int
+
+
+class RetryGauge(Gauge):
+    budget: bool  # True: ``max`` is the retry budget's current limit
+
+
+class BreakerState(TypedDict):
+    """``CircuitBreaker.snapshot``, as the admin API shows it."""
+
+    requests: Gauge
+    pending: Gauge
+    connections: Gauge
+    retries: RetryGauge
+    overflows: dict[str, int]
 
 
 class CircuitBreaker:
@@ -149,7 +170,7 @@ class CircuitBreaker:
         self.overflows[limit] += 1
         return limit
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> BreakerState:
         """For the admin API: each counter with its limit, and overflows by limit."""
         limits = self._limits
         retries_max = (self._budget.limit(self.requests) if self._budget is not None

@@ -20,7 +20,7 @@ HOP_BY_HOP = frozenset({
 _NOT_COPIED_REQUEST = HOP_BY_HOP | {"content-length", "host", "x-forwarded-proto",
                                     "x-forwarded-host", "expect"}
 _NOT_COPIED_RESPONSE = HOP_BY_HOP | {"content-length"}
-# Control headers that must never leak to an upstream (SPEC §5, header-triggered faults).
+# Control headers that must never leak to an upstream (docs/responses.md, header-triggered faults).
 CONTROL_PREFIX = "x-pyproxy-"
 VIA = "1.1 pyproxy"
 

@@ -26,7 +26,7 @@ from pyproxy.config.model import (
     Route,
     Timeouts,
 )
-from pyproxy.engine import downstream
+from pyproxy.engine import server as downstream
 from tests.conformance.corpus import BY_ID
 from tests.conformance.rawhttp import (
     one_route,

@@ -23,7 +23,7 @@ from tests.support.fake_transport import FakeTransport
 
 with atheris.instrument_imports():
     from pyproxy.config.model import Limits, Timeouts
-    from pyproxy.engine.downstream import Listener
+    from pyproxy.engine.server import Listener
 
 
 _LOOP = asyncio.new_event_loop()

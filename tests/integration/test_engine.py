@@ -19,14 +19,14 @@ def _plain(backend, **config_kw) -> Config:
 
 
 async def _raw_exchange(port: int, data: bytes, *, read_until_close: bool = True,
-                        timeout: float = 5.0) -> bytes:
+                        wait: float = 5.0) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     await writer.drain()
     try:
         if read_until_close:
-            return await asyncio.wait_for(reader.read(-1), timeout)
-        return await asyncio.wait_for(reader.read(65536), timeout)
+            return await asyncio.wait_for(reader.read(-1), wait)
+        return await asyncio.wait_for(reader.read(65536), wait)
     finally:
         writer.close()
 
@@ -79,9 +79,10 @@ async def test_head_204_304_have_no_body(proxy_factory):
 
     backend = await RawBackend(script).start()
     proxy = await proxy_factory(_plain(backend))
-    raw = await _raw_exchange(proxy.port, b"HEAD /head HTTP/1.1\r\nHost: a\r\n\r\n"
-                                          b"GET /204 HTTP/1.1\r\nHost: a\r\n\r\n"
-                                          b"GET /304 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    raw = await _raw_exchange(proxy.port,
+                              b"HEAD /head HTTP/1.1\r\nHost: a\r\n\r\n"
+                              b"GET /204 HTTP/1.1\r\nHost: a\r\n\r\n"
+                              b"GET /304 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     responses = raw.split(b"HTTP/1.1 ")[1:]
     assert [r.split(b" ")[0] for r in responses] == [b"200", b"204", b"304"]
     assert b"content-length: 5\r\n" in responses[0]
@@ -100,14 +101,15 @@ async def test_pipelined_requests_answered_in_order(echo_factory, proxy_factory)
     bodies = [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"\r\n")[0] if b"chunked" in part
                          else part.split(b"\r\n\r\n", 1)[1])
               for part in raw.split(b"HTTP/1.1 200 OK\r\n")[1:]]
-    assert [b["path"] for b in bodies] == paths + ["/last"]
+    assert [b["path"] for b in bodies] == [*paths, "/last"]
 
 
 async def test_request_after_connection_close_is_ignored(echo_factory, proxy_factory):
     echo = await echo_factory("echo")
     proxy = await proxy_factory(_plain(echo))
-    raw = await _raw_exchange(proxy.port, b"GET /one HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-                                          b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+    raw = await _raw_exchange(proxy.port,
+                              b"GET /one HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                              b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
     assert raw.count(b"HTTP/1.1 200") == 1 and echo.requests == 1
 
 
@@ -115,12 +117,14 @@ async def test_chunked_in_chunked_out(echo_factory, proxy_factory):
     echo = await echo_factory("echo")
     proxy = await proxy_factory(_plain(echo))
     body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"hello ", b"chunked ", b"world"))
-    raw = await _raw_exchange(proxy.port, b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                                          b"Connection: close\r\n\r\n" + body + b"0\r\n\r\n")
+    raw = await _raw_exchange(proxy.port,
+                              b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                              b"Connection: close\r\n\r\n" + body + b"0\r\n\r\n")
     answer = json.loads(raw.split(b"\r\n\r\n", 1)[1])
     assert answer["body_bytes"] == len(b"hello chunked world") and answer["chunked"]
 
-    raw = await _raw_exchange(proxy.port, b"GET /stream/200000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    raw = await _raw_exchange(
+        proxy.port, b"GET /stream/200000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     head, _, rest = raw.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head and rest.endswith(b"0\r\n\r\n")
     total, view = 0, rest
@@ -217,7 +221,8 @@ async def test_black_hole_upstream_is_504_ut(proxy_factory):
 
     backend = await RawBackend(black_hole).start()
     config = _plain(backend, debug_headers=True)
-    config = dataclasses.replace(config, routes=(dataclasses.replace(config.routes[0], timeout=0.3),))
+    config = dataclasses.replace(config,
+                                 routes=(dataclasses.replace(config.routes[0], timeout=0.3),))
     proxy = await proxy_factory(config)
     async with aiohttp.ClientSession() as session:
         async with session.get(proxy.url + "/") as r:
@@ -246,7 +251,8 @@ async def test_upstream_connection_is_reused_only_after_clean_exchanges(proxy_fa
 async def test_no_route_is_404_nr(echo_factory, proxy_factory):
     echo = await echo_factory("echo")
     config = Config(services={"svc": service("svc", echo)},
-                    routes=(Route("only-shop", hosts=("shop.example",), backends=(Backend("svc"),)),),
+                    routes=(Route("only-shop", hosts=("shop.example",),
+                                  backends=(Backend("svc"),)),),
                     debug_headers=True)
     proxy = await proxy_factory(config)
     async with aiohttp.ClientSession() as session:

@@ -76,3 +76,31 @@ async def test_bodies_above_the_replay_limit_are_not_mirrored(echo_factory, prox
     assert shadow.requests == 0
     assert proxy.stats_value("pyproxy_mirror_requests_total",
                              result="skipped_body_too_large") == 1
+
+
+async def test_a_copy_with_no_endpoint_left_fails_and_frees_its_slot():
+    """The copy picks its endpoint in its own task; if none is left by then (ejected since
+    the route compiled) the copy is a counted failure and gives its in-flight slot back."""
+    import random
+    from types import SimpleNamespace
+
+    from pyproxy.errors import NoHealthyUpstream
+    from pyproxy.filters.mirror import Mirroring
+    from pyproxy.messages import RequestHead
+
+    recorded = []
+    stats = SimpleNamespace(record_mirror=lambda *labels: recorded.append(labels),
+                            record_attempt=lambda attempt: recorded.append(attempt))
+
+    def no_endpoint(backend):
+        raise NoHealthyUpstream(f"{backend.name} has no healthy endpoint")
+
+    mirroring = Mirroring(stats, random.Random(1))
+    shadow = SimpleNamespace(name="shadow", endpoints=("ejected",))
+    head = RequestHead("GET", "/", "", "1.1", [("host", "shop")], "shop", "127.0.0.1")
+    mirroring.send_copies("main", [(Mirror("shadow"), shadow)], head, b"", no_endpoint)
+    assert mirroring.in_flight == 1
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert mirroring.in_flight == 0
+    assert recorded == [("main", "shadow", "failure")]

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxy.access_log import AccessLog
 from pyproxy.config.model import Config, Endpoint, Service
-from pyproxy.engine.downstream import Listener
+from pyproxy.engine.server import Listener
 from pyproxy.metrics.exposition import render_metrics
 from pyproxy.metrics.stats import Stats
 from pyproxy.proxy import Proxy

@@ -88,7 +88,7 @@ def test_the_request_parser_never_crashes_and_never_forwards_garbage(data):
     import asyncio
 
     from pyproxy.config.model import Limits, Timeouts
-    from pyproxy.engine.downstream import Listener
+    from pyproxy.engine.server import Listener
 
     handled = []
 

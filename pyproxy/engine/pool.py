@@ -13,6 +13,7 @@ import asyncio
 import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -23,6 +24,7 @@ from pyproxy.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from pyproxy.messages import ResponseHead
 
 # A response body waiting to be written downstream: reading from the upstream pauses past
 # this. 64 KiB (asyncio's own default) streams 1 MiB bodies as fast as 256 KiB did here
@@ -34,22 +36,9 @@ WRITE_LOW_WATER = 64 * 1024
 MAX_IDLE_PER_ENDPOINT = 256
 
 
-def _time_out(waiter: asyncio.Future) -> None:
+def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout("upstream body stalled"))
-
-
-class ResponseHead:
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "reason", "status")
-
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
-                 content_length: int | None, chunked: bool, keep_alive: bool):
-        self.status = status
-        self.reason = reason
-        self.headers = headers  # lower-case names, as received
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -102,26 +91,27 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._reason = ""
         self._head: ResponseHead | None = None
-        self._head_waiter: asyncio.Future | None = None
+        self._head_waiter: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._complete = False
         self._error: BaseException | None = None
-        self._body_waiter: asyncio.Future | None = None
+        self._body_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiter: asyncio.Future | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
         self.request_complete = False
         self.no_body_expected = False  # a HEAD request: the response has no body, whatever it says
         self.upgraded = False
 
     # ------------------------------------------------------------------ asyncio callbacks
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream connection (asyncio types it as the base class): a Transport.
+        transport = self.transport = cast(asyncio.Transport, base)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.pool.forget(self)
         if self.upgraded:
@@ -172,8 +162,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._close()
             else:
                 self._fail(UpstreamProtocolError(f"malformed response: {exc}"))
-        if self._notify is not None and self._head is not None:
-            self._notify_watcher()
+        notify = self._notify
+        if notify is not None and self._head is not None:
+            self._notify_watcher(notify)
 
     # ------------------------------------------------------------------ parser callbacks
 
@@ -237,8 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
         if deadline is not None:
             self._deadline.arm_at(deadline)
 
-    def _notify_watcher(self) -> None:
-        notify = self._notify
+    def _notify_watcher(self, notify: Callable[[], None]) -> None:
         self._notify = None
         self._deadline.disarm()
         notify()
@@ -247,11 +237,13 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.in_use:
             self._close()  # idle in the pool for idle_timeout
         elif self._notify is not None:
-            self._notify_watcher()  # the watcher finds no response and times the attempt out
+            # The watcher finds no response and times the attempt out.
+            self._notify_watcher(self._notify)
 
     def send(self, data: bytes) -> None:
-        if not self._closed:
-            self.transport.write(data)
+        transport = self.transport
+        if transport is not None and not self._closed:
+            transport.write(data)
 
     @property
     def write_paused(self) -> bool:
@@ -301,8 +293,7 @@ class UpstreamConnection(asyncio.Protocol):
                 data = self._chunks.popleft()
                 self._buffered -= len(data)
                 if self._reading_paused and self._buffered < READ_LOW_WATER:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
+                    self._resume_reading()
                 return data
             if self._complete:
                 return b""
@@ -325,8 +316,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks.clear()
         self._buffered = 0
         if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
         return data
 
     @property
@@ -368,8 +358,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffered += len(data)
         if self._buffered > READ_HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
-            self.transport.pause_reading()
+            if self.transport is not None:
+                self.transport.pause_reading()
         self._wake_body()
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
@@ -387,7 +383,7 @@ class UpstreamConnection(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         if self._notify is not None:
-            self._notify_watcher()
+            self._notify_watcher(self._notify)
 
 
 _DEFAULT_CONTEXT: ssl_module.SSLContext | None = None
@@ -431,25 +427,19 @@ class EndpointPool:
                 return conn
         return None
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A connection for one request, and whether it was reused from the pool."""
-        conn = self.take_idle()
-        if conn is not None:
-            return conn, True
-        return await self.connect(), False
-
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        tls = {}
+        context = server_hostname = None
         if self.tls:
             # Verification is on unless the service's tls policy turned it off.
-            tls = {"ssl": self.ssl_context or _default_client_context(),
-                   "server_hostname": self.server_name or self.host}
+            context = self.ssl_context or _default_client_context()
+            server_hostname = self.server_name or self.host
         self.open += 1  # counted from the attempt on: a connect in progress is a connection
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port, **tls)
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=context,
+                    server_hostname=server_hostname)
         except BaseException as exc:
             self.open -= 1
             if isinstance(exc, TimeoutError):
@@ -495,7 +485,7 @@ class UpstreamPools:
     Keyed by service too: a service's circuit breaker counts its own connections, so two
     services sharing an address never borrow each other's."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._pools: dict[tuple[str, str, int, bool], EndpointPool] = {}
 
     def get(self, service: str, host: str, port: int, tls: bool = False) -> EndpointPool:

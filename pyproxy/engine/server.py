@@ -19,9 +19,11 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import httptools
 
+from pyproxy.config.model import Limits, Timeouts
 from pyproxy.engine import wire
 from pyproxy.engine.timer import Deadline
 from pyproxy.errors import ClientDisconnected, DownstreamError
@@ -41,7 +43,7 @@ MAX_PIPELINED = 16
 # pipelining client retries what went unanswered (RFC 9112 §9.3.2).
 MAX_PIPELINED_PARSED = 4 * MAX_PIPELINED
 # Unsent response bytes per client before the relay waits for drain (see READ_HIGH_WATER
-# in upstream.py for why 64 KiB).
+# in pool.py for why 64 KiB).
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 
@@ -72,7 +74,7 @@ class Listener:
     """Settings and live state shared by every connection of one listening socket."""
 
     def __init__(self, handler: Callable[[RequestHead, DownstreamExchange], Awaitable[None]],
-                 *, timeouts, limits, scheme: str = "http",
+                 *, timeouts: Timeouts, limits: Limits, scheme: str = "http",
                  serve_now: Callable[[RequestHead, DownstreamExchange], None] | None = None):
         self.handler = handler
         # Takes every plain request (no body, no upgrade) instead of ``handler``, without a
@@ -152,7 +154,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._feeding = False  # inside parser.feed_data (and so inside parser callbacks)
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future] = []
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._tunnel: _DownstreamTunnel | None = None
         self._head_started = False
         self._completed: DownstreamExchange | None = None  # the last fully parsed request
@@ -162,8 +164,9 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ connection
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream connection (asyncio types it as the base class): a Transport.
+        transport = self.transport = cast(asyncio.Transport, base)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
@@ -176,7 +179,7 @@ class DownstreamProtocol(asyncio.Protocol):
         listener.connections.add(self)
         self._arm_timer(listener.timeouts.keep_alive, _KEEP_ALIVE)
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
         self._deadline.close()
         self._accepting = False
@@ -200,12 +203,20 @@ class DownstreamProtocol(asyncio.Protocol):
         if (self._tunnel is not None or self._parsing is not None or self._head_started
                 or not self.busy):
             return False  # asyncio closes the transport; connection_lost does the rest
-        (self._queue[-1] if self._queue else self._active).keep_alive = False
+        last = self._queue[-1] if self._queue else self._active
+        assert last is not None  # busy: a request is being answered
+        last.keep_alive = False
         return True
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` unless the connection is closing."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -218,7 +229,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._drain_waiters.clear()
 
     async def drain(self) -> None:
-        if self._write_paused and not self.transport.is_closing():
+        transport = self.transport
+        if transport is not None and self._write_paused and not transport.is_closing():
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
             # Slow-read attack (RX-7): pausing keeps memory bounded, but a client that takes
@@ -226,14 +238,14 @@ class DownstreamProtocol(asyncio.Protocol):
             # write buffer has not shrunk for body_idle seconds (progress, however slow,
             # re-arms the wait, like nginx's send_timeout).
             idle = self.listener.timeouts.body_idle
-            pending = self.transport.get_write_buffer_size()
+            pending = transport.get_write_buffer_size()
             while True:
                 done, _ = await asyncio.wait((waiter,), timeout=idle)
                 if done:
                     return
-                now = self.transport.get_write_buffer_size()
+                now = transport.get_write_buffer_size()
                 if now >= pending:
-                    self.transport.abort()
+                    transport.abort()
                     raise ClientDisconnected("client stopped reading")
                 pending = now
 
@@ -346,8 +358,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._head_started = False
         self._cancel_timer()
         parser = self.parser
-        head, exchange = self._validate_head(parser.get_method().decode("ascii"),
-                                             parser.get_http_version())
+        exchange = self._validate_head(parser.get_method().decode("ascii"),
+                                       parser.get_http_version())
         exchange.keep_alive = parser.should_keep_alive()
         self._parsing = exchange
         if self._active is None:
@@ -358,7 +370,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._pause_reading()
 
     def on_body(self, body: bytes) -> None:
-        self._parsing.feed_body(body)
+        exchange = self._parsing
+        assert exchange is not None  # llhttp calls on_body only inside a request
+        exchange.feed_body(body)
 
     def on_message_complete(self) -> None:
         exchange = self._parsing
@@ -390,7 +404,7 @@ class DownstreamProtocol(asyncio.Protocol):
             # h2c and friends are served as plain HTTP/1.1; bytes after them are refused.
             exchange.fail(DownstreamError("data after an upgrade request", status=400))
 
-    def _validate_head(self, method: str, version: str) -> tuple[RequestHead, DownstreamExchange]:
+    def _validate_head(self, method: str, version: str) -> DownstreamExchange:
         """Everything llhttp accepts but a proxy must still refuse or normalise."""
         if version not in ("1.1", "1.0"):
             raise DownstreamError(f"version {version}", status=505)
@@ -510,7 +524,7 @@ class DownstreamProtocol(asyncio.Protocol):
         # still inside this request: an upgrade request can still turn out to be refused
         # (bytes after an h2c head), and a body is read by the pipeline's Task.
         exchange.plain = not body_expected and upgrade is None and not answer_options
-        return head, exchange
+        return exchange
 
     # ------------------------------------------------------------------ dispatch
 
@@ -672,13 +686,13 @@ class DownstreamExchange:
         self.content_length = content_length
         self.send_continue = send_continue
         self.keep_alive = True
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.is_websocket = False
         self.upgrade_data = b""
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._body_done = not body_expected
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -748,7 +762,7 @@ class DownstreamExchange:
                 return b""
             if self.send_continue:
                 self.send_continue = False
-                self.conn.transport.write(wire.CONTINUE_100)
+                self.conn.write(wire.CONTINUE_100)
             self._waiter = self.conn.loop.create_future()
             try:
                 async with asyncio.timeout(self.conn.listener.timeouts.body_idle):
@@ -776,7 +790,8 @@ class DownstreamExchange:
             self.keep_alive = False
         self.send_continue = False
         if status == 101:
-            self._pending_head = wire.status_line(101, reason) + wire.header_block(headers) + b"\r\n"
+            self._pending_head = (wire.status_line(101, reason) + wire.header_block(headers)
+                                  + b"\r\n")
             self._no_body = True
             return
         self._no_body = head.method == "HEAD" or status in (204, 304) or status < 200
@@ -814,7 +829,7 @@ class DownstreamExchange:
             self._pending_head = None
             data = pending + data  # one send for head and first bytes
         transport = self.conn.transport
-        if not transport.is_closing():
+        if transport is not None and not transport.is_closing():
             transport.write(data)
 
     async def drain(self) -> None:
@@ -829,8 +844,8 @@ class DownstreamExchange:
         if pending is not None:
             self._pending_head = None
             tail = pending + tail
-        if tail and not self.conn.transport.is_closing():
-            self.conn.transport.write(tail)
+        if tail:
+            self.conn.write(tail)
         self.response_done = True
         if not self.body_done:
             self.keep_alive = False
@@ -870,7 +885,7 @@ class DownstreamExchange:
         pending = self._pending_head
         if pending is not None:
             self._pending_head = None
-            self.conn.transport.write(pending)
+            self.conn.write(pending)
         self.response_done = True
         self.keep_alive = False
         return self.conn.start_tunnel(self)
@@ -883,7 +898,7 @@ class _DownstreamTunnel:
         self.conn = conn
         self._chunks: deque[bytes] = deque([initial] if initial else [])
         self._eof = False
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
