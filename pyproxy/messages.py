@@ -107,8 +107,10 @@ class Exchange(Protocol):
     content_length: int | None
     bytes_in: int
     bytes_out: int
-    write_paused: bool
     response_started: bool
+
+    @property
+    def write_paused(self) -> bool: ...
 
     async def read_body(self) -> bytes: ...
 
