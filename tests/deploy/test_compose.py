@@ -27,9 +27,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.support import DEPLOY, REPO, copy_config, http, samples, tool, wait_status
+from tests.deploy.support import DEPLOY, REPO, copy_config, tool
 from tests.stats_bounds import assert_binomial
 from tests.support.backends import free_port
+from tests.support.metrics import metric_value
+from tests.support.processes import http, wait_status
 
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -296,24 +298,26 @@ def test_the_compose_topology_runs_without_containers(tmp_path, processes):
     routes = {"storefront": "storefront", "stockmanager": "stockmanager/v1",
               "zipkin": "zipkin", "stockmanager-tester": "stockmanager/v2"}
     for route, backend in routes.items():
-        assert samples(metrics, "pyproxy_requests_total", route=route, backend=backend) > 0, \
+        assert metric_value(metrics, "pyproxy_requests_total", route=route, backend=backend) > 0, \
             (route, backend)
-        assert samples(metrics, "pyproxy_request_duration_seconds_count", route=route) > 0
-    assert samples(metrics, "pyproxy_requests_total", route="stockmanager",
-                   backend="stockmanager/v2", code="500") > 0
-    assert samples(metrics, "pyproxy_backend_weight", route="stockmanager",
-                   backend="stockmanager/v2") == pytest.approx(0.1)
-    assert samples(metrics, "pyproxy_request_duration_seconds_bucket", route="storefront",
-                   le="+Inf") == samples(metrics, "pyproxy_requests_total", route="storefront")
+        assert metric_value(metrics, "pyproxy_request_duration_seconds_count", route=route) > 0
+    assert metric_value(metrics, "pyproxy_requests_total", route="stockmanager",
+                        backend="stockmanager/v2", code="500") > 0
+    assert metric_value(metrics, "pyproxy_backend_weight", route="stockmanager",
+                        backend="stockmanager/v2") == pytest.approx(0.1)
+    assert metric_value(metrics, "pyproxy_request_duration_seconds_bucket", route="storefront",
+                        le="+Inf") == metric_value(metrics, "pyproxy_requests_total",
+                                                   route="storefront")
     # Exact: how many chains reached zipkin is random (0.0.2 fails half its calls first).
-    assert samples(metrics, "pyproxy_upstream_requests_total", service="zipkin") == reached_zipkin
-    generation = samples(metrics, "pyproxy_config_generation")
+    assert metric_value(metrics, "pyproxy_upstream_requests_total",
+                        service="zipkin") == reached_zipkin
+    generation = metric_value(metrics, "pyproxy_config_generation")
 
     # The bind-mounted config is hot-reloaded: switch the zipkin fault on by editing the file.
     zipkin = topology.config_dir / "20-zipkin.yaml"
     zipkin.write_text(zipkin.read_text().replace("percent: 0}", "percent: 100}"))
     deadline = time.monotonic() + 15
-    while samples(http(topology.scrape_url())[2].decode(), "pyproxy_config_generation") \
+    while metric_value(http(topology.scrape_url())[2].decode(), "pyproxy_config_generation") \
             <= generation:
         assert time.monotonic() < deadline, "the edited config was not reloaded"
         time.sleep(0.1)
@@ -329,9 +333,9 @@ def test_the_compose_topology_runs_without_containers(tmp_path, processes):
             links
         aborted += links[-1][1] == 504
     metrics = http(topology.scrape_url())[2].decode()
-    assert samples(metrics, "pyproxy_faults_injected_total", route="zipkin",
-                   kind="abort") == 1 + aborted
-    assert samples(metrics, "pyproxy_config_reloads_total", result="success") >= 2
+    assert metric_value(metrics, "pyproxy_faults_injected_total", route="zipkin",
+                        kind="abort") == 1 + aborted
+    assert metric_value(metrics, "pyproxy_config_reloads_total", result="success") >= 2
 
 
 @pytest.mark.parametrize("path", [COMPOSE_DIR / "pyproxy", DEPLOY / "docker" / "pyproxy.yaml"],

@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.deploy.support import REPO, http, tool, wait_status
+from tests.deploy.support import REPO, tool
 from tests.support.backends import free_port
+from tests.support.processes import http, wait_status
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"

@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.deploy.support import DEPLOY, http, samples, wait_status
+from tests.deploy.support import DEPLOY
 from tests.support.backends import free_port
 from tests.support.harness import ProxyProcess
+from tests.support.metrics import metric_value
+from tests.support.processes import http, wait_status
 
 DASHBOARD = DEPLOY / "grafana" / "pyproxy-dashboard.json"
 
@@ -209,10 +211,10 @@ def test_dashboard_queries_only_metrics_a_live_pyproxy_exposes(tmp_path, process
         text = http(f"{proxy.admin_url}/metrics")[2].decode()
     finally:
         assert proxy.stop() == 0
-    assert samples(text, "pyproxy_faults_injected_total", route="chaos", kind="abort") > 0
-    assert samples(text, "pyproxy_circuit_breaker_overflows_total", service="slow") > 0
-    assert samples(text, "pyproxy_endpoint_ejections_total", service="flaky") > 0
-    assert samples(text, "pyproxy_retries_total", route="retrying") > 0
+    assert metric_value(text, "pyproxy_faults_injected_total", route="chaos", kind="abort") > 0
+    assert metric_value(text, "pyproxy_circuit_breaker_overflows_total", service="slow") > 0
+    assert metric_value(text, "pyproxy_endpoint_ejections_total", service="flaky") > 0
+    assert metric_value(text, "pyproxy_retries_total", route="retrying") > 0
 
     families = scrape_families(text)
     referenced = set().union(*(metric_names(e) for e in expressions(dashboard())))

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.support import DEPLOY, REPO, http, remap_addresses, samples, tool, wait_status
+from tests.deploy.support import DEPLOY, REPO, remap_addresses, tool
 from tests.support.backends import free_port
 from tests.support.harness import ProxyProcess
+from tests.support.metrics import metric_value
+from tests.support.processes import http, wait_status
 
 K8S = DEPLOY / "kubernetes"
 BASE = K8S / "base"
@@ -84,7 +86,8 @@ def test_manifests_pass_kubernetes_validate(path):
         kubernetes_validate.validate(broken, version, strict=True)
 
 
-DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+DURATION = (r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+            r"(([0-9]+)ms)?)$")
 SERVICEMONITOR_SCHEMA = {  # the part of monitoring.coreos.com/v1 ServiceMonitor used here
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -202,7 +205,8 @@ def test_manifests_fit_together(lab, tmp_path):
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    drain = seconds(config["timeouts"]["drain_delay"]) + seconds(config["timeouts"]["drain_timeout"])
+    timeouts = config["timeouts"]
+    drain = seconds(timeouts["drain_delay"]) + seconds(timeouts["drain_timeout"])
     assert spec["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + drain, \
         "the kubelet would SIGKILL pyproxy before its drain ends"
     annotations = pod["metadata"]["annotations"]
@@ -309,7 +313,7 @@ def wait_generation(proxy: ProxyProcess, above: float, timeout: float = 10.0) ->
     deadline = time.monotonic() + timeout
     while True:
         metrics = http(f"{proxy.admin_url}/metrics")[2].decode()
-        if samples(metrics, "pyproxy_config_reloads_total") > above:
+        if metric_value(metrics, "pyproxy_config_reloads_total") > above:
             return metrics
         assert time.monotonic() < deadline, "pyproxy did not notice the ..data swap"
         time.sleep(0.1)
@@ -335,8 +339,8 @@ def test_configmap_symlink_swap_is_hot_reloaded(tmp_path, processes):
         before = backends_seen(proxy, "stockmanager", 100)
         assert set(before) == {"200 stockmanager/v1", "200 stockmanager/v2"}, before
         assert backends_seen(proxy, "inventory", 1) == {"404 -": 1}
-        reloads = samples(http(f"{proxy.admin_url}/metrics")[2].decode(),
-                          "pyproxy_config_reloads_total")
+        reloads = metric_value(http(f"{proxy.admin_url}/metrics")[2].decode(),
+                               "pyproxy_config_reloads_total")
 
         # `kubectl apply` of the lab's rollback (0.0.2 to weight 0) plus a new key.
         rollback = files["10-stockmanager.yaml"].replace(
@@ -347,17 +351,17 @@ def test_configmap_symlink_swap_is_hot_reloaded(tmp_path, processes):
             "    backends: [{service: stockmanager, subset: v1}]\n")}
         volume.publish(updated)
         metrics = wait_generation(proxy, reloads)
-        assert samples(metrics, "pyproxy_config_last_reload_success") == 1
-        assert samples(metrics, "pyproxy_backend_weight", route="stockmanager",
-                       backend="stockmanager/v2") == 0
+        assert metric_value(metrics, "pyproxy_config_last_reload_success") == 1
+        assert metric_value(metrics, "pyproxy_backend_weight", route="stockmanager",
+                            backend="stockmanager/v2") == 0
         assert backends_seen(proxy, "stockmanager", 50) == {"200 stockmanager/v1": 50}
         assert backends_seen(proxy, "inventory", 3) == {"200 stockmanager/v1": 3}
 
         # A broken update is refused whole; the last good config keeps serving.
-        reloads = samples(metrics, "pyproxy_config_reloads_total")
+        reloads = metric_value(metrics, "pyproxy_config_reloads_total")
         volume.publish({**updated, "30-inventory.yaml": "routes: [{name: inventory, hosts: 7}]\n"})
         metrics = wait_generation(proxy, reloads)
-        assert samples(metrics, "pyproxy_config_last_reload_success") == 0
+        assert metric_value(metrics, "pyproxy_config_last_reload_success") == 0
         assert backends_seen(proxy, "inventory", 3) == {"200 stockmanager/v1": 3}
     finally:
         assert proxy.stop() == 0

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.support import DEPLOY, REPO, copy_config, tool, wait_status
+from tests.deploy.support import DEPLOY, REPO, copy_config, tool
 from tests.stats_bounds import assert_binomial, binomial_bounds
 from tests.support.backends import free_port
 from tests.support.harness import ProxyProcess
+from tests.support.processes import wait_status
 
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
 CANARY_CONFIG = REPO / "config" / "canary-90-10.yaml"

@@ -27,7 +27,8 @@ from pyproxy.canary.controller import CanaryController
 from pyproxy.config.model import Backend, Canary, CanaryChecks, Config, Route, Webhook
 from pyproxy.demo.fake_service import start_fake_service
 from pyproxy.metrics.linkerd import LINKERD_LATENCY_BUCKETS_MS
-from tests.support.harness import ProxyProcess, metric_value, service
+from tests.support.harness import ProxyProcess, service
+from tests.support.metrics import metric_value
 
 HOST = "shop"
 

@@ -13,7 +13,8 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.harness import ProxyProcess, metric_value
+from tests.support.harness import ProxyProcess
+from tests.support.metrics import metric_value
 
 MIB = 1024 * 1024
 

@@ -20,7 +20,8 @@ import aiohttp
 
 from tests.integration.test_process import _write_config
 from tests.support.backends import free_port
-from tests.support.harness import ProxyProcess, metric_value
+from tests.support.harness import ProxyProcess
+from tests.support.metrics import metric_value
 
 
 def _workers(state_dir) -> dict[int, tuple[int, str]]:

@@ -9,12 +9,10 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxy.access_log import AccessLog
 from pyproxy.config.model import Config, Endpoint, Service
@@ -24,16 +22,8 @@ from pyproxy.metrics.stats import Stats
 from pyproxy.proxy import Proxy
 from pyproxy.runtime import Runtime
 from tests.support.backends import free_port
-
-
-def metric_value(text: str, metric: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == metric and all(sample.labels.get(k) == v
-                                             for k, v in labels.items()):
-                total += sample.value
-    return total
+from tests.support.metrics import metric_value
+from tests.support.processes import stop_process, wait_until
 
 
 def service(name: str, *backends, subsets: dict | None = None, **policies) -> Service:
@@ -125,22 +115,22 @@ class ProxyProcess:
         args += self.extra_args
         out = open(self.stdout, "wb") if self.stdout else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        try:
+            wait_until(self._ready, "pyproxy became ready", timeout, self.proc)
+        except AssertionError:
+            # RuntimeError, with pyproxy's own words when it exited: callers retry on it
+            # (a free port taken by another process in the meantime).
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pyproxy exited {self.proc.returncode}: "
-                                   f"{self.proc.stderr.read().decode()}")
-            try:
-                with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=0.5) as r:
-                    if r.status == 200 and self._all_workers_up():
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("pyproxy did not become ready")
+                                   f"{self.stderr_text()}") from None
+            self.stop()
+            raise RuntimeError("pyproxy did not become ready") from None
+        return self
 
-    def _all_workers_up(self) -> bool:
+    def _ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=0.5) as r:
+            if r.status != 200:
+                return False
         if self.workers == 1:
             return True
         with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=2) as r:
@@ -161,14 +151,7 @@ class ProxyProcess:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
         """SIGINT (no drain delay) by default; pass SIGTERM to test the orchestrator drain."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, sig, timeout) if self.proc else 0
 
     def stderr_text(self) -> str:
         return self.proc.stderr.read().decode() if self.proc and self.proc.stderr else ""

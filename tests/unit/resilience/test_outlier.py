@@ -6,17 +6,7 @@ import pytest
 
 from pyproxy.config.model import OutlierDetection
 from pyproxy.resilience.outlier import OutlierDetector, OutlierEvent, classify
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import FakeClock
 
 
 def keys(n: int) -> list[str]:

@@ -17,17 +17,10 @@ from pyproxy.canary.analysis import (
 from pyproxy.config.model import Canary, CanaryChecks
 from pyproxy.metrics.stats import Stats
 from pyproxy.outcome import RequestOutcome
+from tests.support.clock import FakeClock
 
 OK = HookResult(True, "answered 200")
 DENIED = HookResult(False, "answered 403")
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def canary(**kw) -> Canary:

@@ -17,14 +17,8 @@ from pyproxy.metrics.exposition import (
 from pyproxy.metrics.merge import cumulative_only, merge_expositions, window_totals
 from pyproxy.metrics.stats import DURATION_BUCKETS, Stats
 from pyproxy.outcome import AttemptOutcome, RequestOutcome
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
+from tests.support.metrics import sample_table
 
 
 def outcome(route="shop", backend="stock/v1", status=200, flags="", duration=0.010):
@@ -34,12 +28,7 @@ def outcome(route="shop", backend="stock/v1", status=200, flags="", duration=0.0
 
 def scrape(stats: Stats) -> dict:
     """name → (type, {(sample name, sorted labels): value})."""
-    body, _ = render_metrics(stats)
-    families = {}
-    for family in text_string_to_metric_families(body.decode()):
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
-        families[family.name] = (family.type, samples)
-    return families
+    return sample_table(render_metrics(stats)[0].decode())
 
 
 def labels(**kv) -> tuple:
@@ -366,12 +355,7 @@ def _families(stats: Stats) -> list:
 
 def _merged(*workers) -> dict:
     """Merge, render and parse back: name → (type, {(sample name, labels): value})."""
-    families = {}
-    text = render_families(merge_expositions(list(workers))).decode()
-    for family in text_string_to_metric_families(text):
-        families[family.name] = (family.type, {(s.name, tuple(sorted(s.labels.items()))): s.value
-                                               for s in family.samples})
-    return families
+    return sample_table(render_families(merge_expositions(list(workers))).decode())
 
 
 def test_merged_counters_and_histograms_are_summed_per_label_set():
