@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2] / "pyproxy"
+ROOT = Path(__file__).resolve().parents[3] / "pyproxy"
 
 LAYERS = [
     ("foundation", ["errors", "tasks", "config.model", "messages", "outcome"]),
