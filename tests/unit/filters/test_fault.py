@@ -36,9 +36,9 @@ def test_header_faults_need_the_secret():
     f = Fault(header_secret="s3cret")
     asks = [("x-pyproxy-fault-abort", "418")]
     assert fault.decide(f, head(headers_=asks), draws(0.5)) == fault.NO_FAULT
-    wrong = asks + [("x-pyproxy-fault-secret", "nope")]
+    wrong = [*asks, ("x-pyproxy-fault-secret", "nope")]
     assert fault.decide(f, head(headers_=wrong), draws(0.5)) == fault.NO_FAULT
-    right = asks + [("x-pyproxy-fault-secret", "s3cret"), ("x-pyproxy-fault-delay", "200ms")]
+    right = [*asks, ("x-pyproxy-fault-secret", "s3cret"), ("x-pyproxy-fault-delay", "200ms")]
     decision = fault.decide(f, head(headers_=right), draws(0.5, 0.5))
     assert decision.abort == 418 and decision.delay == pytest.approx(0.2)
     bad = [("x-pyproxy-fault-secret", "s3cret"), ("x-pyproxy-fault-abort", "nope")]
