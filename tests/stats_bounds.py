@@ -16,4 +16,5 @@ def binomial_bounds(n: int, p: float, z: float = Z_999) -> tuple[float, float]:
 
 def assert_binomial(count: int, n: int, p: float) -> None:
     low, high = binomial_bounds(n, p)
-    assert low <= count <= high, f"{count}/{n} outside the 99.9% bound [{low:.0f}, {high:.0f}] for p={p}"
+    assert low <= count <= high, \
+        f"{count}/{n} outside the 99.9% bound [{low:.0f}, {high:.0f}] for p={p}"

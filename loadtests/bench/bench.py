@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from common import LOAD_CPU, RESULTS, Deadline, log, set_log_file
 from install import ensure_tools, machine_info, tool_versions
@@ -106,12 +107,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             targets.remove(t)
             skipped.append(f"{t}: {tools[tool]['how']}")
 
-    meta = {"machine": machine_info(), "versions": tool_versions(tools), "tools": tools,
-            "params": {"rounds": args.rounds, "warm": args.warm, "dur": args.dur,
-                       "quick": args.quick, "quiet_max": args.quiet_max,
-                       "quiet_wait": args.quiet_wait, "max_tries": args.max_tries,
-                       "budget_min": args.budget, "targets": targets, "scenarios": scens,
-                       "command": "bash loadtests/bench/run.sh " + " ".join(sys.argv[2:])}}
+    params = {"rounds": args.rounds, "warm": args.warm, "dur": args.dur, "quick": args.quick,
+              "quiet_max": args.quiet_max, "quiet_wait": args.quiet_wait,
+              "max_tries": args.max_tries, "budget_min": args.budget, "targets": targets,
+              "scenarios": scens,
+              "command": "bash loadtests/bench/run.sh " + " ".join(sys.argv[2:])}
+    meta: dict[str, Any] = {"machine": machine_info(), "versions": tool_versions(tools),
+                            "tools": tools, "params": params}
     run = Path(tempfile.mkdtemp(prefix="pyproxy-bench-"))
     run.chmod(0o755)  # the nginx proxy's worker drops privileges
     started = Targets(tools, run)

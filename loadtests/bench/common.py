@@ -53,7 +53,9 @@ def run_cmd(argv: list[str], timeout: float, env: dict[str, str] | None = None) 
                            timeout=timeout, env=env, stdin=subprocess.DEVNULL)
         return r.returncode, r.stdout
     except subprocess.TimeoutExpired as e:
-        return 124, f"timed out after {timeout}s: {' '.join(argv)}\n{e.stdout or ''}"
+        # Captured output comes as bytes here even with text=True.
+        partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else ""
+        return 124, f"timed out after {timeout}s: {' '.join(argv)}\n{partial}"
     except OSError as e:
         return 127, str(e)
 

@@ -42,19 +42,21 @@ class Req:
 
 
 REQUESTS: tuple[Req, ...] = (
-    Req(1, "CLTE", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG',
+    Req(1, "CLTE", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG',  # noqa: E501
         400, ref='400 + close',
-        haproxy='forwarded', anchor='FR-1; RFC 9112 §6.1; nginx body_chunked.t; HAProxy alt: drop CL + close',
-        others='nginx 400 (body_chunked.t); Envoy rejects unless allow_chunked_length (then drops CL)'),
-    Req(2, "TECL", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n',
+        haproxy='forwarded',
+        anchor='FR-1; RFC 9112 §6.1; nginx body_chunked.t; HAProxy alt: drop CL + close',
+        others='nginx 400 (body_chunked.t); Envoy rejects unless allow_chunked_length '
+               '(then drops CL)'),
+    Req(2, "TECL", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400 + close',
         haproxy='forwarded', anchor='FR-1',
         others='nginx 400; Envoy rejects unless allow_chunked_length'),
-    Req(3, "CLCL_DIFF", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 0\r\n\r\nZ',
+    Req(3, "CLCL_DIFF", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 0\r\n\r\nZ',  # noqa: E501
         400, ref='400 + close',
         haproxy='400 (HAProxy)', anchor='FR-5; RFC 9112 §6.3¶5',
         others='nginx 400 on duplicate CL (http_headers_multi.t)'),
-    Req(4, "CLCL_SAME", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nZ',
+    Req(4, "CLCL_SAME", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nZ',  # noqa: E501
         400, ref='400 (RFC also allows merge)',
         haproxy='forwarded', anchor='FR-5; nginx http_headers_multi.t',
         others='nginx 400 on duplicate CL (http_headers_multi.t)'),
@@ -79,7 +81,7 @@ REQUESTS: tuple[Req, ...] = (
     Req(11, "CL_UNDERSCORE", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1_0\r\n\r\n0123456789',
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-5; Garden server bug 10'),
-    Req(12, "CL_HUGE", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000000000000000000\r\n\r\n',
+    Req(12, "CL_HUGE", b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000000000000000000\r\n\r\n',  # noqa: E501
         400, ref='400 (or 413)',
         haproxy='400 (HAProxy)', anchor='FR-5; llhttp content-length.md',
         note='400 (llhttp: Content-Length overflow)'),
@@ -92,7 +94,7 @@ REQUESTS: tuple[Req, ...] = (
     Req(15, "LEADING_WS_HDR", b'POST / HTTP/1.1\r\n\tContent-Length: 1\r\nHost: a\r\n\r\nZ',
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-10; RFC 9112 §2.2'),
-    Req(16, "TE_XCHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n',
+    Req(16, "TE_XCHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400/501',
         haproxy='400 (HAProxy)', anchor='FR-3',
         others='nginx 501 for unknown codings',
@@ -102,78 +104,79 @@ REQUESTS: tuple[Req, ...] = (
         haproxy='400 (HAProxy)', anchor='FR-3; nginx body_chunked.t',
         others='nginx 501 (body_chunked.t)',
         note="400, not nginx's 501: chunked is not the final coding, RFC 9112 §6.3 ¶4 MUST 400"),
-    Req(18, "TE_CHUNKED_IDENTITY", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n',
+    Req(18, "TE_CHUNKED_IDENTITY", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400 + close',
         haproxy='400 (HAProxy)', anchor='FR-2; RFC 9112 §6.3¶4',
         others='nginx 501 for `chunked, identity`'),
-    Req(19, "TE_GZIP_CHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n',
+    Req(19, "TE_GZIP_CHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n',  # noqa: E501
         501, ref='501 (unsupported coding) / 400; never forward TE',
         haproxy='422 (HAProxy)', anchor='FR-3; HAProxy 422',
         others='HAProxy 422',
         note='501: framing is valid, the gzip coding is not implemented (RFC 9112 §6.1 SHOULD)'),
-    Req(20, "TE_CHUNKED_CHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n',
+    Req(20, "TE_CHUNKED_CHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-2; HAProxy vtc c6'),
-    Req(21, "TE_TWO_HEADERS", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZ\r\n0\r\n\r\n',
+    Req(21, "TE_TWO_HEADERS", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZ\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor="FR-2; nginx 'transfer encoding repeat'",
         others="nginx 400 ('transfer encoding repeat')"),
-    Req(22, "TE_COMMA_CHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n',
+    Req(22, "TE_COMMA_CHUNKED", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400/501',
         haproxy='422 (HAProxy)', anchor='FR-3; Garden transducer bugs 9/18',
         note='400: empty list element in Transfer-Encoding is refused as malformed'),
-    Req(23, "TE_VTAB", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n',
+    Req(23, "TE_VTAB", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-9'),
-    Req(24, "TE_NBSP", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \xa0chunked\xa0\r\n\r\n0\r\n\r\n',
+    Req(24, "TE_NBSP", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \xa0chunked\xa0\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-9; Garden server bug 12',
-        note="400; before the fix, Python's str.strip() read '\\xa0chunked\\xa0' as chunked and the head was forwarded"),
-    Req(25, "TE_OBSFOLD", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n',
+        note="400; before the fix, Python's str.strip() read '\\xa0chunked\\xa0' as chunked "
+             "and the head was forwarded"),
+    Req(25, "TE_OBSFOLD", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='forwarded', anchor='FR-11'),
-    Req(26, "TE_HTTP10", b'POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+    Req(26, "TE_HTTP10", b'POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400 + close',
         haproxy='forwarded', anchor='FR-4; RFC 9112 §6.1; nginx 400',
         others='nginx 400 (body_chunked.t)'),
-    Req(27, "CHUNK_BADSIZE", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZ\r\nZZ\r\n0\r\n\r\n',
+    Req(27, "CHUNK_BADSIZE", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZ\r\nZZ\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6; Garden transducer bug 2'),
-    Req(28, "CHUNK_UNDERSCORE", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0_2e\r\n\r\n',
+    Req(28, "CHUNK_UNDERSCORE", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0_2e\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6; Garden server bugs 1/22'),
-    Req(29, "CHUNK_NEG_HEX", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-0x0\r\n\r\n',
+    Req(29, "CHUNK_NEG_HEX", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-0x0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6; Garden transducer bug 19'),
-    Req(30, "CHUNK_LEADING_WS", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n   0\r\n\r\n',
+    Req(30, "CHUNK_LEADING_WS", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n   0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6; Garden transducer bug 24'),
-    Req(31, "CHUNK_TRAILING_WS", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0   \r\n\r\n',
+    Req(31, "CHUNK_TRAILING_WS", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0   \r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='forwarded', anchor="FR-6; llhttp 'Space after chunk header'"),
-    Req(32, "CHUNK_OVERFLOW", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nZ\r\n0\r\n\r\n',
+    Req(32, "CHUNK_OVERFLOW", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nZ\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6'),
-    Req(33, "CHUNK_BARE_LF", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\n0\r\n\r\n',
+    Req(33, "CHUNK_BARE_LF", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='forwarded', anchor='FR-6; Garden transducer bug 13'),
-    Req(34, "CHUNK_EXT_LF", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\nb\r\nZ\r\n0\r\n\r\n',
+    Req(34, "CHUNK_EXT_LF", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\nb\r\nZ\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6; CVE-2024-52304'),
-    Req(35, "CHUNK_EXT_CR", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a\rb\r\nZ\r\n0\r\n\r\n',
+    Req(35, "CHUNK_EXT_CR", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a\rb\r\nZ\r\n0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6; Garden transducer bug 3'),
-    Req(36, "CHUNK_NO_CRLF", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZX0\r\n\r\n',
+    Req(36, "CHUNK_NO_CRLF", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZX0\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-6'),
-    Req(37, "TRAILER_SMUGGLE", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZ\r\n0\r\nContent-Length: 5\r\nX-Evil: 1\r\n\r\n',
+    Req(37, "TRAILER_SMUGGLE", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nZ\r\n0\r\nContent-Length: 5\r\nX-Evil: 1\r\n\r\n',  # noqa: E501
         400, ref='400, or drop trailers (never merge)',
         haproxy='forwarded; backend 400', anchor='FR-8; CVE-2025-53643',
         note='400 (llhttp refuses Content-Length in trailers); trailers are never merged'),
     Req(38, "HDR_BARE_CR", b'GET / HTTP/1.1\r\nHost: a\r\nX-A: va\rlue\r\n\r\n',
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-9; RFC 9112 §2.2'),
-    Req(39, "HDR_CR_SPLIT", b'GET / HTTP/1.1\r\nHost: a\r\nX-A: x\rTransfer-Encoding: chunked\r\n\r\n',
+    Req(39, "HDR_CR_SPLIT", b'GET / HTTP/1.1\r\nHost: a\r\nX-A: x\rTransfer-Encoding: chunked\r\n\r\n',  # noqa: E501
         400, ref='400',
         haproxy='400 (HAProxy)', anchor='FR-9; Garden server bug 13'),
     Req(40, "HDR_NUL", b'GET / HTTP/1.1\r\nHost: a\r\nX-A: v\x00alue\r\n\r\n',
@@ -218,7 +221,8 @@ REQUESTS: tuple[Req, ...] = (
         haproxy='400 (HAProxy)', anchor='HD-9; RFC 9112 §3.2.2',
         forwarded=1, close=False, upstream_has=(b"get /x http/1.1\r\n", b"\r\nhost: b.example\r\n"),
         upstream_lacks=(b"a.example",),
-        note="forwarded as origin-form `GET /x`, Host replaced by b.example (also in X-Forwarded-Host)"),
+        note="forwarded as origin-form `GET /x`, Host replaced by b.example "
+             "(also in X-Forwarded-Host)"),
     Req(53, "ABS_FORM_HTTPS_PLAIN", b'GET https://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n',
         400, ref='400',
         haproxy='forwarded', anchor='HD-9; Envoy headers.rst :scheme',
@@ -268,7 +272,8 @@ REQUESTS: tuple[Req, ...] = (
         note="one field line may not exceed limits.max_request_line (8 KiB)",
         others='nginx 400 for a header line; Envoy 431 (max_request_headers_kb 60)'),
     Req(66, "MANY_HEADERS",
-        b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
         431, ref='431',
         haproxy='400 (HAProxy)', anchor='RX-4; HAProxy maxhdr 101',
         note="more than limits.max_headers (100)",
@@ -281,7 +286,8 @@ REQUESTS: tuple[Req, ...] = (
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, X-Forwarded-For\r\n"
         b"X-Secret: s\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n"
         b"X-Forwarded-For: 6.6.6.6\r\n\r\n",
-        200, ref='forward; upstream sees no X-Secret/Keep-Alive/Proxy-Connection/TE/Connection; XFF per trust rules',
+        200, ref='forward; upstream sees no X-Secret/Keep-Alive/Proxy-Connection/TE/Connection; '
+                 'XFF per trust rules',
         haproxy='forwarded', anchor='HD-1, HD-12',
         forwarded=1, close=False,
         upstream_lacks=(b"\r\nx-secret:", b"\r\nkeep-alive:", b"\r\nproxy-connection:", b"\r\nte:",
@@ -290,15 +296,17 @@ REQUESTS: tuple[Req, ...] = (
         upstream_matches=(rb"\r\nx-forwarded-for: 127\.0\.0\.1\r\n",),
         note="hop-by-hop and Connection-named fields dropped, the client's X-Forwarded-For "
              "included (Connection named it); pyproxy's own peer address stands alone",
-        others='Envoy strips hop-by-hop and Connection-named fields; HAProxy 2.6 keeps Connection-named ones'),
-    Req(69, "UPGRADE_H2C", b'GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n',
+        others='Envoy strips hop-by-hop and Connection-named fields; HAProxy 2.6 keeps '
+               'Connection-named ones'),
+    Req(69, "UPGRADE_H2C", b'GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n',  # noqa: E501
         200, ref='forward as plain HTTP/1.1 without Upgrade/HTTP2-Settings (or 400)',
         haproxy='forwarded', anchor='HD-8; golang/go#80416',
         forwarded=1, close=True,
         upstream_lacks=(b"\r\nupgrade:", b"\r\nhttp2-settings:", b"\r\nconnection:", b"h2c"),
         response_lacks=(b"upgrade",),
-        note="forwarded as a plain HTTP/1.1 request without Upgrade, HTTP2-Settings and Connection; "
-             "the client connection is closed after the response (no 101, no second request)",
+        note="forwarded as a plain HTTP/1.1 request without Upgrade, HTTP2-Settings and "
+             "Connection; the client connection is closed after the response (no 101, no "
+             "second request)",
         others='Go ReverseProxy strips it since golang/go#80416'),
     Req(70, "GET_WITH_BODY", b'GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n1234567890',
         200, ref='forward body + `Content-Length: 10` intact',
@@ -311,13 +319,13 @@ REQUESTS: tuple[Req, ...] = (
         haproxy='forwarded', anchor='FR-16',
         forwarded=2, close=False, upstream_matches=(rb"\Aget /1 .*get /2 ",),
         response_bodies=(b"/1", b"/2"), note="two 200s, in order"),
-    Req(72, "PIPELINE_AFTER_CLOSE", b'GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n',
+    Req(72, "PIPELINE_AFTER_CLOSE", b'GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n',  # noqa: E501
         200, ref='200 for /1, then close; /2 ignored',
         haproxy='forwarded', anchor='FR-16; RFC 9112 §9.6',
         forwarded=1, close=True, upstream_lacks=(b"get /2",), response_bodies=(b"/1",),
         response_has=(b"connection: close",), note="200 for /1, then close; /2 never parsed",
         others='HAProxy answers /1, ignores /2'),
-    Req(73, "EXPECT_UNKNOWN", b'POST / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\nContent-Length: 1\r\n\r\nZ',
+    Req(73, "EXPECT_UNKNOWN", b'POST / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\nContent-Length: 1\r\n\r\nZ',  # noqa: E501
         417, ref='417',
         haproxy='forwarded; backend 417', anchor='HD-6; nginx 417',
         others='nginx 417 (http_expect_100_continue.t)'),
@@ -341,7 +349,8 @@ REQUESTS: tuple[Req, ...] = (
 # and paths it will not route because an upstream would resolve them to another path.
 EXTRA_REQUESTS: tuple[Req, ...] = (
     Req(101, "CONNECT", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
-        501, ref="405 or 501 (reverse proxy; no tunnelling)", haproxy="forwards CONNECT to the upstream (2.6.12, measured)",
+        501, ref="405 or 501 (reverse proxy; no tunnelling)",
+        haproxy="forwards CONNECT to the upstream (2.6.12, measured)",
         anchor="FR-15; RFC 9110 §9.3.6"),
     Req(102, "TRACE", b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
         405, ref="405 by default (XST)", haproxy="", anchor="FR-15; RFC 9110 §9.3.8"),
@@ -355,9 +364,10 @@ EXTRA_REQUESTS: tuple[Req, ...] = (
         400, ref="normalise and route on the result, or 400", anchor="HD-16; B12"),
     Req(106, "PATH_DOT_SEGMENT_PARAM", b"GET /public/..;/admin HTTP/1.1\r\nHost: a\r\n\r\n",
         400, ref="normalise and route on the result, or 400", anchor="HD-16 (Tomcat '..;')"),
-    Req(107, "TE_CHUNKED_NBSP_ONLY", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \xa0chunked\r\n\r\n0\r\n\r\n",
+    Req(107, "TE_CHUNKED_NBSP_ONLY", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \xa0chunked\r\n\r\n0\r\n\r\n",  # noqa: E501
         400, ref="400", anchor="FR-9; Garden server bug 12",
-        note="str.strip() would read this as chunked while llhttp does not; only SP/HTAB are trimmed"),
+        note="str.strip() would read this as chunked while llhttp does not; only SP/HTAB are "
+             "trimmed"),
     Req(108, "MAXFWD_OPTIONS_TWO", b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 2\r\n\r\n",
         200, ref="forward with Max-Forwards n-1", anchor="HD-4; RFC 9110 §7.6.2",
         forwarded=1, close=False, upstream_has=(b"\r\nmax-forwards: 1\r\n",),
@@ -394,7 +404,7 @@ class Resp:
 _BAD = "502, upstream connection closed"
 RESPONSES: tuple[Resp, ...] = (
     Resp("U1-RESP_CL_TE",
-         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nXXXXX",
+         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nXXXXX",  # noqa: E501
          502, flag="UPE", ref="502, close upstream conn (or drop CL and forward chunked)",
          aiohttp="raises (CL with TE)", anchor="UP-1; nginx proxy_duplicate_headers.t"),
     Resp("U2-RESP_CL_DUP_DIFF",

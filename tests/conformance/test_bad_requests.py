@@ -190,8 +190,8 @@ async def test_request_trailers_never_reach_the_upstream_as_headers(recording, p
     proxy = await proxy_factory(one_route(backend))
     raw = (b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
            b"5\r\nhello\r\n0\r\nHost: evil.example\r\nX_Under: 2\r\nCookie: s=1\r\n\r\n")
-    result = await send(proxy.port, raw + b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-                        wait_close=True)
+    after = b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    result = await send(proxy.port, raw + after, wait_close=True)
     assert result.statuses[0] == 200
     upstream = bytes(backend.received).lower()
     head = upstream.split(b"\r\n\r\n", 1)[0]

@@ -2,7 +2,7 @@
 steps, with short timeouts so the whole module takes a few seconds.
 
 Times are measured but only ever asserted as "closed before 3× the timeout" (a bound that
-says the timeout fired, not a speed claim). B18 lives in tests/unit/test_admin_api.py; B19
+says the timeout fired, not a speed claim). B18 lives in tests/unit/admin/test_api.py; B19
 is not reproduced (see docs/reliability.md).
 """
 
@@ -164,7 +164,8 @@ async def test_b5_chunked_body_without_last_chunk_aborts_the_upstream_request(
     backend, recorder = await recording()
     proxy = await proxy_factory(one_route(backend, timeouts=FAST))
     reader, writer = await _open(proxy)
-    writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n")
     assert await wait_for(lambda: recorder.requests and recorder.requests[0].body == b"hello")
     writer.close()
     assert await wait_for(lambda: _ended(recorder))
@@ -197,8 +198,9 @@ async def test_b6_oversized_streamed_body_is_413_and_the_upstream_request_aborte
 async def test_b6_oversized_body_in_one_read_never_reaches_the_upstream(recording, proxy_factory):
     backend, _ = await recording()
     proxy = await proxy_factory(one_route(backend, limits=LIMITED))
-    result = await send(proxy.port, b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                                    b"\r\n7d0\r\n" + b"a" * 2000 + b"\r\n0\r\n\r\n")
+    result = await send(proxy.port,
+                        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                        b"\r\n7d0\r\n" + b"a" * 2000 + b"\r\n0\r\n\r\n")
     assert result.statuses == [413] and result.closed
     assert bytes(backend.received) == b""
 

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 
@@ -81,7 +82,18 @@ class EchoBackend:
         return web.Response(body=json.dumps(body).encode(), content_type="application/json")
 
 
-ConnectionScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+class ByteReader(Protocol):
+    """What a connection script reads from: an asyncio.StreamReader, or the recording wrapper
+    RawBackend hands it."""
+
+    async def readuntil(self, separator: bytes = b"\n", /) -> bytes: ...
+
+    async def read(self, n: int = -1, /) -> bytes: ...
+
+    async def readexactly(self, n: int, /) -> bytes: ...
+
+
+ConnectionScript = Callable[[ByteReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class RawBackend:
@@ -139,7 +151,7 @@ class _RecordingReader:
         return data
 
 
-async def read_request_head(reader) -> bytes:
+async def read_request_head(reader: ByteReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 

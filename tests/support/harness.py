@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -26,7 +28,13 @@ from tests.support.metrics import metric_value
 from tests.support.processes import stop_process, wait_until
 
 
-def service(name: str, *backends, subsets: dict | None = None, **policies) -> Service:
+class HasPort(Protocol):
+    port: int
+
+
+def service(name: str, *backends: HasPort | tuple[HasPort, Mapping[str, str]],
+            subsets: Mapping[str, Mapping[str, str]] | None = None,
+            **policies: Any) -> Service:
     """A Service over running test backends; ``(backend, {labels})`` pairs set labels."""
     endpoints = []
     for item in backends:
@@ -86,8 +94,9 @@ class ProxyProcess:
     """``python -m pyproxy run`` on free ports; waits for /readyz (with ``workers`` > 1, until
     the leader's /metrics counts every worker up)."""
 
-    def __init__(self, *config_paths: str | Path, env: dict | None = None,
-                 stdout: Path | None = None, workers: int = 1, extra_args: tuple = ()):
+    def __init__(self, *config_paths: str | Path, env: dict[str, str] | None = None,
+                 stdout: Path | None = None, workers: int = 1,
+                 extra_args: tuple[str | Path, ...] = ()):
         self.config_paths = [str(p) for p in config_paths]
         self.stdout = stdout  # where the access log goes (default: discarded)
         self.workers = workers
@@ -95,7 +104,7 @@ class ProxyProcess:
         self.port = free_port()
         self.admin_port = free_port()
         self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -138,16 +147,18 @@ class ProxyProcess:
         return metric_value(text, "pyproxy_workers", state="up") == self.workers
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM")
+        return self._status_mib("VmHWM")
 
     def rss_mib(self) -> float:
+        return self._status_mib("VmRSS")
+
+    def _status_mib(self, field: str) -> float:
+        """A memory line of /proc/PID/status (reported in KiB), in MiB."""
+        assert self.proc is not None, "not started"
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {field}")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
         """SIGINT (no drain delay) by default; pass SIGTERM to test the orchestrator drain."""
@@ -157,6 +168,7 @@ class ProxyProcess:
         return self.proc.stderr.read().decode() if self.proc and self.proc.stderr else ""
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, **kwargs) -> tuple[int, dict, bytes]:
+async def fetch(session: aiohttp.ClientSession, url: str,
+                **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
     async with session.request(kwargs.pop("method", "GET"), url, **kwargs) as response:
         return response.status, dict(response.headers), await response.read()

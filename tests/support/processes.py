@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def http(url: str, headers: dict[str, str] | None = None, method: str = "GET",
@@ -86,14 +86,16 @@ class Processes:
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
               **kwargs: Any) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}.log", "wb") if self.log_dir else subprocess.DEVNULL
-        try:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(env or {})}, **kwargs)
-        finally:
-            if log is not subprocess.DEVNULL:
-                log.close()
+        def popen(stdout: IO[bytes] | int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
+                                    stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})}, **kwargs)
+
+        if self.log_dir is None:
+            process = popen(subprocess.DEVNULL)
+        else:
+            with open(self.log_dir / f"{name}.log", "wb") as log:
+                process = popen(log)
         self.started.append((name, process))
         return process
 

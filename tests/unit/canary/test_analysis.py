@@ -395,7 +395,7 @@ def test_the_documented_config_loads_cleanly(tmp_path):
 
     from pyproxy.config.load import load_config
 
-    text = (Path(__file__).parents[2] / "docs" / "canary.md").read_text()
+    text = (Path(__file__).parents[3] / "docs" / "canary.md").read_text()
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "canary.yaml").write_text(block)
     loaded = load_config([str(tmp_path / "canary.yaml")])

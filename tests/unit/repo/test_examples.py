@@ -10,7 +10,7 @@ import yaml
 from pyproxy.config.load import load_config
 from pyproxy.demo.scenarios import SCENARIOS, Ports, build_plan
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "config").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[3] / "config").glob("*.yaml"))
 
 
 def test_the_examples_are_there():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2] / "pyproxy"
+ROOT = Path(__file__).resolve().parents[3] / "pyproxy"
 
 # Module prefixes per layer, lowest first; the longest matching prefix decides.
 LAYERS = [

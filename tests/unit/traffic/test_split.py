@@ -1,4 +1,4 @@
-"""Split, stickiness table and balancers: pure, with pinned draws and seeded RNGs."""
+"""The weighted split: pinned draws at the boundaries, zero weights, a seeded distribution."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from collections import Counter
 
 import pytest
 
-from pyproxy.traffic.balancer import ConsistentHash, LeastRequest, RoundRobin, make_balancer
 from pyproxy.traffic.split import WeightedSplit
-from pyproxy.traffic.sticky import StickyTable, set_cookie_header
 from tests.stats_bounds import assert_binomial
 
 
@@ -43,58 +41,3 @@ def test_seeded_split_distribution():
     split = WeightedSplit(["v1", "v2"], [90, 10])
     counts = Counter(split.pick(rng.random()) for _ in range(10000))
     assert_binomial(counts["v2"], 10000, 0.1)
-
-
-def test_sticky_table_is_an_lru():
-    table = StickyTable(capacity=2)
-    table.pin("a", "v1")
-    table.pin("b", "v2")
-    assert table.get("a") == "v1"  # touches a
-    table.pin("c", "v1")  # evicts b, the least recently used
-    assert table.get("b") is None and table.get("a") == "v1" and len(table) == 2
-
-
-def test_set_cookie_header():
-    name, value = set_cookie_header("s", "svc/v2", 3600)
-    assert name == "set-cookie" and value.startswith("s=svc/v2; Path=/; Max-Age=3600")
-
-
-class Ep:
-    def __init__(self, address, active=0):
-        self.address, self.active = address, active
-
-
-def test_round_robin_cycles():
-    eps = [Ep("a"), Ep("b"), Ep("c")]
-    rr = RoundRobin()
-    assert [rr.pick(eps, random.Random()).address for _ in range(6)] == list("abcabc")
-
-
-def test_least_request_prefers_idle():
-    eps = [Ep("busy", 100), Ep("idle", 0)]
-    lr = LeastRequest()
-    rng = random.Random(1)
-    picks = Counter(lr.pick(eps, rng).address for _ in range(1000))
-    # two draws both land on "busy" only with probability 1/4
-    assert_binomial(picks["busy"], 1000, 0.25)
-
-
-def test_consistent_hash_is_stable_and_moves_few_keys():
-    eps = [Ep(f"10.0.0.{i}:80") for i in range(5)]
-    ch = ConsistentHash()
-    rng = random.Random()
-    before = {k: ch.pick(eps, rng, f"user{k}").address for k in range(1000)}
-    assert before == {k: ch.pick(eps, rng, f"user{k}").address for k in range(1000)}
-    after = {k: ch.pick(eps[:4], rng, f"user{k}").address for k in range(1000)}
-    moved = sum(1 for k in before if before[k] != after[k])
-    assert moved == sum(1 for v in before.values() if v == "10.0.0.4:80")  # only the lost node's
-
-
-def test_make_balancer_kinds():
-    for kind in ("round_robin", "random", "least_request", "consistent_hash"):
-        assert make_balancer(kind).kind == kind
-
-
-def test_a_zero_ttl_sticky_cookie_is_a_session_cookie():
-    _, value = set_cookie_header("s", "svc/v1", 0)
-    assert "Max-Age" not in value and value.startswith("s=svc/v1; Path=/")
