@@ -19,7 +19,7 @@ from pyproxy.config.model import AbortFault, Config, DelayFault, Fault
 from pyproxy.engine.downstream import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
-from pyproxy.metrics import Stats
+from pyproxy.metrics import INJECTED_ABORT, Stats
 from pyproxy.runtime import Runtime
 from pyproxy.shared_state import StateSync
 
@@ -110,6 +110,7 @@ class ProxyControl:
         """Per route: configured and effective weights, override, fault, live stats."""
         snapshot = self.runtime.snapshot
         live = self.stats.snapshot_routes()
+        whole_routes = self.stats.route_stats(snapshot.routes)
         routes = []
         for route in snapshot.routes.values():
             override = self.runtime.weight_overrides.get(route.name)
@@ -139,6 +140,11 @@ class ProxyControl:
                 "fault": _fault_view(route.fault),
                 "runtime_fault": None if active is None else _active_fault_view(active),
                 "backends": backends,
+                # Every request of the route, injected aborts included: its callers' view.
+                "stats": whole_routes[route.name],
+                "injected_abort": _injected_abort_row(
+                    route.fault, stats.get(INJECTED_ABORT)
+                    or self.stats.window_stats(route.name, INJECTED_ABORT)),
             })
         return {"window_seconds": self.stats.window, "generation": self.runtime.generation,
                 "routes": routes}
@@ -184,7 +190,12 @@ class ProxyControl:
         return self.canaries.command(name, action)
 
     def faults_view(self) -> dict:
-        return {"faults": [_active_fault_view(f) for f in self.runtime.faults.values()]}
+        """Run-time faults, then the faults the config sets on its routes; ``source`` says
+        which (docs/admin-api.md). A run-time fault replaces its route's configured one while
+        it lasts, so that one is listed with ``active: false``."""
+        timed = [{**_active_fault_view(f), "source": "run time", "active": True}
+                 for f in self.runtime.faults.values()]
+        return {"faults": timed + _config_faults(self.runtime, self.loaded.files)}
 
     def explain(self, host: str, path: str, method: str = "GET",
                 headers: list[tuple[str, str]] | None = None) -> dict:
@@ -224,6 +235,37 @@ def _fault_view(fault: Fault | None) -> dict | None:
             "delay": None if fault.delay is None else {"fixed_s": fault.delay.fixed,
                                                        "percent": fault.delay.percent},
             "scope": fault.scope}
+
+
+def _injected_abort_row(fault: Fault | None, window: dict) -> dict | None:
+    """The route's requests answered by an injected abort, as a row beside its backends
+    (``observed_share`` is over all the route's requests, like theirs); None while the route
+    has no abort fault and no such request in the window."""
+    if not window.get("requests") and (fault is None or fault.abort is None):
+        return None
+    return {"label": INJECTED_ABORT,
+            "status": None if fault is None or fault.abort is None else fault.abort.status,
+            "percent": None if fault is None or fault.abort is None else fault.abort.percent,
+            "observed_share": window.get("share"), "rps": window.get("rps"),
+            "requests": window.get("requests"), "success_rate": window.get("success_rate"),
+            "p50": window.get("p50"), "p95": window.get("p95"), "p99": window.get("p99")}
+
+
+def _config_faults(runtime: Runtime, files: Sequence[str]) -> list[dict]:
+    """The faults the loaded config sets (``runtime.snapshot`` keeps each route's own
+    ``Route``, so a run-time fault does not hide them). ``file`` is known when the config is
+    one file; the model does not keep which of several files a route came from."""
+    faults = []
+    for compiled in runtime.snapshot.routes.values():
+        fault = compiled.route.fault
+        if fault is None or compiled.implicit:
+            continue
+        faults.append({"route": compiled.name, **(_fault_view(fault) or {}),
+                       "header_triggered": bool(fault.header_secret),
+                       "since": None, "expires": None, "remaining_s": None,
+                       "source": "config", "file": files[0] if len(files) == 1 else None,
+                       "active": compiled.name not in runtime.faults})
+    return faults
 
 
 def _active_fault_view(active) -> dict:

@@ -66,6 +66,19 @@ def _code(status: int) -> str:
     return str(status) if status else NO_RESPONSE
 
 
+# The window "backend" of the requests answered by an injected abort (flag ``FI``): a row of
+# their own in every view, so the route's success rate counts them and no backend's does —
+# the backend never saw them. Backend names cannot contain a space, so this never collides.
+# Only the windows use it; ``pyproxy_requests_total`` keeps the backend picked, if any.
+INJECTED_ABORT = "injected abort (fault)"
+
+
+def _window_backend(o: RequestOutcome) -> str:
+    """The backend whose window counts ``o``: ``INJECTED_ABORT`` when an injected abort
+    answered it (request scope: before the split; attempt scope: instead of the backend)."""
+    return INJECTED_ABORT if "FI" in o.flags.split(",") else o.backend
+
+
 def _is_success(o: RequestOutcome) -> bool:
     """Success for the windows: below 500 and no proxy flag other than an injected delay
     (a delayed request still reached its backend and was answered normally)."""
@@ -307,9 +320,10 @@ class Stats:
         histogram.observe(o.duration)
 
         now = int(self._clock())
-        window = self._windows.get(key)
+        window_key = (o.route, _window_backend(o))
+        window = self._windows.get(window_key)
         if window is None:
-            window = self._windows[key] = _Window(self.window, now)
+            window = self._windows[window_key] = _Window(self.window, now)
         window.add(now, _is_success(o), o.duration)
         if self.linkerd_compat and o.backend:
             latency = self._linkerd_latency.get(o.backend)
@@ -399,6 +413,27 @@ class Stats:
                 summary["weight"] = weights.get((route, backend))
                 summary["share"] = round(summary["requests"] / total, 4) if total else None
         return routes
+
+    def route_stats(self, routes: Iterable[str] = ()) -> dict[str, dict]:
+        """route → the ``window_stats`` keys over every request of the route: its backends',
+        the injected aborts' (``INJECTED_ABORT``) and those answered without a backend
+        (a direct response, every weight 0). The route's success rate, as its callers saw it.
+        ``routes`` are included even when idle."""
+        now = int(self._clock())
+        peers = self.peer_windows() if self.peer_windows else {}
+        merged: dict[str, _Window] = {}
+        for key in {**self._windows, **peers}:
+            window = self._window(key, now, peers)
+            if window is None:
+                continue
+            whole = merged.get(key[0])
+            if whole is None:
+                whole = merged[key[0]] = _Window(self.window, now)
+            whole.absorb(window.export(now), now)
+        summaries = {route: window.summary(now) for route, window in merged.items()}
+        for route in routes:
+            summaries.setdefault(route, _idle())
+        return summaries
 
     def export_windows(self) -> list[dict]:
         """Every (route, backend)'s window as plain values, for the leader of ``--workers N``
