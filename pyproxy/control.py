@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
@@ -189,7 +189,7 @@ class ProxyControl:
             raise CanaryNotFound("no such canary; canaries: none configured")
         return self.canaries.command(name, action)
 
-    def faults_view(self) -> dict:
+    def faults_view(self) -> dict[str, list[dict[str, object]]]:
         """Run-time faults, then the faults the config sets on its routes; ``source`` says
         which (docs/admin-api.md). A run-time fault replaces its route's configured one while
         it lasts, so that one is listed with ``active: false``."""
@@ -237,7 +237,8 @@ def _fault_view(fault: Fault | None) -> dict | None:
             "scope": fault.scope}
 
 
-def _injected_abort_row(fault: Fault | None, window: dict) -> dict | None:
+def _injected_abort_row(fault: Fault | None, window: Mapping[str, float | None]
+                        ) -> dict[str, str | float | None] | None:
     """The route's requests answered by an injected abort, as a row beside its backends
     (``observed_share`` is over all the route's requests, like theirs); None while the route
     has no abort fault and no such request in the window."""
@@ -251,11 +252,13 @@ def _injected_abort_row(fault: Fault | None, window: dict) -> dict | None:
             "p50": window.get("p50"), "p95": window.get("p95"), "p99": window.get("p99")}
 
 
-def _config_faults(runtime: Runtime, files: Sequence[str]) -> list[dict]:
+def _config_faults(runtime: Runtime, files: Sequence[str]) -> list[dict[str, object]]:
     """The faults the loaded config sets (``runtime.snapshot`` keeps each route's own
     ``Route``, so a run-time fault does not hide them). ``file`` is known when the config is
     one file; the model does not keep which of several files a route came from."""
-    faults = []
+    faults: list[dict[str, object]] = []
+    if runtime.snapshot is None:  # not compiled yet: no config to list
+        return faults
     for compiled in runtime.snapshot.routes.values():
         fault = compiled.route.fault
         if fault is None or compiled.implicit:

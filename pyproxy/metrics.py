@@ -414,7 +414,7 @@ class Stats:
                 summary["share"] = round(summary["requests"] / total, 4) if total else None
         return routes
 
-    def route_stats(self, routes: Iterable[str] = ()) -> dict[str, dict]:
+    def route_stats(self, routes: Iterable[str] = ()) -> dict[str, dict[str, float | None]]:
         """route → the ``window_stats`` keys over every request of the route: its backends',
         the injected aborts' (``INJECTED_ABORT``) and those answered without a backend
         (a direct response, every weight 0). The route's success rate, as its callers saw it.
