@@ -1,4 +1,5 @@
-"""The admin API (SPEC §6): health, readiness, metrics, config, reload and live route stats.
+"""The admin API (docs/admin-api.md): health, readiness, metrics, config, reload and live
+route stats.
 
 This is the control plane, never on the request path; it is served by the data plane's own
 engine (``admin/http.py`` says why). It reads and drives the proxy only through
@@ -229,8 +230,8 @@ async def post_explain(request: AdminRequest) -> AdminResponse:
         [(str(k), str(v)) for k, v in headers.items()]))
 
 
-# The dashboard (SPEC §6 ``GET /``): static files shipped in the package, served from an
-# allow-list, so no part of the request path ever reaches the filesystem. The page only
+# The dashboard (``GET /``, docs/dashboard.md): static files shipped in the package, served
+# from an allow-list, so no part of the request path ever reaches the filesystem. The page only
 # loads its own files and calls this API: the CSP forbids everything else (inline script
 # and style included). ``no-cache`` + ETag: revalidated on each load, so an upgraded proxy
 # never runs with yesterday's app.js.
@@ -366,7 +367,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_admin_binding(host: str, token: str) -> None:
-    """Refuse an admin listener reachable beyond this machine without a token (SPEC §6)."""
+    """Refuse an admin listener reachable beyond this machine without a token
+    (docs/admin-api.md)."""
     if token or _is_loopback(host.strip("[]")):
         return
     shown = host or "all interfaces"
