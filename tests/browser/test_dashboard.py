@@ -305,6 +305,10 @@ def test_dashboard_live(stack):
             after = int(countdown.inner_text().split(":")[1])
             assert 0 < before - after <= 4, (before, after)
             expect(page.locator('[data-kpi="faults"] dd')).to_have_text("1")
+            # the aborted requests are a row of their own, not hidden behind the backends
+            injected = page.locator(f"{route} tr[data-injected]")
+            expect(injected).to_contain_text("injected abort (fault)")
+            expect(injected).to_contain_text("abort 503 on 20% of requests")
 
             # --- services: the endpoint that refuses connections is ejected, with a reason
             dead = page.locator('[data-service="inventory"] tr.row-ejected')
