@@ -76,7 +76,8 @@ INJECTED_ABORT = "injected abort (fault)"
 def _window_backend(o: RequestOutcome) -> str:
     """The backend whose window counts ``o``: ``INJECTED_ABORT`` when an injected abort
     answered it (request scope: before the split; attempt scope: instead of the backend)."""
-    return INJECTED_ABORT if "FI" in o.flags.split(",") else o.backend
+    # Most requests have no flag: skip the split for them (this runs for every request).
+    return INJECTED_ABORT if o.flags and "FI" in o.flags.split(",") else o.backend
 
 
 def _is_success(o: RequestOutcome) -> bool:
