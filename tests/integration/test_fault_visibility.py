@@ -144,6 +144,38 @@ async def test_injected_aborts_count_against_the_route_in_every_view(tmp_path, e
                         code="200", flag="") == served
 
 
+async def test_an_attempt_scoped_abort_is_the_routes_failure_not_the_backends(tmp_path,
+                                                                              echo_factory):
+    """With ``scope: attempt`` the backend is picked before the abort: Prometheus keeps that
+    backend label, but the live views (and so the canary judge) do not hold the abort
+    against a backend that never saw the request."""
+    backend = await echo_factory("v1")
+    config = tmp_path / "pyproxy.yaml"
+    config.write_text(yaml.safe_dump({
+        "debug_headers": True,
+        "access_log": {"format": "off"},
+        "services": {"svc": {"endpoints": [{"address": backend.address}]}},
+        "routes": [{"name": "flaky", "backends": [{"service": "svc"}],
+                    "fault": {"abort": {"status": 503, "percent": 100}, "scope": "attempt"}}],
+    }))
+    proxy = ProxyProcess(config).start()
+    try:
+        results = await asyncio.to_thread(_hit_sync, proxy.url + "/", 20)
+        routes = await _json(proxy.admin_url + "/api/v1/routes")
+        metrics = (await asyncio.to_thread(_get, proxy.admin_url + "/metrics")).decode()
+    finally:
+        proxy.stop()
+    assert results == [(503, "FI")] * 20 and backend.requests == 0
+    [flaky] = routes["routes"]
+    injected = flaky["injected_abort"]
+    assert (injected["requests"], injected["observed_share"]) == (20, 1.0)
+    assert flaky["stats"]["success_rate"] == 0.0
+    [svc] = flaky["backends"]
+    assert (svc["requests"], svc["success_rate"], svc["observed_share"]) == (0, None, 0.0)
+    assert metric_value(metrics, "pyproxy_requests_total", route="flaky", backend="svc",
+                        code="503", flag="FI") == 20
+
+
 async def test_fault_list_shows_config_and_run_time_faults(tmp_path, echo_factory):
     backend = await echo_factory("v1")
     config = tmp_path / "pyproxy.yaml"
