@@ -241,8 +241,9 @@ def _injected_abort_row(fault: Fault | None, window: Mapping[str, float | None]
                         ) -> dict[str, str | float | None] | None:
     """The route's requests answered by an injected abort, as a row beside its backends
     (``observed_share`` is over all the route's requests, like theirs); None while the route
-    has no abort fault and no such request in the window."""
-    if not window.get("requests") and (fault is None or fault.abort is None):
+    has no abort fault (or one at 0 %) and no such request in the window."""
+    if not window.get("requests") and (fault is None or fault.abort is None
+                                       or not fault.abort.percent):
         return None
     return {"label": INJECTED_ABORT,
             "status": None if fault is None or fault.abort is None else fault.abort.status,

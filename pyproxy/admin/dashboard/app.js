@@ -853,10 +853,13 @@
       }
     }
     // Faults in effect, the config's too (a run-time fault replaces its route's configured
-    // one: that one is listed inactive). An older proxy lists run-time faults only.
+    // one: that one is listed inactive; one at 0 % does nothing). An older proxy lists
+    // run-time faults only.
     const listed = state.faults && state.faults.faults;
     if (Array.isArray(listed) && listed.some(f => f.source)) {
-      faults = listed.filter(f => f.active !== false).length;
+      const draws = f => (f.abort && f.abort.percent > 0) || (f.delay && f.delay.percent > 0) ||
+                         f.header_triggered;
+      faults = listed.filter(f => f.active !== false && draws(f)).length;
     }
     let ejected = 0, endpoints = 0;
     for (const s of (state.services && state.services.services) || []) {
