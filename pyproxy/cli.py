@@ -1,4 +1,4 @@
-"""The ``pyproxy`` command line (SPEC §1): parse arguments, then call into the edges.
+"""The ``pyproxy`` command line (docs/cli.md): parse arguments, then call into the edges.
 
 Each command imports what it needs only when it runs, so ``pyproxy validate`` or
 ``pyproxy fake-service`` never pay for the data plane's imports.

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NotRequired, TypedDict
 
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
@@ -23,6 +23,7 @@ from pyproxy.engine.server import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
 from pyproxy.metrics.stats import Stats
+from pyproxy.metrics.windows import INJECTED_ABORT
 from pyproxy.overrides import ActiveFault
 from pyproxy.runtime import Runtime
 from pyproxy.workers.state_file import StateSync
@@ -133,6 +134,7 @@ class ProxyControl:
         """Per route: configured and effective weights, override, fault, live stats."""
         snapshot = self.runtime.current
         live = self.stats.windows.by_route(self.runtime.backend_weights())
+        whole_routes = self.stats.windows.route_stats(snapshot.routes)
         routes = []
         for route in snapshot.routes.values():
             override = self.runtime.overrides.weights.get(route.name)
@@ -162,6 +164,11 @@ class ProxyControl:
                 "fault": None if route.fault is None else _describe_fault(route.fault),
                 "runtime_fault": None if active is None else _describe_active_fault(active),
                 "backends": backends,
+                # Every request of the route, injected aborts included: its callers' view.
+                "stats": whole_routes[route.name],
+                "injected_abort": _injected_abort_row(
+                    route.fault, stats.get(INJECTED_ABORT)
+                    or self.stats.windows.summary(route.name, INJECTED_ABORT)),
             })
         return {"window_seconds": self.stats.windows.size, "generation": self.runtime.generation,
                 "routes": routes}
@@ -206,9 +213,14 @@ class ProxyControl:
             raise CanaryNotFound("no such canary; canaries: none configured")
         return self.canaries.command(name, action)
 
-    def describe_faults(self) -> dict[str, object]:
-        faults = self.runtime.overrides.faults.values()
-        return {"faults": [_describe_active_fault(f) for f in faults]}
+    def describe_faults(self) -> dict[str, list[dict[str, object]]]:
+        """Run-time faults, then the faults the config sets on its routes; ``source`` says
+        which (docs/admin-api.md). A run-time fault replaces its route's configured one while
+        it lasts, so that one is listed with ``active: false``."""
+        timed: list[dict[str, object]] = [
+            {**_describe_active_fault(f), "source": "run time", "active": True}
+            for f in self.runtime.overrides.faults.values()]
+        return {"faults": timed + _config_faults(self.runtime, self.loaded.files)}
 
     def explain(self, host: str, path: str, method: str = "GET",
                 headers: list[tuple[str, str]] | None = None) -> dict[str, object]:
@@ -248,6 +260,39 @@ def _describe_fault(fault: Fault) -> dict[str, object]:
             "delay": None if fault.delay is None else {"fixed_s": fault.delay.fixed,
                                                        "percent": fault.delay.percent},
             "scope": fault.scope}
+
+
+def _injected_abort_row(fault: Fault | None, window: Mapping[str, object]
+                        ) -> dict[str, object] | None:
+    """The route's requests answered by an injected abort, as a row beside its backends
+    (``observed_share`` is over all the route's requests, like theirs); None while the route
+    has no abort fault (or one at 0 %) and no such request in the window."""
+    if not window.get("requests") and (fault is None or fault.abort is None
+                                       or not fault.abort.percent):
+        return None
+    return {"label": INJECTED_ABORT,
+            "status": None if fault is None or fault.abort is None else fault.abort.status,
+            "percent": None if fault is None or fault.abort is None else fault.abort.percent,
+            "observed_share": window.get("share"), "rps": window.get("rps"),
+            "requests": window.get("requests"), "success_rate": window.get("success_rate"),
+            "p50": window.get("p50"), "p95": window.get("p95"), "p99": window.get("p99")}
+
+
+def _config_faults(runtime: Runtime, files: Sequence[str]) -> list[dict[str, object]]:
+    """The faults the loaded config sets (the snapshot keeps each route's own
+    ``Route``, so a run-time fault does not hide them). ``file`` is known when the config is
+    one file; the model does not keep which of several files a route came from."""
+    faults: list[dict[str, object]] = []
+    for compiled in runtime.current.routes.values():
+        fault = compiled.route.fault
+        if fault is None or compiled.implicit:
+            continue
+        faults.append({"route": compiled.name, **(_describe_fault(fault)),
+                       "header_triggered": bool(fault.header_secret),
+                       "since": None, "expires": None, "remaining_s": None,
+                       "source": "config", "file": files[0] if len(files) == 1 else None,
+                       "active": compiled.name not in runtime.overrides.faults})
+    return faults
 
 
 def _describe_active_fault(active: ActiveFault) -> dict[str, object]:

@@ -233,8 +233,8 @@ async def post_explain(request: AdminRequest) -> AdminResponse:
         [(str(k), str(v)) for k, v in headers.items()]))
 
 
-# The dashboard (docs/admin-api.md, ``GET /``): static files shipped in the package, served from an
-# allow-list, so no part of the request path ever reaches the filesystem. The page only
+# The dashboard (``GET /``, docs/dashboard.md): static files shipped in the package, served
+# from an allow-list, so no part of the request path ever reaches the filesystem. The page only
 # loads its own files and calls this API: the CSP forbids everything else (inline script
 # and style included). ``no-cache`` + ETag: revalidated on each load, so an upgraded proxy
 # never runs with yesterday's app.js.

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+# An admin API answer as the CLI decoded it from JSON. Its shape is documented in
+# docs/admin-api.md and not checked here, so its values are typed as JSON's (Any).
+Json = dict[str, Any]
 
 
-def _pct(value, digits: int = 1) -> str:
+def _pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}%"
 
 
-def _ms(seconds) -> str:
+def _ms(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.0f}ms" if seconds >= 0.001 else f"{seconds * 1e6:.0f}µs"
 
 
-def status_table(routes: dict, services: dict | None = None) -> str:
+def status_table(routes: Json, services: Json | None = None) -> str:
     """Like ``linkerd viz stat``: one row per route and backend."""
     header = ["ROUTE", "BACKEND", "WEIGHT", "OBSERVED", "RPS", "SUCCESS", "P50", "P95", "P99"]
     rows = [header]
     notes = []
     for route in routes.get("routes", []):
+        rows.extend(_route_rows(route))
         for backend in route["backends"]:
             weight = _pct(backend["share"] * 100, 0)
             if route.get("override"):
@@ -31,6 +37,9 @@ def status_table(routes: dict, services: dict | None = None) -> str:
                          "-" if backend.get("rps") is None else f"{backend['rps']:.1f}",
                          _pct(backend.get("success_rate")), _ms(backend.get("p50")),
                          _ms(backend.get("p95")), _ms(backend.get("p99"))])
+        injected = route.get("injected_abort")
+        if injected:
+            rows.append(_injected_row(route["name"], injected))
         if route.get("override"):
             notes.append(f"* {route['name']}: weights overridden at run time by "
                          f"{route['override']['source']} (clear with: pyproxy set-weight "
@@ -39,8 +48,11 @@ def status_table(routes: dict, services: dict | None = None) -> str:
         if fault:
             what = (f"abort {fault['abort']['status']}" if fault.get("abort")
                     else f"delay {fault['delay']['fixed_s']}s")
-            notes.append(f"! {route['name']}: fault {what} on {fault['abort' if fault.get('abort') else 'delay']['percent']}% "
+            kind = "abort" if fault.get("abort") else "delay"
+            notes.append(f"! {route['name']}: fault {what} on {fault[kind]['percent']}% "
                          f"for {fault['remaining_s']:.0f}s more")
+        elif route.get("fault") and (route["fault"].get("abort") or route["fault"].get("delay")):
+            notes.append(f"! {route['name']}: {_fault_what(route['fault'])} (set in the config)")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
              for row in rows]
@@ -52,10 +64,34 @@ def status_table(routes: dict, services: dict | None = None) -> str:
     window = routes.get("window_seconds")
     if window:
         notes.append(f"(live stats over the last {window}s)")
-    return "\n".join(lines + [""] + notes) if notes else "\n".join(lines)
+    return "\n".join([*lines, "", *notes]) if notes else "\n".join(lines)
 
 
-def explain_text(result: dict) -> str:
+def _stat_cells(stats: Json) -> list[str]:
+    """RPS, SUCCESS, P50, P95, P99 of a window summary."""
+    return ["-" if stats.get("rps") is None else f"{stats['rps']:.1f}",
+            _pct(stats.get("success_rate")), _ms(stats.get("p50")), _ms(stats.get("p95")),
+            _ms(stats.get("p99"))]
+
+
+def _route_rows(route: Json) -> list[list[str]]:
+    """The route's own row, over all its requests (injected aborts included), when it has
+    anything besides one plain backend to add up; otherwise its backend's row says it all."""
+    stats = route.get("stats")
+    if not stats or (len(route["backends"]) < 2 and not route.get("injected_abort")):
+        return []
+    return [[route["name"], "(all requests)", "-", "100%" if stats.get("requests") else "-",
+             *_stat_cells(stats)]]
+
+
+def _injected_row(route: str, injected: Json) -> list[str]:
+    """Requests an injected abort answered: their share of the route, and 0 % success."""
+    observed = injected.get("observed_share")
+    return [route, injected["label"], "-", _pct(None if observed is None else observed * 100, 0),
+            *_stat_cells(injected)]
+
+
+def explain_text(result: Json) -> str:
     req = result["request"]
     lines = [f"{req['method']} {req['host']}{req['path']}"]
     for item in result["considered"]:
@@ -90,14 +126,31 @@ def explain_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def faults_text(faults: dict) -> str:
+def _fault_what(fault: Json) -> str:
+    parts = []
+    if fault.get("abort"):
+        parts.append(f"abort {fault['abort']['status']} on {fault['abort']['percent']}%")
+    if fault.get("delay"):
+        parts.append(f"delay {fault['delay']['fixed_s']}s on {fault['delay']['percent']}%")
+    return " and ".join(parts) or "only when asked by x-pyproxy-fault-* headers"
+
+
+def faults_text(faults: Json) -> str:
+    """``pyproxy fault list``: run-time faults with their time left, and the config's."""
     if not faults.get("faults"):
         return "no active faults"
     now = time.time()
     lines = []
     for fault in faults["faults"]:
-        what = (f"abort {fault['abort']['status']} on {fault['abort']['percent']}%"
-                if fault.get("abort") else
-                f"delay {fault['delay']['fixed_s']}s on {fault['delay']['percent']}%")
-        lines.append(f"{fault['route']}: {what}, {max(0, fault['expires'] - now):.0f}s left")
+        what = _fault_what(fault)
+        if fault.get("source", "run time") == "run time":
+            lines.append(f"{fault['route']}: {what}, {max(0, fault['expires'] - now):.0f}s left "
+                         "(run time)")
+            continue
+        where = f"config, {fault['file']}" if fault.get("file") else "config"
+        if fault.get("header_triggered") and (fault.get("abort") or fault.get("delay")):
+            where += "; x-pyproxy-fault-* headers may ask for another"
+        replaced = "" if fault.get("active", True) else \
+            " — replaced by the run-time fault while that lasts"
+        lines.append(f"{fault['route']}: {what} ({where}){replaced}")
     return "\n".join(lines)

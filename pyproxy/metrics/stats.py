@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import TypedDict
 
 from pyproxy.metrics.linkerd import LinkerdLatency, WorkloadsProvider
-from pyproxy.metrics.windows import Window, Windows
+from pyproxy.metrics.windows import Window, Windows, window_backend
 from pyproxy.outcome import AttemptOutcome, RequestOutcome
 
 # docs/metrics.md: the buckets of pyproxy_request_duration_seconds (seconds; +Inf is implied).
@@ -124,9 +124,10 @@ class Stats:
         histogram.observe(o.duration)
 
         now = int(self._clock())
-        window = self._windows.get(key)
+        window_key = (o.route, window_backend(o))
+        window = self._windows.get(window_key)
         if window is None:
-            window = self._windows[key] = Window(self.windows.size, now)
+            window = self._windows[window_key] = Window(self.windows.size, now)
         window.add(now, _is_success(o), o.duration)
         if self.linkerd_compat and o.backend:
             latency = self.linkerd_latency.get(o.backend)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+from pyproxy.outcome import RequestOutcome
+
 # Window percentiles need finer buckets than the exported histogram: a p99 judged against
 # "500ms" must not jump from 250 ms to 500 ms. Geometric bounds (×1.1 from 0.5 ms to ~65 s):
 # an interpolated percentile stays inside the bucket of the true one, so within 10 % of it.
@@ -209,6 +211,20 @@ def _percentile(counts: list[int], total: int, q: float) -> float:
     return WINDOW_BUCKETS[-1]
 
 
+# The window "backend" of the requests answered by an injected abort (flag ``FI``): a row of
+# their own in every view, so the route's success rate counts them and no backend's does —
+# the backend never saw them. Backend names cannot contain a space, so this never collides.
+# Only the windows use it; ``pyproxy_requests_total`` keeps the backend picked, if any.
+INJECTED_ABORT = "injected abort (fault)"
+
+
+def window_backend(o: RequestOutcome) -> str:
+    """The backend whose window counts ``o``: ``INJECTED_ABORT`` when an injected abort
+    answered it (request scope: before the split; attempt scope: instead of the backend)."""
+    # Most requests have no flag: skip the split for them (this runs for every request).
+    return INJECTED_ABORT if o.flags and "FI" in o.flags.split(",") else o.backend
+
+
 class Windows:
     """Every (route, backend)'s window in this process; with ``peers`` set (the leader of
     ``--workers N``), summaries add up the other workers' windows too, so the views and the
@@ -271,6 +287,27 @@ class Windows:
                     share=round(summary["requests"] / total, 4) if total else None)
                 for backend, summary in backends.items()}
         return routes
+
+    def route_stats(self, routes: Iterable[str] = ()) -> dict[str, WindowSummary]:
+        """route → a summary over every request of the route: its backends', the injected
+        aborts' (``INJECTED_ABORT``) and those answered without a backend (a direct
+        response, every weight 0). The route's success rate, as its callers saw it.
+        ``routes`` are included even when idle."""
+        now = int(self.clock())
+        peers = self.peers() if self.peers else {}
+        merged: dict[str, Window] = {}
+        for key in {**self.by_key, **peers}:
+            window = self._window(key, now, peers)
+            if window is None:
+                continue
+            whole = merged.get(key[0])
+            if whole is None:
+                whole = merged[key[0]] = Window(self.size, now)
+            whole.absorb(window.export(now), now)
+        summaries = {route: window.summary(now) for route, window in merged.items()}
+        for route in routes:
+            summaries.setdefault(route, idle())
+        return summaries
 
     def export(self) -> list[RouteWindowExport]:
         """Every (route, backend)'s window as plain values, for the leader of ``--workers N``

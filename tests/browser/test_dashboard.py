@@ -174,7 +174,8 @@ class Load(threading.Thread):
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.proxy.port, timeout=5)
-                conn.request("GET", "/stocklevel", headers={"Host": self.HOSTS[i % len(self.HOSTS)]})
+                host = self.HOSTS[i % len(self.HOSTS)]
+                conn.request("GET", "/stocklevel", headers={"Host": host})
                 conn.getresponse().read()
                 self.sent += 1
                 i += 1
@@ -305,6 +306,10 @@ def test_dashboard_live(stack):
             after = int(countdown.inner_text().split(":")[1])
             assert 0 < before - after <= 4, (before, after)
             expect(page.locator('[data-kpi="faults"] dd')).to_have_text("1")
+            # the aborted requests are a row of their own, not hidden behind the backends
+            injected = page.locator(f"{route} tr[data-injected]")
+            expect(injected).to_contain_text("injected abort (fault)")
+            expect(injected).to_contain_text("abort 503 on 20% of requests")
 
             # --- services: the endpoint that refuses connections is ejected, with a reason
             dead = page.locator('[data-service="inventory"] tr.row-ejected')

@@ -452,14 +452,16 @@
     const target = backends.map(b => b.share);
     const observed = backends.map(b => isNum(b.observed_share) ? b.observed_share : null);
     const fromFile = backends.map(b => fileTotal ? b.configured_weight / fileTotal : 0);
-    // Observed shares count every request of the route; those answered before the split
-    // (injected aborts) or by a backend no longer configured make up the rest.
+    // Observed shares count every request of the route; those answered by an injected
+    // abort (which no backend saw) or by a backend no longer configured make up the rest.
     let rest = null;
     if (observed.some(isNum)) {
       const fraction = 1 - observed.reduce((sum, f) => sum + (f || 0), 0);
-      const aborts = (route.runtime_fault && route.runtime_fault.abort) || (route.fault && route.fault.abort);
-      rest = {fraction, label: aborts ? 'aborted' : 'other',
-              title: 'requests answered before the split (injected aborts) or by backends no longer configured'};
+      const injected = route.injected_abort;
+      const aborts = injected && isNum(injected.observed_share) && injected.observed_share > 0;
+      rest = {fraction, label: aborts ? 'injected abort' : 'other',
+              title: 'requests answered by an injected abort (fault), which no backend saw, ' +
+                     'or by backends no longer configured'};
     }
     const markers = [];
     let acc = 0;
@@ -475,7 +477,12 @@
       }
       if (isNum(b.rps)) totalRps += b.rps;
     }
-    const routeRate = requests ? successes / requests * 100 : null;
+    let routeRate = requests ? successes / requests * 100 : null;
+    // The route as its callers saw it (injected aborts included), from a proxy that says.
+    if (route.stats) {
+      routeRate = isNum(route.stats.success_rate) ? route.stats.success_rate : null;
+      totalRps = isNum(route.stats.rps) ? route.stats.rps : 0;
+    }
     const window = state.routes && state.routes.window_seconds;
 
     const badges = [];
@@ -557,11 +564,15 @@
   }
 
   function backendTable(route, names) {
+    // Observed shares are of all the route's requests; the split only sees those no injected
+    // abort answered, so a backend's target share of the route is its weight times theirs.
+    const injected = route.injected_abort;
+    const passed = injected && isNum(injected.observed_share) ? 1 - injected.observed_share : 1;
     const rows = (route.backends || []).map((b, i) => {
       const series = state.history.get(historyKey(route.name, b.backend)) || [];
       const level = successLevel(b.success_rate);
       const delta = isNum(b.observed_share) && isNum(b.share)
-        ? (b.observed_share - b.share) * 100 : null;
+        ? (b.observed_share - b.share * passed) * 100 : null;
       return h('tr', {'data-key': 'b:' + b.backend, 'data-backend': b.backend},
         h('th', {scope: 'row'},
           h('span', {class: `swatch c${i % PALETTE}`, 'aria-hidden': 'true'}),
@@ -592,6 +603,7 @@
         h('td', {class: 'num muted', 'data-field': 'requests',
                  text: isNum(b.requests) ? b.requests.toLocaleString('en') : '—'}));
     });
+    if (injected) rows.push(injectedRow(injected));
     const window = state.routes && state.routes.window_seconds;
     return h('div', {class: 'table-scroll', 'data-key': 'backends'},
       h('table', {class: 'backends'},
@@ -608,6 +620,30 @@
           h('th', {scope: 'col', class: 'num', title: window ? `requests in the last ${window} s` : null,
                    text: 'Requests'}))),
         h('tbody', null, rows)));
+  }
+
+  /** The route's requests an injected abort answered: a row of their own, so the shares
+   *  add up to 100 % and their failures are not hidden behind a healthy backend. */
+  function injectedRow(row) {
+    const cause = isNum(row.status) ? `abort ${row.status}` +
+      (isNum(row.percent) ? ` on ${pct(row.percent)} of requests` : '') : 'abort';
+    return h('tr', {class: 'injected', 'data-key': 'injected', 'data-injected': ''},
+      h('th', {scope: 'row'},
+        h('span', {class: 'swatch swatch-injected', 'aria-hidden': 'true'}),
+        h('span', {text: row.label || 'injected abort (fault)'}),
+        h('div', {class: 'muted small', text: `${cause} · answered by pyproxy, no backend saw them`})),
+      h('td', {class: 'num muted', 'data-field': 'share', text: '—'}),
+      h('td', {class: 'num'},
+        h('span', {class: 'cell-main', 'data-field': 'observed', text: share(row.observed_share)})),
+      h('td', {class: 'chart-cell'},
+        h('div', {class: 'cell-chart'}, h('span', {'data-field': 'success'}, successBadge(row.success_rate)))),
+      h('td', {class: 'chart-cell'},
+        h('div', {class: 'cell-chart'}, h('span', {class: 'cell-main num', 'data-field': 'rps', text: rps(row.rps)}))),
+      h('td', {class: 'num', 'data-field': 'p50', text: latency(row.p50)}),
+      h('td', {class: 'num', 'data-field': 'p95', text: latency(row.p95)}),
+      h('td', {class: 'num', 'data-field': 'p99', text: latency(row.p99)}),
+      h('td', {class: 'num muted', 'data-field': 'requests',
+               text: isNum(row.requests) ? row.requests.toLocaleString('en') : '—'}));
   }
 
   function servicesSection() {
@@ -806,13 +842,24 @@
     for (const route of routes) {
       if (route.override) overrides++;
       if (route.runtime_fault) faults++;
-      for (const b of route.backends || []) {
+      // Each route's own totals count its injected aborts; the backends' alone would not.
+      const parts = route.stats ? [route.stats] : route.backends || [];
+      for (const b of parts) {
         if (isNum(b.rps)) total += b.rps;
         if (isNum(b.requests) && isNum(b.success_rate)) {
           requests += b.requests;
           successes += b.requests * b.success_rate / 100;
         }
       }
+    }
+    // Faults in effect, the config's too (a run-time fault replaces its route's configured
+    // one: that one is listed inactive; one at 0 % does nothing). An older proxy lists
+    // run-time faults only.
+    const listed = state.faults && state.faults.faults;
+    if (Array.isArray(listed) && listed.some(f => f.source)) {
+      const draws = f => (f.abort && f.abort.percent > 0) || (f.delay && f.delay.percent > 0) ||
+                         f.header_triggered;
+      faults = listed.filter(f => f.active !== false && draws(f)).length;
     }
     let ejected = 0, endpoints = 0;
     for (const s of (state.services && state.services.services) || []) {

@@ -6,9 +6,12 @@ import math
 
 import pytest
 
+from pyproxy.metrics.exposition import render_metrics
 from pyproxy.metrics.stats import Stats
+from pyproxy.metrics.windows import INJECTED_ABORT
 from pyproxy.outcome import RequestOutcome
 from tests.support.clock import FakeClock
+from tests.support.metrics import sample_table
 
 
 def outcome(route="shop", backend="stock/v1", status=200, flags="", duration=0.010):
@@ -57,7 +60,10 @@ def test_success_counts_injected_delays_but_not_other_flags():
     stats.record(outcome(status=500))
     stats.record(outcome(status=502, flags="DI,UC"))
     stats.record(outcome(status=200, flags="URX"))
-    assert stats.windows.summary("shop", "stock/v1")["success_rate"] == pytest.approx(300 / 8)
+    # The two injected aborts are the route's failures, not the backend's (their own row).
+    assert stats.windows.summary("shop", "stock/v1")["success_rate"] == pytest.approx(300 / 6)
+    assert stats.windows.summary("shop", INJECTED_ABORT)["success_rate"] == 0.0
+    assert stats.windows.route_stats()["shop"]["success_rate"] == pytest.approx(300 / 8)
 
 
 def test_old_seconds_roll_out_of_the_window():
@@ -124,6 +130,62 @@ def test_by_route_merges_configured_weights_and_observed_share():
     clock.now = 1100.0  # everything rolled out: the unconfigured backend disappears
     weights = stats.weights_provider()
     assert set(stats.windows.by_route(weights)["shop"]) == {"stock/v1", "stock/v2"}
+
+
+def test_injected_aborts_are_a_row_of_the_route_and_count_against_it_not_a_backend():
+    """Request scope: answered before the split (no backend). Attempt scope: the backend was
+    picked but never answered. Either way, the requests are the route's failures, shown as an
+    ``INJECTED_ABORT`` row whose share adds up with the backends' to 100 %."""
+    clock = FakeClock(1000.0)
+    stats = Stats(clock=clock)
+    weights = [("shop", "stock/v1", 1.0)]
+    for _ in range(6):
+        stats.record(outcome(backend="stock/v1"))
+    for _ in range(3):
+        stats.record(outcome(backend="", status=503, flags="FI"))  # request scope
+    stats.record(outcome(backend="stock/v1", status=503, flags="URX,FI"))  # attempt scope
+    stats.record(outcome(backend="", status=503, flags="DI,FI"))  # delayed, then aborted
+
+    shop = stats.windows.by_route(weights)["shop"]
+    assert set(shop) == {"stock/v1", INJECTED_ABORT}
+    assert (shop["stock/v1"]["requests"], shop["stock/v1"]["success_rate"]) == (6, 100.0)
+    assert (shop[INJECTED_ABORT]["requests"], shop[INJECTED_ABORT]["success_rate"]) == (5, 0.0)
+    assert shop[INJECTED_ABORT]["weight"] is None
+    share_v1, share_injected = shop["stock/v1"]["share"], shop[INJECTED_ABORT]["share"]
+    assert share_v1 is not None and share_injected is not None
+    assert share_v1 + share_injected == pytest.approx(1.0)
+    whole = stats.windows.route_stats(["shop", "idle"])
+    assert whole["shop"]["requests"] == 11
+    assert whole["shop"]["success_rate"] == pytest.approx(600 / 11, abs=1e-3)
+    assert whole["idle"]["requests"] == 0 and whole["idle"]["success_rate"] is None
+    # The canary's interval counts of the candidate leave them out.
+    totals = stats.windows.totals("shop", "stock/v1")
+    assert (totals.requests, totals.successes) == (6, 6)
+
+    # Prometheus keeps the labels as they were: the backend picked (if any) and the flag.
+    samples = sample_table(render_metrics(stats)[0].decode())["pyproxy_requests"][1]
+
+    def requests(**labels: str) -> float:
+        return samples[("pyproxy_requests_total", tuple(sorted(
+            {"route": "shop", "backend": "", "code": "503", **labels}.items())))]
+    assert requests(flag="FI") == 3 and requests(flag="DI,FI") == 1
+    assert requests(backend="stock/v1", flag="URX,FI") == 1
+
+
+def test_route_stats_add_up_every_worker():
+    clock = FakeClock(1000.0)
+    leader, other = Stats(clock=clock), Stats(clock=clock)
+    leader.record(outcome())
+    other.record(outcome(backend="", status=503, flags="FI"))
+    other.record(outcome(backend="", status=503, flags="FI"))
+    peer: dict = {}
+    for export in other.windows.export():
+        peer.setdefault((export["route"], export["backend"]), []).append(export)
+    leader.windows.peers = lambda: peer
+    whole = leader.windows.route_stats()["shop"]
+    assert (whole["requests"], whole["success_rate"]) == (3, pytest.approx(100 / 3, abs=1e-3))
+    injected = leader.windows.by_route([])["shop"][INJECTED_ABORT]
+    assert injected["share"] == pytest.approx(2 / 3, abs=1e-4)
 
 
 def test_window_values_are_json_numbers():

@@ -14,7 +14,7 @@ from pathlib import Path
 from pyproxy.config import parse
 from pyproxy.config.load import load_config
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
 # A table row whose first cell is one key path in backticks: | `routes[].retries.attempts` |
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|", re.MULTILINE)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2] / "pyproxy"
+ROOT = Path(__file__).resolve().parents[3] / "pyproxy"
 
 
 def _modules(root: Path) -> dict[str, Path]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # `../x` starting a path (not the middle of one such as `/public/../admin`, which tests send
 # as request targets); it counts only if it leaves the repository from the file's directory.
