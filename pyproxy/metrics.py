@@ -283,6 +283,7 @@ class Stats:
         self._retries: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._faults: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._mirrors: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._failovers: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._overflows: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._rejected: defaultdict[tuple[str], int] = defaultdict(int)
         self._ejections: defaultdict[tuple[str, str, str], int] = defaultdict(int)
@@ -330,6 +331,11 @@ class Stats:
 
     def record_mirror(self, route: str, backend: str, result: str) -> None:
         self._mirrors[(route, backend, result)] += 1
+
+    def record_failover(self, route: str, from_backend: str, to_backend: str) -> None:
+        """A request drawn for ``from_backend`` went to ``to_backend``: the first had no
+        available endpoint (``when_backend_unavailable: failover``)."""
+        self._failovers[(route, from_backend, to_backend)] += 1
 
     def record_overflow(self, service: str, limit: str) -> None:
         """A circuit-breaker ``limit`` (a ConnectionPool field name) refused a request."""
@@ -449,6 +455,9 @@ class _Collector:
                        ["route", "kind"], s._faults)
         yield _counter("pyproxy_mirror_requests", "Mirrored (shadow) requests by result.",
                        ["route", "backend", "result"], s._mirrors)
+        yield _counter("pyproxy_backend_failovers", "Requests sent to another backend of the "
+                       "route because the one drawn had no available endpoint.",
+                       ["route", "from_backend", "to_backend"], s._failovers)
 
         weights = GaugeMetricFamily("pyproxy_backend_weight",
                                     "Configured share of the route's traffic (0-1).",

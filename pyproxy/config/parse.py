@@ -998,6 +998,7 @@ _ROUTE_FIELDS: dict[str, Reader] = {
     "direct_response": _record(DirectResponse, {"status": _status, "body": _text},
                                required=("status",)),
     "websocket": _bool,
+    "when_backend_unavailable": _choice("failover", "panic", "fail"),
 }
 
 
