@@ -228,9 +228,10 @@ class Proxy:
                                   ) -> CompiledBackend:
         """``backend``, or another of the route's backends when ``backend`` has no available
         endpoint and the route fails over (``when_backend_unavailable``, traffic/failover.py)."""
-        if not route.fails_over or _has_available_endpoints(backend):
+        if not route.fails_over or backend.has_available_endpoints():
             return backend
-        target = failover.failover_target(route.split, backend, _has_available_endpoints,
+        target = failover.failover_target(route.split, backend,
+                                          CompiledBackend.has_available_endpoints,
                                           self.rng.random)
         if target is None:
             return backend  # nowhere else to go: its 503 UH stands
@@ -821,12 +822,6 @@ class _FastRequest:
         """Wait in a Task from here on, guarded and accounted like ``Proxy.handle``."""
         self.exchange.continue_in_task(self.proxy._guarded(
             self.exchange, self.route, self.outcome, self.started, self.debug, work))
-
-
-def _has_available_endpoints(backend: CompiledBackend) -> bool:
-    """Whether ``backend`` can take a request: an endpoint not ejected nor failing its
-    health check, or a fixed answer of its own."""
-    return backend.direct_status is not None or bool(backend.runtime.available(backend.endpoints))
 
 
 def _new_outcome(head: RequestHead) -> RequestOutcome:

@@ -210,6 +210,11 @@ class CompiledBackend:
         # to all of them anyway (set by _compile_route; a mirror never panics).
         self.panic = False
 
+    def has_available_endpoints(self) -> bool:
+        """Whether it can take a request: an endpoint neither ejected nor failing its
+        health check (or all of them in the service's panic mode), or a fixed answer."""
+        return self.direct_status is not None or bool(self.runtime.available(self.endpoints))
+
     def __repr__(self) -> str:
         return f"<CompiledBackend {self.name} endpoints={len(self.endpoints)}>"
 

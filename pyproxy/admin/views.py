@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from pyproxy.traffic import failover
+
 
 def _pct(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}%"
@@ -67,7 +69,13 @@ def explain_text(result: dict) -> str:
     lines.append(f"  action   {result['action']}")
     for backend in result.get("backends", []):
         lines.append(f"  backend  {backend['backend']:<28} {backend['probability'] * 100:6.2f}%"
-                     f"  (weight {backend['weight']:g})  {', '.join(backend['endpoints'])}")
+                     f"  (weight {backend['weight']:g})  {', '.join(backend['endpoints'])}"
+                     + ("  [no available endpoint]" if backend.get("available") is False
+                        else ""))
+    policy = result.get("when_backend_unavailable")
+    if policy and result.get("backends"):
+        lines.append(f"  if a backend has no available endpoint: {policy} — "
+                     f"{failover.describe(policy)}")
     if result.get("override"):
         lines.append(f"  override {result['override']} (set at run time)")
     fault = result.get("fault")

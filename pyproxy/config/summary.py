@@ -35,6 +35,7 @@ from pyproxy.config.model import (
     Sticky,
     StringMatch,
 )
+from pyproxy.traffic import failover
 
 __all__ = ["config_to_json", "format_duration", "format_summary", "validate_command"]
 
@@ -81,7 +82,7 @@ def config_to_json(config: Config) -> dict[str, Any]:
     routes = []
     for route in config.routes:
         plain = _plain(route)
-        for backend, share in zip(plain["backends"], _shares(route)):
+        for backend, share in zip(plain["backends"], _shares(route), strict=True):
             backend["share"] = round(share, 3)
         if route.fault and route.fault.header_secret:
             plain["fault"]["header_secret"] = REDACTED
@@ -242,7 +243,17 @@ def _route_rows(route: Route) -> list[str]:
         ("response", _header_changes(route.headers.response) if route.headers else []),
         ("rewrite", [_rewrite(route.rewrite)] if route.rewrite else []),
         ("websocket", [] if route.websocket else ["refused"]),
+        ("unhealthy", _when_backend_unavailable(route)),
     ])
+
+
+def _when_backend_unavailable(route: Route) -> list[str]:
+    """What a backend's share gets when it has no available endpoint; left out for a
+    single-backend route on the default, where there is nothing to fail over to."""
+    policy = route.when_backend_unavailable
+    if len(route.backends) < 2 and policy == failover.DEFAULT:
+        return []
+    return [f"{policy}: {failover.describe(policy)}"]
 
 
 def _matches(matches: tuple[Match, ...]) -> list[str]:
@@ -278,7 +289,7 @@ def _backend_lines(route: Route) -> list[str]:
         return []
     return _table([[backend.name, f"{share:.1f}%", f"(weight {backend.weight:g})"
                     + (f", answers {backend.direct_status}" if backend.direct_status else "")]
-                   for backend, share in zip(route.backends, _shares(route))])
+                   for backend, share in zip(route.backends, _shares(route), strict=True)])
 
 
 def _redirect(redirect: Redirect) -> str:

@@ -57,7 +57,7 @@ def failover_target(split: WeightedSplit[T], unavailable: T, is_available: Calla
     than one backend is left to choose from."""
     choices: list[T] = []
     weights: list[float] = []
-    for choice, weight in zip(split.choices, split.weights):
+    for choice, weight in zip(split.choices, split.weights, strict=True):
         if weight > 0 and choice is not unavailable and is_available(choice):
             choices.append(choice)
             weights.append(weight)
@@ -69,10 +69,11 @@ def failover_target(split: WeightedSplit[T], unavailable: T, is_available: Calla
 
 
 def describe(policy: WhenUnavailable) -> str:
-    """One line for ``pyproxy validate`` and ``pyproxy explain``."""
+    """What happens to an unavailable backend's share, for ``pyproxy validate`` and
+    ``pyproxy explain``."""
     return {
-        "failover": "fail over to the route's other available backends, by weight "
-                    "(503 UH if there is none)",
-        "panic": "send to its endpoints anyway, ejected or unhealthy ones included",
-        "fail": "503 UH",
+        "failover": "its share goes to the other available backends, by weight "
+                    "(503 UH if none)",
+        "panic": "its share goes to its endpoints anyway, ejected or unhealthy ones included",
+        "fail": "its share is answered 503 UH",
     }[policy]

@@ -28,7 +28,7 @@ class WeightedSplit(Generic[T]):
             running += w
             cumulative.append(running)
         self._cumulative = cumulative
-        live = [c for c, w in zip(self.choices, self.weights) if w > 0]
+        live = [c for c, w in zip(self.choices, self.weights, strict=True) if w > 0]
         # A single live choice needs no draw at all (the common plain route).
         self._only = live[0] if len(live) == 1 else None
 
@@ -49,7 +49,7 @@ class WeightedSplit(Generic[T]):
         return self.weights[index] / self.total if self.total else 0.0
 
     def weight_of(self, choice: T) -> float:
-        for c, w in zip(self.choices, self.weights):
+        for c, w in zip(self.choices, self.weights, strict=True):
             if c is choice or c == choice:
                 return w
         return 0.0
