@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from pyproxy.admin.views import ejection_times
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import AbortFault, Config, DelayFault, Fault
@@ -164,9 +165,9 @@ class ProxyControl:
                     entry["ejected"] = bool(outlier["ejected"])
                     entry["ejection"] = {
                         "reason": outlier["reason"], "times_ejected": outlier["times_ejected"],
-                        # wall-clock, so dashboards and people can read it
-                        "until": time.time() + outlier["remaining"] if outlier["ejected"]
-                        else None}
+                        # wall-clock (Unix, ISO 8601) and a countdown, for machines and people
+                        **ejection_times(outlier["remaining"] if outlier["ejected"] else None,
+                                         time.time())}
                 endpoints.append(entry)
             services.append({"name": service.name, "endpoints": endpoints,
                              "subsets": {k: dict(v) for k, v in service.subsets.items()},

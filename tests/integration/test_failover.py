@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import datetime
 
 import aiohttp
 from aiohttp import web
 
+from pyproxy.admin.views import explain_text, status_table
 from pyproxy.config.model import Backend, Config, OutlierDetection, Route, Sticky, StickyCookie
+from pyproxy.control import ProxyControl
+from pyproxy.explain import explain, request_head
 from tests.stats_bounds import assert_binomial
 from tests.support.harness import InProcessProxy, service
 
@@ -166,6 +171,40 @@ async def test_sticky_pins_fail_over_without_being_moved(proxy_factory):
                 assert response.status == 200
                 assert json.loads(await response.text())["name"] == "v1"
                 assert "set-cookie" not in response.headers  # the pin is not rewritten
+    finally:
+        await v1.close()
+        await v2.close()
+
+
+async def test_views_show_the_ejection_and_the_policy(proxy_factory):
+    v1, v2, proxy = await _started(proxy_factory)
+    try:
+        control = ProxyControl([], None, proxy.runtime, proxy.stats, proxy.listener, {})
+        services = control.services_view()
+        endpoints = {ep["address"]: ep for ep in services["services"][0]["endpoints"]}
+        ejection = endpoints[v2.address]["ejection"]
+        assert endpoints[v2.address]["ejected"] and ejection["reason"] == "consecutive_5xx"
+        now = time.time()
+        assert now + 55 < ejection["until"] <= now + 60  # the raw Unix time stays
+        assert 55 < ejection["seconds_left"] <= 60 and isinstance(ejection["seconds_left"], int)
+        back_by = datetime.fromisoformat(ejection["until_utc"].replace("Z", "+00:00"))
+        assert 0 <= back_by.timestamp() - ejection["until"] < 1  # whole seconds, rounded up
+        assert endpoints[v1.address]["ejection"] == {
+            "reason": "", "times_ejected": 0, "until": None, "until_utc": None,
+            "seconds_left": None}
+        text = status_table({"routes": []}, services)
+        hhmmss = ejection["until_utc"][11:19]
+        assert (f"shop {v2.address} (consecutive_5xx): ejected, back in "
+                f"{ejection['seconds_left']} s (at {hhmmss} UTC)") in text
+
+        result = explain(proxy.runtime.snapshot, proxy.runtime,
+                         request_head("127.0.0.1", "/"))
+        assert result["when_backend_unavailable"] == "failover"
+        assert [(b["backend"], b["available"]) for b in result["backends"]] == [
+            ("shop/v1", True), ("shop/v2", False)]
+        text = explain_text(result)
+        assert "shop/v2" in text and "[no available endpoint]" in text
+        assert "if a backend has no available endpoint: failover" in text
     finally:
         await v1.close()
         await v2.close()
