@@ -225,7 +225,7 @@ class CompiledRoute:
     hosts: tuple[str, ...]
     route: Route
     backends: tuple[CompiledBackend, ...]
-    split: WeightedSplit
+    split: WeightedSplit[CompiledBackend]
     timeout: float | None
     sticky: Sticky | None = None
     sticky_table: StickyTable | None = None

@@ -35,7 +35,6 @@ from pyproxy.config.model import (
     Sticky,
     StringMatch,
 )
-from pyproxy.traffic import failover
 
 __all__ = ["config_to_json", "format_duration", "format_summary", "validate_command"]
 
@@ -247,13 +246,20 @@ def _route_rows(route: Route) -> list[str]:
     ])
 
 
+_WHEN_UNAVAILABLE = {
+    "failover": "its share goes to the other available backends, by weight (503 UH if none)",
+    "panic": "its share goes to its endpoints anyway, ejected or unhealthy ones included",
+    "fail": "its share is answered 503 UH",
+}
+
+
 def _when_backend_unavailable(route: Route) -> list[str]:
-    """What a backend's share gets when it has no available endpoint; left out for a
-    single-backend route on the default, where there is nothing to fail over to."""
+    """What a backend's share gets when it has no available endpoint (docs/responses.md);
+    left out for a single-backend route on the default, with nowhere to fail over to."""
     policy = route.when_backend_unavailable
-    if len(route.backends) < 2 and policy == failover.DEFAULT:
+    if len(route.backends) < 2 and policy == "failover":
         return []
-    return [f"{policy}: {failover.describe(policy)}"]
+    return [f"{policy}: {_WHEN_UNAVAILABLE[policy]}"]
 
 
 def _matches(matches: tuple[Match, ...]) -> list[str]:
