@@ -337,6 +337,12 @@ class Stats:
         available endpoint (``when_backend_unavailable: failover``)."""
         self._failovers[(route, from_backend, to_backend)] += 1
 
+    def failovers_from(self, route: str, backend: str) -> int:
+        """Requests drawn for ``backend`` that went elsewhere, since start (the canary
+        judge counts them as the backend's failures)."""
+        return sum(n for (r, source, _), n in list(self._failovers.items())
+                   if r == route and source == backend)
+
     def record_overflow(self, service: str, limit: str) -> None:
         """A circuit-breaker ``limit`` (a ConnectionPool field name) refused a request."""
         self._overflows[(service, limit)] += 1

@@ -12,7 +12,18 @@ import aiohttp
 from aiohttp import web
 
 from pyproxy.admin.views import explain_text, status_table
-from pyproxy.config.model import Backend, Config, OutlierDetection, Route, Sticky, StickyCookie
+from pyproxy.canary.analysis import IntervalStats
+from pyproxy.canary.controller import CanaryController
+from pyproxy.config.model import (
+    Backend,
+    Canary,
+    CanaryChecks,
+    Config,
+    OutlierDetection,
+    Route,
+    Sticky,
+    StickyCookie,
+)
 from pyproxy.control import ProxyControl
 from pyproxy.explain import explain, request_head
 from tests.stats_bounds import assert_binomial
@@ -205,6 +216,53 @@ async def test_views_show_the_ejection_and_the_policy(proxy_factory):
         text = explain_text(result)
         assert "shop/v2" in text and "[no available endpoint]" in text
         assert "if a backend has no available endpoint: failover" in text
+    finally:
+        await v1.close()
+        await v2.close()
+
+
+def test_failed_over_requests_count_as_the_backends_failures_for_the_judge():
+    assert IntervalStats(10, 90.0, 0.2).with_failovers(0) == IntervalStats(10, 90.0, 0.2)
+    assert IntervalStats(10, 90.0, 0.2).with_failovers(5) == IntervalStats(15, 60.0, 0.2)
+    assert IntervalStats().with_failovers(4) == IntervalStats(4, 0.0, None)
+
+
+async def test_a_canary_whose_endpoints_are_ejected_is_rolled_back_and_users_never_see_it(
+        proxy_factory):
+    """The candidate fails every request: three reach users, then its only endpoint is
+    ejected, its share fails over to the primary, and the judge counts those failovers as
+    the candidate's failures, so the canary rolls back instead of holding for no data."""
+    v1, v2 = await Version("v1").start(), await Version("v2", failing=True).start()
+    try:
+        canary = Canary(name="shop", route=ROUTE, primary="shop/v1", candidate="shop/v2",
+                        interval=0.5, step_weight=10, max_weight=50, threshold=2,
+                        min_requests=5, checks=CanaryChecks(success_rate_min=99))
+        config = _config(v1, v2)
+        config = Config(services=config.services, routes=config.routes, canaries=(canary,))
+        proxy = await proxy_factory(config, seed=5)
+        controller = CanaryController(proxy.runtime, proxy.stats, poll=0.05)
+        controller.sync()
+        task = asyncio.get_running_loop().create_task(controller.run())
+        try:
+            statuses: list[int] = []
+            async with aiohttp.ClientSession() as session:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    async with session.get(proxy.url + "/") as response:
+                        await response.read()
+                        statuses.append(response.status)
+                    view = controller.view()["canaries"][0]
+                    if view["phase"] == "rolled_back":
+                        break
+                    await asyncio.sleep(0.005)
+            assert view["phase"] == "rolled_back", view
+            assert view["last_check"]["verdict"] == "fail"
+            assert view["last_check"]["candidate"]["success_rate"] == 0.0
+            assert statuses.count(500) == 3 == v2.requests  # only before the ejection
+            assert set(statuses) == {200, 500}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     finally:
         await v1.close()
         await v2.close()
