@@ -130,6 +130,7 @@ class ProxyControl:
                     "requests": window.get("requests"),
                     "p50": window.get("p50"), "p95": window.get("p95"), "p99": window.get("p99"),
                     "endpoints": [ep.address for ep in backend.endpoints],
+                    "available": backend.has_available_endpoints(),
                 })
             active = self.runtime.faults.get(route.name)
             routes.append({
@@ -139,6 +140,7 @@ class ProxyControl:
                     "since": override.since},
                 "fault": _fault_view(route.fault),
                 "runtime_fault": None if active is None else _active_fault_view(active),
+                "when_backend_unavailable": route.when_backend_unavailable,
                 "backends": backends,
             })
         return {"window_seconds": self.stats.window, "generation": self.runtime.generation,

@@ -79,6 +79,11 @@ def status_table(routes: dict, services: dict | None = None) -> str:
             notes.append(f"* {route['name']}: weights overridden at run time by "
                          f"{route['override']['source']} (clear with: pyproxy set-weight "
                          f"{route['name']} --clear)")
+        for backend in route["backends"]:
+            if backend.get("available") is False:
+                policy = route.get("when_backend_unavailable") or "failover"
+                notes.append(f"! {route['name']}: {backend['backend']} has no available "
+                             f"endpoint; {policy}: {failover.describe(policy)}")
         fault = route.get("runtime_fault")
         if fault:
             what = (f"abort {fault['abort']['status']}" if fault.get("abort")

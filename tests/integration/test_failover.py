@@ -203,10 +203,17 @@ async def test_views_show_the_ejection_and_the_policy(proxy_factory):
         assert endpoints[v1.address]["ejection"] == {
             "reason": "", "times_ejected": 0, "until": None, "until_utc": None,
             "seconds_left": None}
-        text = status_table({"routes": []}, services)
+        routes = control.routes_view()
+        route = routes["routes"][0]
+        assert route["when_backend_unavailable"] == "failover"
+        assert [(b["backend"], b["available"]) for b in route["backends"]] == [
+            ("shop/v1", True), ("shop/v2", False)]
+        text = status_table(routes, services)
         hhmmss = ejection["until_utc"][11:19]
         assert (f"shop {v2.address} (consecutive_5xx): ejected, back in "
                 f"{ejection['seconds_left']} s (at {hhmmss} UTC)") in text
+        assert ("! shop: shop/v2 has no available endpoint; failover: its share goes to the "
+                "other available backends, by weight (503 UH if none)") in text
 
         result = explain(proxy.runtime.snapshot, proxy.runtime,
                          request_head("127.0.0.1", "/"))

@@ -510,6 +510,16 @@
                    '. Back to it: ',
                    h('code', {text: `pyproxy set-weight ${route.name} --clear`})));
     }
+    // A backend with no endpoint to send to: what its share gets (when_backend_unavailable).
+    const policy = route.when_backend_unavailable || 'failover';
+    backends.forEach((b, i) => {
+      if (b.available !== false) return;
+      badges.push(badge('badge-bad', 'x', `${names[i]}: no available endpoint`));
+      notes.push(h('p', {class: 'note', 'data-key': 'unavailable:' + b.backend}, icon('warn'), ' ',
+                   h('span', {class: 'mono', text: b.backend}),
+                   ' has no available endpoint (every one ejected or unhealthy): ',
+                   UNAVAILABLE_TEXT[policy] || policy));
+    });
     let banner = null;
     const rf = route.runtime_fault;
     if (rf) {
@@ -568,6 +578,12 @@
       backends.length ? backendTable(route, names) :
         h('p', {class: 'muted', text: 'No backends: this route redirects or answers directly.'}));
   }
+
+  const UNAVAILABLE_TEXT = {
+    failover: 'its share goes to the other available backends, by weight (503 UH if none).',
+    panic: 'its share goes to its endpoints anyway, ejected or unhealthy ones included.',
+    fail: 'its share is answered 503 UH.',
+  };
 
   function cssId(text) {
     return String(text).replace(/[^A-Za-z0-9_-]/g, c => '_' + c.charCodeAt(0).toString(16));
