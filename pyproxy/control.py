@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import NotRequired, TypedDict
 
+from pyproxy.admin.views import ejection_times
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import AbortFault, Address, AdminConfig, Config, DelayFault, Fault
@@ -154,6 +155,7 @@ class ProxyControl:
                     "requests": window.get("requests"),
                     "p50": window.get("p50"), "p95": window.get("p95"), "p99": window.get("p99"),
                     "endpoints": [ep.address for ep in backend.endpoints],
+                    "available": backend.has_available_endpoints(),
                 })
             active = self.runtime.overrides.faults.get(route.name)
             routes.append({
@@ -163,6 +165,7 @@ class ProxyControl:
                     "since": override.since},
                 "fault": None if route.fault is None else _describe_fault(route.fault),
                 "runtime_fault": None if active is None else _describe_active_fault(active),
+                "when_backend_unavailable": route.when_backend_unavailable,
                 "backends": backends,
                 # Every request of the route, injected aborts included: its callers' view.
                 "stats": whole_routes[route.name],
@@ -194,9 +197,9 @@ class ProxyControl:
                     entry["ejected"] = bool(outlier["ejected"])
                     entry["ejection"] = {
                         "reason": outlier["reason"], "times_ejected": outlier["times_ejected"],
-                        # wall-clock, so dashboards and people can read it
-                        "until": time.time() + outlier["remaining"] if outlier["ejected"]
-                        else None}
+                        # wall-clock (Unix, ISO 8601) and a countdown, for machines and people
+                        **ejection_times(outlier["remaining"] if outlier["ejected"] else None,
+                                         time.time())}
                 endpoints.append(entry)
             services.append({"name": service.name, "endpoints": endpoints,
                              "subsets": {k: dict(v) for k, v in service.subsets.items()},

@@ -78,8 +78,10 @@ def explain(snapshot: Snapshot, runtime: Runtime | None,
         {"backend": b.name, "weight": chosen.split.weights[i],
          "configured_weight": chosen.route.backends[i].weight,
          "probability": round(chosen.split.weights[i] / total, 6) if total else 0.0,
-         "endpoints": [ep.address for ep in b.endpoints]}
+         "endpoints": [ep.address for ep in b.endpoints],
+         "available": b.has_available_endpoints()}
         for i, b in enumerate(chosen.backends)]
+    result["when_backend_unavailable"] = chosen.when_backend_unavailable
     result["override"] = override.weights if override else None
     if chosen.direct_response is not None:
         result["action"] = f"direct response {chosen.direct_response.status}"

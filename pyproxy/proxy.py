@@ -42,6 +42,7 @@ from pyproxy.outcome import Accounting, RequestLog, RequestOutcome
 from pyproxy.resilience.retry import Failure, backoff, is_retryable
 from pyproxy.runtime import CompiledBackend, CompiledRoute, EndpointState, Runtime
 from pyproxy.tasks import race
+from pyproxy.traffic import failover
 from pyproxy.traffic.sticky import set_cookie_header
 from pyproxy.upstream import attempt as upstream
 from pyproxy.upstream import forwarding
@@ -282,23 +283,39 @@ class Proxy:
             if pinned is not None:
                 backend = route.backend_named(pinned)
                 if backend is not None and split.weights[backend.index] > 0:
-                    return backend, None
+                    return self._fail_over_if_unavailable(route, backend), None
         backend = split.pick(self.rng.random())
         if backend is None:
             raise NoHealthyUpstream("every backend weight is 0")
         cookie = None
-        if sticky is not None:
+        if sticky is not None:  # the pin keeps the draw, even when the request fails over
             if sticky.cookie is not None:
                 cookie = set_cookie_header(sticky.cookie.name, backend.name, sticky.cookie.ttl)
             elif key is not None and table is not None:
                 table.pin(key, backend.name)
-        return backend, cookie
+        return self._fail_over_if_unavailable(route, backend), cookie
+
+    def _fail_over_if_unavailable(self, route: CompiledRoute, backend: CompiledBackend
+                                  ) -> CompiledBackend:
+        """``backend``, or another of the route's backends when ``backend`` has no available
+        endpoint and the route fails over (``when_backend_unavailable``, traffic/failover.py)."""
+        if not route.fails_over or backend.has_available_endpoints():
+            return backend
+        target = failover.failover_target(route.split, backend,
+                                          CompiledBackend.has_available_endpoints,
+                                          self.rng.random)
+        if target is None:
+            return backend  # nowhere else to go: its 503 UH stands
+        self.stats.record_failover(route.name, backend.name, target.name)
+        return target
 
     def _pick_endpoint(self, head: RequestHead, backend: CompiledBackend,
                        tried: Sequence[EndpointState]) -> EndpointState:
         endpoints = backend.runtime.available(backend.endpoints)
         if not endpoints:
-            raise NoHealthyUpstream(f"{backend.name} has no healthy endpoint")
+            if not (backend.panic and backend.endpoints):
+                raise NoHealthyUpstream(f"{backend.name} has no healthy endpoint")
+            endpoints = backend.endpoints  # when_backend_unavailable: panic
         if tried and len(endpoints) > len(tried):
             # A retry goes to an endpoint not tried yet when one exists.
             endpoints = tuple(ep for ep in endpoints if ep not in tried) or endpoints

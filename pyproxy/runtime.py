@@ -44,6 +44,7 @@ from pyproxy.resilience.outlier import OutlierDetector, OutlierEvent
 from pyproxy.routing.matchers import Predicate, compile_matches
 from pyproxy.routing.table import RouteTable
 from pyproxy.tasks import spawn_detached
+from pyproxy.traffic import failover
 from pyproxy.traffic.balancer import make_balancer
 from pyproxy.traffic.split import WeightedSplit
 from pyproxy.traffic.sticky import StickyTable
@@ -161,6 +162,7 @@ class CompiledBackend:
         "headers",
         "index",
         "name",
+        "panic",
         "runtime",
         "service",
         "subset",
@@ -178,6 +180,14 @@ class CompiledBackend:
         self.headers = backend.headers
         self.index = index
         self.direct_status = backend.direct_status
+        # Its route's when_backend_unavailable is "panic": with no endpoint available, send
+        # to all of them anyway (set by _compile_route; a mirror never panics).
+        self.panic = False
+
+    def has_available_endpoints(self) -> bool:
+        """Whether it can take a request: an endpoint neither ejected nor failing its
+        health check (or all of them in the service's panic mode), or a fixed answer."""
+        return self.direct_status is not None or bool(self.runtime.available(self.endpoints))
 
     def __repr__(self) -> str:
         return f"<CompiledBackend {self.name} endpoints={len(self.endpoints)}>"
@@ -203,12 +213,17 @@ class CompiledRoute:
     mirrors: tuple[tuple[Mirror, CompiledBackend], ...] = ()
     path_prefixes: tuple[tuple[str, bool], ...] = ()  # (prefix, element-wise), longest first
     implicit: bool = False
+    when_backend_unavailable: failover.WhenUnavailable = failover.DEFAULT
     _predicate: Predicate = field(default=lambda head: True, repr=False)
     # Only forwards, with nothing per attempt or per backend to do first: the pipeline's fast
     # path (Proxy.serve_now) may serve it.
     forward_only: bool = field(init=False, repr=False)
+    # A request whose backend has no available endpoint may go to another backend.
+    fails_over: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.fails_over = failover.can_fail_over(self.when_backend_unavailable,
+                                                 self.split.weights)
         self.forward_only = (
             self.direct_response is None and self.redirect is None and not self.mirrors
             and (self.fault is None or self.fault.scope == "request")
@@ -380,6 +395,8 @@ class Runtime:
         weights = [b.weight for b in route.backends] if override is None else \
             [override.weights.get(b.name, 0.0) for b in route.backends]
         split = WeightedSplit(backends, weights)
+        for compiled in backends:
+            compiled.panic = route.when_backend_unavailable == "panic"
         active_fault = None if implicit else self.overrides.faults.get(route.name)
         sticky_table = None
         if route.sticky is not None and route.sticky.header:
@@ -403,6 +420,7 @@ class Runtime:
             mirrors=tuple((m, self._compile_backend(Backend(m.service, m.subset), config, -1))
                           for m in route.mirrors),
             path_prefixes=prefixes, implicit=implicit, _predicate=compile_matches(route.matches),
+            when_backend_unavailable=route.when_backend_unavailable,
         )
 
     # ------------------------------------------------------------------ read by metrics

@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+import math
 import time
+from datetime import UTC, datetime
 from typing import Any
+
+from pyproxy.traffic import failover
 
 # An admin API answer as the CLI decoded it from JSON. Its shape is documented in
 # docs/admin-api.md and not checked here, so its values are typed as JSON's (Any).
 Json = dict[str, Any]
+
+
+def ejection_times(remaining: float | None, now: float) -> dict[str, float | int | str | None]:
+    """When an ejected endpoint returns, for ``GET /api/v1/services``: ``until`` (Unix time,
+    for machines), ``until_utc`` (ISO 8601, whole seconds, rounded up so the endpoint is
+    back by then) and ``seconds_left`` (whole seconds, rounded up). All None when
+    ``remaining`` is None (not ejected)."""
+    if remaining is None:
+        return {"until": None, "until_utc": None, "seconds_left": None}
+    until = now + remaining
+    back_by = datetime.fromtimestamp(math.ceil(until), tz=UTC)
+    return {"until": until, "until_utc": back_by.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "seconds_left": math.ceil(remaining)}
+
+
+def duration_text(seconds: int) -> str:
+    """``23`` → ``23 s``, ``150`` → ``2 min 30 s``: how long until something happens."""
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+def ejection_text(ejection: dict[str, object], now: float | None = None) -> str:
+    """``ejected, back in 23 s (at 01:02:03 UTC)`` from an endpoint's ``ejection`` view.
+    ``seconds_left`` is the server's count when it answered; a view without it (an older
+    server) is counted from ``until`` against ``now``."""
+    seconds_left = ejection.get("seconds_left")
+    until = ejection.get("until")
+    if not isinstance(seconds_left, int):
+        if not isinstance(until, (int, float)):
+            return "ejected"
+        seconds_left = max(0, math.ceil(until - (time.time() if now is None else now)))
+    at = ""
+    until_utc = ejection.get("until_utc")
+    if isinstance(until_utc, str) and "T" in until_utc:
+        at = f" (at {until_utc.split('T', 1)[1].rstrip('Z')} UTC)"
+    elif isinstance(until, (int, float)):
+        at = f" (at {datetime.fromtimestamp(math.ceil(until), tz=UTC):%H:%M:%S} UTC)"
+    return f"ejected, back in {duration_text(seconds_left)}{at}"
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
@@ -44,12 +88,17 @@ def status_table(routes: Json, services: Json | None = None) -> str:
             notes.append(f"* {route['name']}: weights overridden at run time by "
                          f"{route['override']['source']} (clear with: pyproxy set-weight "
                          f"{route['name']} --clear)")
+        for backend in route["backends"]:
+            if backend.get("available") is False:
+                policy = route.get("when_backend_unavailable") or "failover"
+                notes.append(f"! {route['name']}: {backend['backend']} has no available "
+                             f"endpoint; {policy}: {failover.describe(policy)}")
         fault = route.get("runtime_fault")
         if fault:
             what = (f"abort {fault['abort']['status']}" if fault.get("abort")
                     else f"delay {fault['delay']['fixed_s']}s")
-            kind = "abort" if fault.get("abort") else "delay"
-            notes.append(f"! {route['name']}: fault {what} on {fault[kind]['percent']}% "
+            percent = fault['abort' if fault.get('abort') else 'delay']['percent']
+            notes.append(f"! {route['name']}: fault {what} on {percent}% "
                          f"for {fault['remaining_s']:.0f}s more")
         elif route.get("fault") and (route["fault"].get("abort") or route["fault"].get("delay")):
             notes.append(f"! {route['name']}: {_fault_what(route['fault'])} (set in the config)")
@@ -57,10 +106,13 @@ def status_table(routes: Json, services: Json | None = None) -> str:
     lines = ["  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
              for row in rows]
     if services:
-        ejected = [f"{s['name']} {ep['address']}" for s in services.get("services", [])
-                   for ep in s["endpoints"] if ep.get("ejected")]
-        if ejected:
-            notes.append("ejected: " + ", ".join(ejected))
+        for service in services.get("services", []):
+            for ep in service["endpoints"]:
+                if ep.get("ejected"):
+                    ejection = ep.get("ejection") or {}
+                    reason = f" ({ejection['reason']})" if ejection.get("reason") else ""
+                    notes.append(f"{service['name']} {ep['address']}{reason}: "
+                                 f"{ejection_text(ejection)}")
     window = routes.get("window_seconds")
     if window:
         notes.append(f"(live stats over the last {window}s)")
@@ -103,7 +155,13 @@ def explain_text(result: Json) -> str:
     lines.append(f"  action   {result['action']}")
     for backend in result.get("backends", []):
         lines.append(f"  backend  {backend['backend']:<28} {backend['probability'] * 100:6.2f}%"
-                     f"  (weight {backend['weight']:g})  {', '.join(backend['endpoints'])}")
+                     f"  (weight {backend['weight']:g})  {', '.join(backend['endpoints'])}"
+                     + ("  [no available endpoint]" if backend.get("available") is False
+                        else ""))
+    policy = result.get("when_backend_unavailable")
+    if policy and result.get("backends"):
+        lines.append(f"  if a backend has no available endpoint: {policy} — "
+                     f"{failover.describe(policy)}")
     if result.get("override"):
         lines.append(f"  override {result['override']} (set at run time)")
     fault = result.get("fault")

@@ -88,6 +88,18 @@ class IntervalStats:
         return cls(int(summary.get("requests") or 0), summary.get("success_rate"),
                    summary.get("p99"))
 
+    def with_failovers(self, count: int) -> IntervalStats:
+        """Add ``count`` requests drawn for this backend that it could not serve (no
+        available endpoint: they failed over to another backend) as failed requests. Users
+        got answers, but a canary whose endpoints are all ejected must still fail its
+        checks and be rolled back rather than hold for lack of data. Latency is unchanged:
+        it never answered them."""
+        if count <= 0:
+            return self
+        succeeded = (self.success_rate or 0.0) * self.requests / 100.0
+        total = self.requests + count
+        return IntervalStats(total, round(100.0 * succeeded / total, 3), self.p99)
+
     def as_dict(self) -> dict[str, object]:
         return {"requests": self.requests, "success_rate": self.success_rate,
                 "p99_ms": None if self.p99 is None else round(self.p99 * 1000, 3)}

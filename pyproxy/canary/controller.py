@@ -82,7 +82,8 @@ class _Runner:
         self.machine = machine
         self.task: asyncio.Task[None] | None = None
         self.applied: dict[str, float] | None = None  # the weights we set last
-        self.baseline: tuple[Totals, Totals, float] | None = None  # candidate, primary, when
+        # candidate, primary, when, and the candidate's failovers so far
+        self.baseline: tuple[Totals, Totals, float, int] | None = None
         self.next_check: float | None = None  # monotonic time of the next tick
         self.interval = 0  # judged intervals so far
         self.last_check: dict[str, object] | None = None
@@ -231,9 +232,10 @@ class CanaryController:
         now = self._snapshot(runner)
         if runner.baseline is None:
             runner.baseline = now
-        cand_before, prim_before, since = runner.baseline
+        cand_before, prim_before, since, failovers_before = runner.baseline
         seconds = now[2] - since
-        candidate = IntervalStats.of(now[0].since(cand_before, seconds))
+        candidate = IntervalStats.of(now[0].since(cand_before, seconds)).with_failovers(
+            now[3] - failovers_before)
         primary = IntervalStats.of(now[1].since(prim_before, seconds))
         judgement = judge(canary.checks, canary.min_requests, candidate, primary)
         runner.interval += 1
@@ -246,10 +248,11 @@ class CanaryController:
                     seconds, candidate, primary, judgement.verdict)
         return judgement
 
-    def _snapshot(self, runner: _Runner) -> tuple[Totals, Totals, float]:
+    def _snapshot(self, runner: _Runner) -> tuple[Totals, Totals, float, int]:
         canary = runner.canary
         return (self.stats.windows.totals(canary.route, canary.candidate),
-                self.stats.windows.totals(canary.route, canary.primary), self._clock())
+                self.stats.windows.totals(canary.route, canary.primary), self._clock(),
+                self.stats.failovers_from(canary.route, canary.candidate))
 
     async def _finish(self, runner: _Runner) -> None:
         """Post-rollout webhooks (failures are only logged), then the final phase."""

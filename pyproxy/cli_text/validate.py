@@ -298,7 +298,24 @@ def _route_rows(route: Route) -> list[str]:
         ("response", _header_changes(route.headers.response) if route.headers else []),
         ("rewrite", [_rewrite(route.rewrite)] if route.rewrite else []),
         ("websocket", [] if route.websocket else ["refused"]),
+        ("unhealthy", _when_backend_unavailable(route)),
     ])
+
+
+_WHEN_UNAVAILABLE = {
+    "failover": "its share goes to the other available backends, by weight (503 UH if none)",
+    "panic": "its share goes to its endpoints anyway, ejected or unhealthy ones included",
+    "fail": "its share is answered 503 UH",
+}
+
+
+def _when_backend_unavailable(route: Route) -> list[str]:
+    """What a backend's share gets when it has no available endpoint (docs/responses.md);
+    left out for a single-backend route on the default, with nowhere to fail over to."""
+    policy = route.when_backend_unavailable
+    if len(route.backends) < 2 and policy == "failover":
+        return []
+    return [f"{policy}: {_WHEN_UNAVAILABLE[policy]}"]
 
 
 def _matches(matches: tuple[Match, ...]) -> list[str]:

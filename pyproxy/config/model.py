@@ -236,6 +236,9 @@ class Route:
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
     websocket: bool = True  # allow `Upgrade: websocket` on this route
+    # A backend with no endpoint to send to: fail over to the route's other backends,
+    # panic (its ejected/unhealthy endpoints anyway) or fail (503 UH); traffic/failover.py.
+    when_backend_unavailable: Literal["failover", "panic", "fail"] = "failover"
 
 
 # ---------------------------------------------------------------------------- services

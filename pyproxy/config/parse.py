@@ -1039,6 +1039,7 @@ _ROUTE = Schema({
     "direct_response": _record(DirectResponse, {"status": _status, "body": _text},
                                required=("status",)),
     "websocket": _bool,
+    "when_backend_unavailable": _choice("failover", "panic", "fail"),
 }, required=("name",), one_of=(("backends", "redirect", "direct_response"),),
    exclusive=(("mirror", "mirrors"),))
 

@@ -61,6 +61,9 @@ class _StatsCollector(Collector):
                        ["route", "kind"], s.faults)
         yield _counter("pyproxy_mirror_requests", "Mirrored (shadow) requests by result.",
                        ["route", "backend", "result"], s.mirrors)
+        yield _counter("pyproxy_backend_failovers", "Requests sent to another backend of the "
+                       "route because the one drawn had no available endpoint.",
+                       ["route", "from_backend", "to_backend"], s.failovers)
 
         weights = GaugeMetricFamily("pyproxy_backend_weight",
                                     "Configured share of the route's traffic (0-1).",

@@ -103,6 +103,7 @@ class Stats:
         self.retries: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.faults: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.mirrors: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.failovers: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.overflows: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.rejected: defaultdict[tuple[str], int] = defaultdict(int)
         self.ejections: defaultdict[tuple[str, str, str], int] = defaultdict(int)
@@ -148,6 +149,17 @@ class Stats:
 
     def record_mirror(self, route: str, backend: str, result: str) -> None:
         self.mirrors[(route, backend, result)] += 1
+
+    def record_failover(self, route: str, from_backend: str, to_backend: str) -> None:
+        """A request drawn for ``from_backend`` went to ``to_backend``: the first had no
+        available endpoint (``when_backend_unavailable: failover``)."""
+        self.failovers[(route, from_backend, to_backend)] += 1
+
+    def failovers_from(self, route: str, backend: str) -> int:
+        """Requests drawn for ``backend`` that went elsewhere, since start (the canary
+        judge counts them as the backend's failures)."""
+        return sum(n for (r, source, _), n in list(self.failovers.items())
+                   if r == route and source == backend)
 
     def record_overflow(self, service: str, limit: str) -> None:
         """A circuit-breaker ``limit`` (a ConnectionPool field name) refused a request."""

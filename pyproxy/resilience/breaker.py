@@ -53,34 +53,51 @@ How ``upstream/attempt.py``'s ``Admission`` uses it (per request to service S wi
 Checking and counting happen in the same call (``admit_*``, ``try_open_connection``,
 ``enter_queue``) so no ``await`` can slip between them. Each release must match exactly
 one admission; an unmatched release is a bug and raises ``RuntimeError``.
+
+``max_connections`` is not a hard cap: an endpoint with no connection at all may always
+open its first one (see ``try_open_connection``), so a service with N endpoints can hold up
+to ``max_connections + N - 1`` connections. ``snapshot()`` says so rather than letting
+``active > max`` read as a broken limit: ``above_max`` counts the connections open beyond
+the limit, each of them an endpoint's first, and ``note`` explains it while there are any.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from pyproxy.config.model import ConnectionPool
 from pyproxy.resilience.budget import RetryBudget
 
+FIRST_CONNECTION_NOTE = ("an endpoint's first connection is always allowed, even at max "
+                         "(per-endpoint pools, as in Envoy)")
 
-class Gauge(TypedDict):
+
+class Usage(TypedDict):
     active: int
     max: int
 
 
-class RetryGauge(Gauge):
-    budget: bool  # True: ``max`` is the retry budget's current limit
+class ConnectionsUsage(TypedDict):
+    active: int
+    max: int
+    above_max: int  # open beyond max: endpoints' first connections, which are always allowed
+    note: NotRequired[str]  # FIRST_CONNECTION_NOTE, while above_max > 0
 
 
-class BreakerState(TypedDict):
-    """``CircuitBreaker.snapshot``, as the admin API shows it."""
+class RetriesUsage(TypedDict):
+    active: int
+    max: int
+    budget: bool  # max comes from the retry budget (20% of active requests, at least 3)
 
-    requests: Gauge
-    pending: Gauge
-    connections: Gauge
-    retries: RetryGauge
+
+class BreakerSnapshot(TypedDict):
+    requests: Usage
+    pending: Usage
+    connections: ConnectionsUsage
+    retries: RetriesUsage
     overflows: dict[str, int]
+
 
 
 class CircuitBreaker:
@@ -170,15 +187,20 @@ class CircuitBreaker:
         self.overflows[limit] += 1
         return limit
 
-    def snapshot(self) -> BreakerState:
+    def snapshot(self) -> BreakerSnapshot:
         """For the admin API: each counter with its limit, and overflows by limit."""
         limits = self._limits
         retries_max = (self._budget.limit(self.requests) if self._budget is not None
                        else limits.max_retries)
+        above_max = max(0, self.connections - limits.max_connections)
+        connections: ConnectionsUsage = {"active": self.connections,
+                                         "max": limits.max_connections, "above_max": above_max}
+        if above_max:
+            connections["note"] = FIRST_CONNECTION_NOTE
         return {
             "requests": {"active": self.requests, "max": limits.max_requests},
             "pending": {"active": self.pending, "max": limits.max_pending_requests},
-            "connections": {"active": self.connections, "max": limits.max_connections},
+            "connections": connections,
             "retries": {"active": self.retries, "max": retries_max,
                         "budget": self._budget is not None},
             "overflows": dict(self.overflows),
@@ -186,9 +208,11 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         limits = self._limits
+        above = self.connections - limits.max_connections
+        above_max = f"(+{above} endpoints' first)" if above > 0 else ""
         return (f"<CircuitBreaker requests={self.requests}/{limits.max_requests} "
                 f"pending={self.pending}/{limits.max_pending_requests} "
-                f"connections={self.connections}/{limits.max_connections} "
+                f"connections={self.connections}/{limits.max_connections}{above_max} "
                 f"retries={self.retries}/"
                 f"{'budget' if self._budget is not None else limits.max_retries} "
                 f"overflows={dict(self.overflows)}>")

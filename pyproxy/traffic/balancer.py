@@ -10,12 +10,25 @@ import hashlib
 from bisect import bisect_left
 from collections.abc import Sequence
 from random import Random
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class _Endpoint(Protocol):
-    active: int
-    address: str
+    @property
+    def active(self) -> int: ...  # requests in flight (least_request compares them)
+    @property
+    def address(self) -> str: ...  # host:port (consistent_hash places it on the ring)
+
+
+E = TypeVar("E", bound=_Endpoint)
+
+
+class Balancer(Protocol):
+    """Picks one of a backend's endpoints (never given an empty sequence)."""
+
+    kind: str
+
+    def pick(self, endpoints: Sequence[E], rng: Random, key: str | None = None) -> E: ...
 
 
 def _hash64(key: str) -> int:
@@ -25,10 +38,10 @@ def _hash64(key: str) -> int:
 class RoundRobin:
     kind = "round_robin"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, endpoints: Sequence[_Endpoint], rng: Random, key: str | None = None):
+    def pick(self, endpoints: Sequence[E], rng: Random, key: str | None = None) -> E:
         index = self._next % len(endpoints)
         self._next = index + 1
         return endpoints[index]
@@ -37,7 +50,7 @@ class RoundRobin:
 class RandomPick:
     kind = "random"
 
-    def pick(self, endpoints, rng: Random, key: str | None = None):
+    def pick(self, endpoints: Sequence[E], rng: Random, key: str | None = None) -> E:
         return endpoints[int(rng.random() * len(endpoints))]
 
 
@@ -46,7 +59,7 @@ class LeastRequest:
 
     kind = "least_request"
 
-    def pick(self, endpoints, rng: Random, key: str | None = None):
+    def pick(self, endpoints: Sequence[E], rng: Random, key: str | None = None) -> E:
         if len(endpoints) == 1:
             return endpoints[0]
         a = endpoints[int(rng.random() * len(endpoints))]
@@ -61,19 +74,19 @@ class ConsistentHash:
     kind = "consistent_hash"
     POINTS = 160
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._ring_for: tuple[str, ...] = ()
         self._points: list[int] = []
         self._owners: list[int] = []
 
-    def _build(self, endpoints) -> None:
+    def _build(self, endpoints: Sequence[_Endpoint]) -> None:
         ring = sorted((_hash64(f"{ep.address}#{i}"), n)
                       for n, ep in enumerate(endpoints) for i in range(self.POINTS))
         self._points = [p for p, _ in ring]
         self._owners = [n for _, n in ring]
         self._ring_for = tuple(ep.address for ep in endpoints)
 
-    def pick(self, endpoints, rng: Random, key: str | None = None):
+    def pick(self, endpoints: Sequence[E], rng: Random, key: str | None = None) -> E:
         if key is None:
             return endpoints[int(rng.random() * len(endpoints))]
         if tuple(ep.address for ep in endpoints) != self._ring_for:
@@ -84,6 +97,8 @@ class ConsistentHash:
         return endpoints[self._owners[index]]
 
 
-def make_balancer(kind: str):
-    return {"round_robin": RoundRobin, "random": RandomPick, "least_request": LeastRequest,
-            "consistent_hash": ConsistentHash}[kind]()
+def make_balancer(kind: str) -> Balancer:
+    balancers: dict[str, type[Balancer]] = {
+        "round_robin": RoundRobin, "random": RandomPick, "least_request": LeastRequest,
+        "consistent_hash": ConsistentHash}
+    return balancers[kind]()

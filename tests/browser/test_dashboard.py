@@ -316,7 +316,9 @@ def test_dashboard_live(stack):
             expect(dead).to_have_count(1)
             expect(dead.locator(".badge-ejected")).to_contain_text("Ejected")
             expect(dead).to_contain_text(re.compile(r"consecutive|gateway|5xx"))
-            expect(dead.locator(".eject-countdown")).to_have_text(re.compile(r"^\d+:\d\d$"))
+            expect(dead.locator(".eject-countdown")).to_have_text(
+                re.compile(r"^\d+ s$|^\d+ min( \d+ s)?$"))
+            expect(dead).to_contain_text(re.compile(r"\(at \d\d:\d\d:\d\d UTC\)"))
             # ...and its label, which is an <img> tag, is text
             expect(dead.locator(".chip")).to_have_text("zone=" + XSS_LABEL)
             assert page.locator("#app img").count() == 0

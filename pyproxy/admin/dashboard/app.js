@@ -221,6 +221,19 @@
     return Math.floor(s / 86400) + ' d ago';
   }
 
+  /** 23 → "23 s", 150 → "2 min 30 s": how long until something happens. */
+  function secondsLeft(totalSeconds) {
+    const s = Math.max(0, Math.ceil(totalSeconds));
+    if (s < 120) return s + ' s';
+    const rest = s % 60;
+    return Math.floor(s / 60) + ' min' + (rest ? ` ${rest} s` : '');
+  }
+
+  /** "01:02:03 UTC" for a server wall-clock time (seconds since the epoch). */
+  function utcTimeOfDay(serverSeconds) {
+    return new Date(Math.ceil(serverSeconds) * 1000).toISOString().slice(11, 19) + ' UTC';
+  }
+
   function timeOfDay(ms) {
     return new Date(ms).toLocaleTimeString('en-GB', {hour12: false});
   }
@@ -247,12 +260,15 @@
 
   // ------------------------------------------------------------------ live elements
 
-  /** A countdown that the ticker keeps current between polls. */
-  function countdown(deadlineMs, totalMs, cls) {
+  /** A countdown that the ticker keeps current between polls: "0:47", or with
+   *  format 'seconds' "47 s". */
+  function countdown(deadlineMs, totalMs, cls, format) {
+    const render = format === 'seconds' ? secondsLeft : clock;
     return h('time', {class: 'countdown ' + (cls || ''), 'data-deadline': Math.round(deadlineMs),
                       'data-total': totalMs ? Math.round(totalMs) : null,
+                      'data-format': format || null,
                       datetime: new Date(deadlineMs).toISOString(),
-                      text: clock((deadlineMs - Date.now()) / 1000)});
+                      text: render((deadlineMs - Date.now()) / 1000)});
   }
 
   function since(ms) {
@@ -265,7 +281,8 @@
     const now = Date.now();
     for (const el of document.querySelectorAll('[data-deadline]')) {
       const left = (Number(el.getAttribute('data-deadline')) - now) / 1000;
-      const text = left > 0 ? clock(left) : '0:00';
+      const seconds = el.getAttribute('data-format') === 'seconds';
+      const text = seconds ? secondsLeft(left) : (left > 0 ? clock(left) : '0:00');
       if (el.textContent !== text) el.textContent = text;
     }
     for (const el of document.querySelectorAll('[data-progress-deadline]')) {
@@ -500,6 +517,16 @@
                    '. Back to it: ',
                    h('code', {text: `pyproxy set-weight ${route.name} --clear`})));
     }
+    // A backend with no endpoint to send to: what its share gets (when_backend_unavailable).
+    const policy = route.when_backend_unavailable || 'failover';
+    backends.forEach((b, i) => {
+      if (b.available !== false) return;
+      badges.push(badge('badge-bad', 'x', `${names[i]}: no available endpoint`));
+      notes.push(h('p', {class: 'note', 'data-key': 'unavailable:' + b.backend}, icon('warn'), ' ',
+                   h('span', {class: 'mono', text: b.backend}),
+                   ' has no available endpoint (every one ejected or unhealthy): ',
+                   UNAVAILABLE_TEXT[policy] || policy));
+    });
     let banner = null;
     const rf = route.runtime_fault;
     if (rf) {
@@ -558,6 +585,12 @@
       backends.length ? backendTable(route, names) :
         h('p', {class: 'muted', text: 'No backends: this route redirects or answers directly.'}));
   }
+
+  const UNAVAILABLE_TEXT = {
+    failover: 'its share goes to the other available backends, by weight (503 UH if none).',
+    panic: 'its share goes to its endpoints anyway, ejected or unhealthy ones included.',
+    fail: 'its share is answered 503 UH.',
+  };
 
   function cssId(text) {
     return String(text).replace(/[^A-Za-z0-9_-]/g, c => '_' + c.charCodeAt(0).toString(16));
@@ -660,11 +693,13 @@
           : badge('badge-good', 'check', hc ? 'healthy' : 'up');
         let outlier;
         if (ep.ejected) {
+          // "Ejected consecutive_5xx · back in 23 s (at 01:02:03 UTC)"
           const until = isNum(ej.until) ? localMs(ej.until) : null;
           outlier = h('span', {class: 'ejection'},
             badge('badge-ejected', 'eject', 'Ejected'),
             h('span', {class: 'small'}, ' ', h('span', {class: 'mono', text: ej.reason || 'outlier'}),
-              until ? [' · back in ', countdown(until, 0, 'eject-countdown')] : null,
+              until ? [' · back in ', countdown(until, 0, 'eject-countdown', 'seconds'),
+                       ` (at ${utcTimeOfDay(ej.until)})`] : null,
               isNum(ej.times_ejected) && ej.times_ejected > 1 ? ` · ${ej.times_ejected}× ejected` : null));
         } else {
           outlier = h('span', {class: 'muted small'},
@@ -686,7 +721,12 @@
         const parts = [];
         for (const name of ['requests', 'pending', 'connections', 'retries']) {
           const item = breaker[name];
-          if (item && isNum(item.active) && isNum(item.max)) parts.push(`${name} ${item.active}/${item.max}`);
+          if (!item || !isNum(item.active) || !isNum(item.max)) continue;
+          // Over max only by endpoints' first connections, which are always allowed: say so,
+          // or "connections 2/1" reads as a broken limit.
+          parts.push(isNum(item.above_max) && item.above_max > 0
+            ? `${name} ${item.active}/${item.max} (+${item.above_max}: an endpoint's first connection is always allowed)`
+            : `${name} ${item.active}/${item.max}`);
         }
         const overflows = Object.entries(breaker.overflows || {}).filter(([, n]) => n);
         breakerLine = h('p', {class: 'muted small breaker'}, 'Circuit breaker: ', parts.join(' · '),

@@ -263,3 +263,39 @@ def test_python_m_pyproxy_validate_each(examples):
                            str(examples)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "2 of 2 configs valid, each file checked on its own"
+def test_when_backend_unavailable_is_parsed_summarised_and_checked(tmp_path, capsys):
+    path = tmp_path / "canary.yaml"
+    path.write_text("""\
+services:
+  shop:
+    endpoints:
+      - {address: 10.0.0.1:8080, labels: {version: v1}}
+      - {address: 10.0.0.2:8080, labels: {version: v2}}
+    subsets: {v1: {version: v1}, v2: {version: v2}}
+routes:
+  - name: canary
+    backends: [{service: shop, subset: v1, weight: 90}, {service: shop, subset: v2, weight: 10}]
+  - name: panicky
+    backends: [{service: shop}]
+    when_backend_unavailable: panic
+  - name: plain
+    backends: [{service: shop}]
+""")
+    assert validate_command([str(path)], as_json=False) == 0
+    routes = section(capsys.readouterr().out, "Routes (first match wins)")
+    canary, panicky, plain = routes.split("\n\n")
+    assert ("unhealthy  failover: its share goes to the other available backends, by weight "
+            "(503 UH if none)") in canary
+    assert "unhealthy  panic: its share goes to its endpoints anyway" in panicky
+    assert "unhealthy" not in plain  # one backend on the default: nowhere to fail over to
+
+    assert validate_command([str(path)], as_json=True) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["when_backend_unavailable"] for r in result["routes"]] == [
+        "failover", "panic", "failover"]
+
+    path.write_text(path.read_text().replace("when_backend_unavailable: panic",
+                                             "when_backend_unavailable: failvoer"))
+    assert validate_command([str(path)], as_json=False) == 2
+    err = capsys.readouterr().err
+    assert "routes[1].when_backend_unavailable" in err and "did you mean 'failover'?" in err

@@ -123,7 +123,7 @@ def test_snapshot_and_repr():
     assert breaker.snapshot() == {
         "requests": {"active": 1, "max": 4},
         "pending": {"active": 0, "max": 3},
-        "connections": {"active": 1, "max": 2},
+        "connections": {"active": 1, "max": 2, "above_max": 0},
         "retries": {"active": 1, "max": 1, "budget": False},
         "overflows": {"max_retries": 1},
     }
@@ -140,3 +140,19 @@ def test_an_endpoint_without_connections_may_always_open_its_first():
     assert not breaker.try_open_connection()
     assert breaker.try_open_connection(endpoint_has_none=True)  # another endpoint's first
     assert breaker.connections == 2
+
+
+def test_snapshot_explains_connections_above_max():
+    # Three endpoints, max_connections 1: each may open its first connection anyway, so the
+    # view must not read as a broken limit.
+    breaker = CircuitBreaker(ConnectionPool(max_connections=1))
+    for _ in range(3):
+        assert breaker.try_open_connection(endpoint_has_none=True)
+    connections = breaker.snapshot()["connections"]
+    assert connections["active"] == 3 and connections["max"] == 1
+    assert connections["above_max"] == 2
+    assert "first" in connections["note"] and "always" in connections["note"]
+    assert "connections=3/1(+2 endpoints' first)" in repr(breaker)
+    breaker.connection_closed()
+    breaker.connection_closed()
+    assert breaker.snapshot()["connections"] == {"active": 1, "max": 1, "above_max": 0}
