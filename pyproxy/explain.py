@@ -48,7 +48,7 @@ def explain(snapshot: Snapshot, runtime: Runtime | None, head: RequestHead) -> d
     candidates = snapshot.table.candidates(head.host)
     considered = []
     chosen = None
-    for position, route in enumerate(candidates):
+    for route in candidates:
         why = _why_match(route, head)
         considered.append({"route": route.name, "matched": why is not None,
                            "why": f"{_why_host(route, head.host)}; "

@@ -195,7 +195,7 @@ class FakeService:
             )
 
         calls = await asyncio.gather(*(self._call(url, request) for url in self.upstreams))
-        upstream_calls = dict(zip(self.upstreams, calls))
+        upstream_calls = dict(zip(self.upstreams, calls, strict=True))
         failed = any(not 0 < call["code"] < 500 for call in calls)
         code = 500 if failed else 200
         end = time.time()
