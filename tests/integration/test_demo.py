@@ -93,7 +93,7 @@ class Demo:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no {pattern!r} within {timeout}s:\n" + self.output)
+                raise AssertionError(f"no {pattern!r} within {timeout}s:\n" + self.output) from None
             if line is None:
                 raise AssertionError(f"demo exited before {pattern!r}:\n" + self.output)
             self.lines.append(line)
