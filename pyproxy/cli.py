@@ -10,6 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyproxy.admin.client import AdminClient
 
 DEFAULT_CONFIG = Path("config/pyproxy.yaml")
 
@@ -304,7 +308,7 @@ def _redirect_access_log(target: str) -> bool:
     return True
 
 
-def _explain_asks_the_proxy(client, args) -> bool:
+def _explain_asks_the_proxy(client: AdminClient, args: argparse.Namespace) -> bool:
     """Whether ``explain`` asks a running proxy rather than reading config files: with
     ``--admin``, or with neither ``-c`` nor ``--admin`` when a proxy answers at the default
     admin address (a running proxy knows its run-time weights; the files may have moved on)."""
@@ -321,7 +325,7 @@ def _explain_asks_the_proxy(client, args) -> bool:
     return True
 
 
-def _print_explained(result: dict, source: str, as_json: bool) -> None:
+def _print_explained(result: dict[str, Any], source: str, as_json: bool) -> None:
     import json
 
     from pyproxy.admin.views import explain_text
@@ -333,7 +337,7 @@ def _print_explained(result: dict, source: str, as_json: bool) -> None:
         print(explain_text(result))
 
 
-def _explain_remote(client, args) -> int:
+def _explain_remote(client: AdminClient, args: argparse.Namespace) -> int:
     result = client.request("POST", "/api/v1/explain", {
         "host": args.host, "path": args.path, "method": args.method,
         "headers": dict(_headers(args.header))})
@@ -341,7 +345,7 @@ def _explain_remote(client, args) -> int:
     return 0
 
 
-def _explain_offline(args) -> int:
+def _explain_offline(args: argparse.Namespace) -> int:
     from pyproxy.config.load import ConfigInvalid, load_config
     from pyproxy.explain import explain, request_head
     from pyproxy.runtime import Runtime

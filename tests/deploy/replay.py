@@ -16,9 +16,11 @@ It needs the tutorials' fixed ports (127.0.0.1:8080, 9901, 8081, 8082, 9411) to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +59,27 @@ def expected_failure(step: Step) -> bool:
     return step.command.startswith("locust ") and step.status == 1
 
 
+def wait_until_listening(command: str, timeout: float = 20.0) -> None:
+    """After starting a service or the proxy in the background, wait until it answers, as a
+    reader would before typing on: a fake service on its ``--port``, a proxy on its admin."""
+    if not command.rstrip().endswith("&"):
+        return
+    if "pyproxy run" in command:
+        port = 9901
+    else:
+        found = re.search(r"--port\s+(\d+)", command)
+        if found is None:
+            return
+        port = int(found.group(1))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after: {command}")
+
+
 def ports_in_use() -> list[int]:
     busy = []
     for port in PORTS:
@@ -76,8 +99,10 @@ def replay(doc: Path) -> list[Step]:
     outputs.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYPROXY_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # Its own process group: everything the tutorial started is stopped with it.
     shell = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, cwd=scratch, env=env, text=True)
+                             stderr=subprocess.DEVNULL, cwd=scratch, env=env, text=True,
+                             start_new_session=True)
     assert shell.stdin is not None
     try:
         for index, step in enumerate(wanted):
@@ -92,6 +117,7 @@ def replay(doc: Path) -> list[Step]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{doc.name}: no end to: {step.command}")
                 time.sleep(0.05)
+            wait_until_listening(step.command)
             time.sleep(PAUSE)
             step.status = int(status.read_text())
             step.output = [line.rstrip() for line in
@@ -100,8 +126,9 @@ def replay(doc: Path) -> list[Step]:
         shell.stdin.flush()
         shell.wait(timeout=60)
     finally:
-        if shell.poll() is None:
-            shell.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGINT)  # no drain delay for what is left
+        shell.wait(timeout=30)
         shutil.rmtree(scratch, ignore_errors=True)
     return wanted
 
