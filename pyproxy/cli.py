@@ -143,7 +143,10 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--load", type=float, default=5.0, metavar="RPS",
                       help="built-in gentle load so the dashboard moves (0 = off)")
     demo.add_argument("--port", type=int, default=8080, help="the storefront proxy's port")
-    demo.add_argument("--admin-port", type=int, default=9901)
+    demo.add_argument("--admin-port", type=int, default=9901, metavar="N",
+                      help="the proxies' dashboards (admin API) on N, N+1 and N+2: the "
+                           "proxy the scenario is about on N (default 9901, where the CLI "
+                           "looks), the storefront's on N+1")
     return parser
 
 
