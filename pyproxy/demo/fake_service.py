@@ -1,4 +1,5 @@
-"""A demo/test backend in the spirit of nicholasjackson/fake-service (SPEC §1 ``fake-service``).
+"""``pyproxy fake-service`` (docs/cli.md): a demo/test backend in the spirit of
+nicholasjackson/fake-service.
 
 Every request on any path and method waits ``latency ± jitter``, then either fails on
 purpose (with probability ``error_rate``, answering ``error_code``) or calls each upstream URL
