@@ -10,6 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyproxy.admin.client import AdminClient
 
 DEFAULT_CONFIG = Path("config/pyproxy.yaml")
 
@@ -56,6 +60,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_worker_count, default=1, metavar="N",
                      help="processes sharing the listen port (SO_REUSEPORT) under a supervisor "
                           "that restarts them; 0 or 'auto': one per CPU (default 1)")
+    run.add_argument("--access-log", metavar="PATH|off",
+                     help="where the access log (one line per request) goes: a file, appended "
+                          "to, or 'off' (default: stdout; the proxy's own messages go to "
+                          "stderr either way)")
     run.add_argument("--state-dir", metavar="DIR",
                      help="keep run-time state (weight overrides, faults, canary progress) in "
                           "DIR: shared by the workers and kept across restarts (default: none; "
@@ -118,7 +126,10 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.add_argument("-H", "--header", action="append", default=[], metavar="'K: V'")
     source = explain.add_mutually_exclusive_group()
     source.add_argument("-c", "--config", action="append", metavar="PATH")
-    source.add_argument("--admin", metavar="URL", help="ask a running proxy (live weights)")
+    source.add_argument("--admin", metavar="URL",
+                        help="ask a running proxy (live weights); without -c or --admin, the "
+                             "proxy at $PYPROXY_ADMIN (default http://127.0.0.1:9901) if one "
+                             "answers, else ./config/pyproxy.yaml")
     explain.add_argument("--json", action="store_true")
 
     canary = sub.add_parser("canary", help="drive the automated canary (status, promote, abort, "
@@ -137,7 +148,10 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--load", type=float, default=5.0, metavar="RPS",
                       help="built-in gentle load so the dashboard moves (0 = off)")
     demo.add_argument("--port", type=int, default=8080, help="the storefront proxy's port")
-    demo.add_argument("--admin-port", type=int, default=9901)
+    demo.add_argument("--admin-port", type=int, default=9901, metavar="N",
+                      help="the proxies' dashboards (admin API) on N, N+1 and N+2: the "
+                           "proxy the scenario is about on N (default 9901, where the CLI "
+                           "looks), the storefront's on N+1")
     return parser
 
 
@@ -150,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.command == "run":
         paths = _config_paths(args.config)
+        if args.access_log and not _redirect_access_log(args.access_log):
+            return 2
         if args.state_dir:
             try:
                 os.makedirs(args.state_dir, exist_ok=True)
@@ -183,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         from pyproxy.demo.runner import run_demo
 
         return run_demo(args)
-    if args.command == "explain" and not args.admin:
-        return _explain_offline(args)
     from pyproxy.admin.client import AdminClient, AdminError
 
     client = AdminClient(args.admin)
+    if args.command == "explain" and not _explain_asks_the_proxy(client, args):
+        return _explain_offline(args)
     try:
         return _ADMIN_COMMANDS[args.command](client, args)
     except AdminError as exc:
@@ -285,28 +301,66 @@ def _headers(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _explain_remote(client, args) -> int:
+def _redirect_access_log(target: str) -> bool:
+    """``run --access-log PATH|off``: point stdout, where the access log writes, at the file
+    (or /dev/null). Done on the descriptor, so ``--workers`` processes inherit it."""
+    path = os.devnull if target == "off" else target
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        print(f"pyproxy: cannot write the access log to {path}: {exc}", file=sys.stderr)
+        return False
+    sys.stdout.flush()
+    os.dup2(fd, sys.stdout.fileno())
+    os.close(fd)
+    return True
+
+
+def _explain_asks_the_proxy(client: AdminClient, args: argparse.Namespace) -> bool:
+    """Whether ``explain`` asks a running proxy rather than reading config files: with
+    ``--admin``, or with neither ``-c`` nor ``--admin`` when a proxy answers at the default
+    admin address (a running proxy knows its run-time weights; the files may have moved on)."""
+    if args.config:
+        return False
+    if args.admin:
+        return True
+    from pyproxy.admin.client import AdminClient, AdminError
+
+    try:
+        AdminClient(client.url, client.token, timeout=1.0).get("/healthz")
+    except AdminError:
+        return False
+    return True
+
+
+def _print_explained(result: dict[str, Any], source: str, as_json: bool) -> None:
     import json
 
     from pyproxy.admin.views import explain_text
 
+    if as_json:
+        print(json.dumps({"source": source, **result}, indent=2))
+    else:
+        print(f"using {source}")
+        print(explain_text(result))
+
+
+def _explain_remote(client: AdminClient, args: argparse.Namespace) -> int:
     result = client.request("POST", "/api/v1/explain", {
         "host": args.host, "path": args.path, "method": args.method,
         "headers": dict(_headers(args.header))})
-    print(json.dumps(result, indent=2) if args.json else explain_text(result))
+    _print_explained(result, f"the running proxy at {client.url}", args.json)
     return 0
 
 
-def _explain_offline(args) -> int:
-    import json
-
-    from pyproxy.admin.views import explain_text
+def _explain_offline(args: argparse.Namespace) -> int:
     from pyproxy.config.load import ConfigInvalid, load_config
     from pyproxy.explain import explain, request_head
     from pyproxy.runtime import Runtime
 
+    paths = _explain_config_paths(args.config)
     try:
-        loaded = load_config(_config_paths(args.config))
+        loaded = load_config(paths)
     except ConfigInvalid as invalid:
         for issue in invalid.issues:
             print(issue, file=sys.stderr)
@@ -315,8 +369,23 @@ def _explain_offline(args) -> int:
     runtime.swap(runtime.compile(loaded.config))
     result = explain(runtime.snapshot, None,
                      request_head(args.host, args.path, args.method, _headers(args.header)))
-    print(json.dumps(result, indent=2) if args.json else explain_text(result))
+    _print_explained(result, f"config {'files' if len(paths) > 1 else 'file'} "
+                             f"{', '.join(paths)} (no proxy asked)", args.json)
     return 0
+
+
+def _explain_config_paths(given: list[str] | None) -> list[str]:
+    """Like ``run``'s config paths, but the advice fits ``explain``: no proxy answered."""
+    try:
+        return _config_paths(given)
+    except SystemExit:
+        from pyproxy.admin.client import AdminClient
+
+        raise SystemExit(
+            f"pyproxy explain: no proxy answers at {AdminClient().url} and no config given.\n"
+            "  ask a running proxy:   pyproxy explain ... --admin http://HOST:PORT\n"
+            "  or read config files:  pyproxy explain ... -c routes.yaml   "
+            "(a file or a directory of *.yaml)") from None
 
 
 def _canary(client, args) -> int:

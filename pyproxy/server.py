@@ -38,6 +38,7 @@ from pyproxy.control import ConfigOverrides, ProxyControl
 from pyproxy.engine.server import Listener
 from pyproxy.metrics.linkerd import backend_workloads
 from pyproxy.metrics.stats import Stats
+from pyproxy.port_in_use import is_address_in_use, port_in_use_message
 from pyproxy.proxy import Proxy
 from pyproxy.reload import watch
 from pyproxy.runtime import Runtime
@@ -160,6 +161,10 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
             reuse_address=True, reuse_port=worker is not None, backlog=2048,
             ssl=listener_tls.context if listener_tls else None)
     except OSError as exc:
+        if is_address_in_use(exc):  # usually an earlier pyproxy, running or draining
+            print(await asyncio.to_thread(port_in_use_message, "listen", config.listen,
+                                          config.admin.listen), file=sys.stderr)
+            return 2
         print(f"pyproxy: cannot listen on {config.listen}: {exc}", file=sys.stderr)
         return 1
     # The leader (or the only process) serves the admin where configured; any other worker
@@ -170,8 +175,12 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
             build_admin_app(control, config.admin.token, peers=peers, read_only=not leader),
             admin_address.host, admin_address.port)
     except OSError as exc:
-        print(f"pyproxy: cannot listen on admin {admin_address}: {exc}", file=sys.stderr)
         server.close()
+        if leader and is_address_in_use(exc):
+            print(await asyncio.to_thread(port_in_use_message, "admin", admin_address,
+                                          admin_address), file=sys.stderr)
+            return 2
+        print(f"pyproxy: cannot listen on admin {admin_address}: {exc}", file=sys.stderr)
         return 1
     admin_bound = admin_runner.addresses[0] if admin_runner.addresses else None
     if worker is not None and not leader:

@@ -1,4 +1,5 @@
-"""A demo/test backend in the spirit of nicholasjackson/fake-service (SPEC §1 ``fake-service``).
+"""``pyproxy fake-service`` (docs/cli.md): a demo/test backend in the spirit of
+nicholasjackson/fake-service.
 
 Every request on any path and method waits ``latency ± jitter``, then either fails on
 purpose (with probability ``error_rate``, answering ``error_code``) or calls each upstream URL
@@ -195,7 +196,7 @@ class FakeService:
             )
 
         calls = await asyncio.gather(*(self._call(url, request) for url in self.upstreams))
-        upstream_calls = dict(zip(self.upstreams, calls))
+        upstream_calls = dict(zip(self.upstreams, calls, strict=True))
         failed = any(not 0 < call["code"] < 500 for call in calls)
         code = 500 if failed else 200
         end = time.time()

@@ -1,5 +1,10 @@
 """``pyproxy demo``: run the storefront → stockmanager → zipkin lab on this machine.
 
+Each proxy's admin (dashboard, /metrics, the CLI's target) is on a fixed port: the proxy
+the scenario is about on ``--admin-port`` (9901), the others on the next two; a busy one
+stops the demo before anything starts. The storefront proxy listens on ``--port`` (8080);
+the other proxies and the fake services take free ports.
+
 The demo starts every fake service and proxy of a ``scenarios.Plan`` as child processes
 (``python -m pyproxy ...``) with their output in log files next to the generated configs,
 waits until all of them are ready, prints where to look and what to try, and drives gentle
@@ -11,22 +16,25 @@ sent to the whole process group by the terminal).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import yaml
 
 from pyproxy.demo.ports import free_ports
-from pyproxy.demo.scenarios import Plan, Ports, build_plan
+from pyproxy.demo.scenarios import Plan, Ports, admin_ports, build_plan
+from pyproxy.tasks import TaskGroup
 
 READY_TIMEOUT = 15.0  # seconds for every child to answer its readiness probe
 STOP_TIMEOUT = 10.0  # seconds a child may take to exit after SIGTERM before it is killed
@@ -37,11 +45,29 @@ LOAD_TIMEOUT = aiohttp.ClientTimeout(total=10)
 LOG_TAIL_LINES = 40
 
 
-def run_demo(args: Any) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     if args.load < 0:
         print("pyproxy demo: --load must be 0 (off) or a positive rate", file=sys.stderr)
         return 2
+    busy = _busy_admin_port(args.scenario, args.admin_port)
+    if busy is not None:
+        print(busy, file=sys.stderr)
+        return 2
     return asyncio.run(_demo(args.scenario, args.port, args.admin_port, args.load))
+
+
+def _busy_admin_port(scenario: str, first: int) -> str | None:
+    """A message naming the first fixed admin port something else holds, else None."""
+    for name, port in admin_ports(scenario, first).items():
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return (f"pyproxy demo: port {port}, the {name} proxy's admin (dashboard), is "
+                        "already in use — another demo or pyproxy may be running.\n"
+                        f"  Stop it, or move the demo's admin ports: --admin-port N uses N, "
+                        f"N+1 and N+2 (now {first}, {first + 1}, {first + 2}).")
+    return None
 
 
 def say(line: str = "") -> None:
@@ -57,7 +83,7 @@ async def _demo(scenario: str, port: int, admin_port: int, rps: float) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pyproxy-demo-") as tmp:
         workdir = Path(tmp)
-        plan = build_plan(scenario, _pick_ports(port, admin_port), workdir)
+        plan = build_plan(scenario, _pick_ports(scenario, port, admin_port), workdir)
         for proxy in plan.proxies:
             proxy.config_path.write_text(_config_yaml(plan.scenario, proxy.config))
         say(f"pyproxy demo: starting {len(plan.fake_services)} fake services and "
@@ -77,9 +103,15 @@ async def _demo(scenario: str, port: int, admin_port: int, rps: float) -> int:
             await children.stop()
 
 
-def _pick_ports(port: int, admin_port: int) -> Ports:
-    """The storefront proxy gets the requested ports; the rest get free ones."""
-    return Ports(port, admin_port, *free_ports(8))
+def _pick_ports(scenario: str, port: int, first_admin_port: int) -> Ports:
+    """The storefront proxy listens on ``port``, every admin on its fixed port; the other
+    proxies and the fake services listen on free ports."""
+    admin = admin_ports(scenario, first_admin_port)
+    (stockmanager_proxy, zipkin_proxy, storefront, stockmanager_v1, stockmanager_v2,
+     zipkin) = free_ports(6)
+    return Ports(port, admin["storefront"], stockmanager_proxy, admin["stockmanager"],
+                 zipkin_proxy, admin["zipkin"], storefront, stockmanager_v1, stockmanager_v2,
+                 zipkin)
 
 
 def _config_yaml(scenario: str, config: dict[str, Any]) -> str:
@@ -109,10 +141,11 @@ class Children:
     def __init__(self, log_dir: Path):
         self._log_dir = log_dir
         self.all: list[Child] = []
+        self._tasks = TaskGroup()
 
     async def start(self, name: str, argv: list[str]) -> None:
         log_path = self._log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        with _new_log(log_path) as log:  # the child keeps its own descriptor
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pyproxy", *argv,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
@@ -123,7 +156,7 @@ class Children:
         return next((c for c in self.all if c.process.returncode is not None), None)
 
     async def first_exit(self) -> Child:
-        waits = {asyncio.create_task(c.process.wait()): c for c in self.all}
+        waits = {self._tasks.spawn(c.process.wait(), f"wait-{c.name}"): c for c in self.all}
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -144,6 +177,11 @@ class Children:
                     "killing it")
                 child.process.kill()
                 await child.process.wait()
+
+
+def _new_log(path: Path) -> BinaryIO:
+    # A local file, created empty: too quick to need a thread, even inside the event loop.
+    return path.open("wb")
 
 
 def _exit_code_after(child: Child) -> int:
@@ -195,11 +233,12 @@ async def _answers_200(session: aiohttp.ClientSession, url: str) -> bool:
 async def _serve(plan: Plan, children: Children, stop: asyncio.Event, rps: float) -> int:
     """Drive the load until asked to stop (exit 0) or until a child exits on its own."""
     storefront = plan.proxies[0]
-    tasks = {asyncio.create_task(stop.wait()): "stop",
-             asyncio.create_task(children.first_exit()): "child"}
+    group = TaskGroup()
+    tasks = {group.spawn(stop.wait(), "demo-stop"): "stop",
+             group.spawn(children.first_exit(), "demo-children"): "child"}
     if rps:
         load = generate_load(f"{storefront.url}{LOAD_PATH}", rps, plan.tester_every)
-        tasks[asyncio.create_task(load)] = "load"
+        tasks[group.spawn(load, "demo-load")] = "load"
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -221,18 +260,22 @@ async def _serve(plan: Plan, children: Children, stop: asyncio.Event, rps: float
 
 def _print_banner(plan: Plan, workdir: Path, rps: float) -> None:
     storefront = plan.proxies[0]
+    focus = next(proxy for proxy in plan.proxies if proxy.name == plan.focus)
     say()
     say(f"pyproxy demo · {plan.scenario}: {plan.description}")
     say()
-    say(f"  proxy       {storefront.url}{LOAD_PATH}")
-    say(f"  dashboard   {storefront.admin_url}/")
-    say(f"  metrics     {storefront.admin_url}/metrics")
+    say(f"  dashboard   {focus.admin_url}/   the {focus.name} proxy, where this scenario's "
+        "routes are (`pyproxy status` asks it)")
+    say(f"  metrics     {focus.admin_url}/metrics")
+    say(f"  send to     {storefront.url}{LOAD_PATH}   (Host: storefront; the load goes here)")
     say()
-    say(f"  {'proxy':<14}{'listens on':<25}{'admin (dashboard, /metrics)':<30}config")
-    for proxy in plan.proxies:
-        say(f"  {proxy.name:<14}{proxy.url:<25}{proxy.admin_url + '/':<30}{proxy.config_path}")
-    say("  (each proxy has its own dashboard: the scenarios change the stockmanager and zipkin "
-        "routes)")
+    say("  Every proxy has its own dashboard, on a fixed port:")
+    say(f"  {'proxy':<14}{'listens on':<25}{'dashboard (admin)':<25}in front of")
+    for proxy in sorted(plan.proxies, key=lambda p: p.admin_port):
+        say(f"  {proxy.name:<14}{proxy.url:<25}{proxy.admin_url + '/':<25}{proxy.fronts}")
+    say()
+    say(f"  configs     {workdir}/{{{','.join(p.name for p in plan.proxies)}}}.yaml  "
+        "(edit and save: the proxy reloads)")
     say()
     say(f"  {'service':<18}listens on")
     for fake in plan.fake_services:
@@ -339,7 +382,8 @@ async def generate_load(url: str, rps: float, tester_every: int = 0) -> None:
             window = LoadStats()
 
     async with aiohttp.ClientSession(timeout=LOAD_TIMEOUT) as session:
-        reporter = asyncio.create_task(report())
+        tasks = TaskGroup()
+        reporter = tasks.spawn(report(), "demo-load-report")
         sent = 0
         next_send = loop.time()
         try:
@@ -348,7 +392,7 @@ async def generate_load(url: str, rps: float, tester_every: int = 0) -> None:
                     headers = {"Host": "storefront"}
                     if tester_every and sent % tester_every == 0:
                         headers["end-user"] = "tester"
-                    task = asyncio.create_task(one(session, headers))
+                    task = tasks.spawn(one(session, headers), "demo-load-request")
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 else:

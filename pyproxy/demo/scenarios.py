@@ -7,10 +7,15 @@ with a pyproxy where the mesh's sidecar would be::
         ─┬─▶ stockmanager-v1 (0.0.1) ─┐
          └─▶ stockmanager-v2 (0.0.2) ─┴─▶ zipkin proxy ─▶ zipkin
 
-stockmanager 0.0.2 is the lab's broken release: it fails half of its requests. A scenario
-only changes the stockmanager and zipkin proxies' routes and policies; everything else stays.
+In the scenarios about failure (canary, circuit-breaker) stockmanager 0.0.2 is the lab's
+broken release: it fails half of its requests; elsewhere it is healthy. A scenario changes
+the stockmanager and zipkin proxies' routes and policies; everything else stays.
 
-Configs are plain dicts in the native schema (SPEC §2), which the runner writes as YAML.
+Every proxy's admin port is fixed (``admin_ports``): the proxy the scenario is about gets
+9901, the port the CLI asks by default.
+
+Configs are plain dicts in the native schema (docs/configuration.md), which the runner
+writes as YAML.
 Nothing here does I/O, so every scenario's config can be validated in a unit test.
 """
 
@@ -30,6 +35,26 @@ SCENARIOS = {
 
 BROKEN_ERROR_RATE = 0.5  # stockmanager 0.0.2, as in the labs
 TESTER_EVERY = 10  # dark-launch: one load request in ten claims to be the tester
+# The scenarios about a failing 0.0.2. Elsewhere 0.0.2 is healthy: "try green" or the
+# tester's request must not meet an error the scenario is not about.
+V2_FAILS = frozenset({"canary", "circuit-breaker"})
+
+PROXY_NAMES = ("storefront", "stockmanager", "zipkin")
+# The proxy each scenario is about. It gets the first admin port (9901, the CLI's default),
+# so the first dashboard URL the demo prints and a bare `pyproxy status` show its routes.
+FOCUS = {"canary": "stockmanager", "chaos": "zipkin", "dark-launch": "stockmanager",
+         "blue-green": "stockmanager", "circuit-breaker": "stockmanager"}
+FRONTS = {"storefront": "storefront (where the load goes)",
+          "stockmanager": "stockmanager-v1 and -v2",
+          "zipkin": "zipkin"}
+
+
+def admin_ports(scenario: str, first: int) -> dict[str, int]:
+    """Each proxy's fixed admin port: the scenario's proxy on ``first``, then the storefront's,
+    then the remaining one's (``first + 1``, ``first + 2``)."""
+    focus = FOCUS[scenario]
+    order = [focus, *(name for name in PROXY_NAMES if name != focus)]
+    return {name: first + index for index, name in enumerate(order)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,7 @@ class ProxySpec:
     admin_port: int
     config_path: Path
     config: dict[str, Any]
+    fronts: str = ""  # what it stands in front of, for the banner
 
     @property
     def url(self) -> str:
@@ -95,6 +121,7 @@ class Plan:
     description: str
     fake_services: tuple[FakeServiceSpec, ...]
     proxies: tuple[ProxySpec, ...]  # storefront's first: it is the one users and the load hit
+    focus: str  # the proxy the scenario is about (on the first admin port)
     try_next: tuple[str, ...]  # commands printed at start, one per line
     tester_every: int = 0  # every Nth load request also sends `end-user: tester` (0 = never)
 
@@ -110,10 +137,7 @@ def build_plan(scenario: str, ports: Ports, config_dir: Path) -> Plan:
                         upstreams=(f"http://127.0.0.1:{ports.stockmanager_proxy}/stocklevel",)),
         FakeServiceSpec("stockmanager-v1", ports.stockmanager_v1, "version 0.0.1",
                         latency=stockmanager_latency, upstreams=(zipkin_url,)),
-        FakeServiceSpec("stockmanager-v2", ports.stockmanager_v2,
-                        f"version 0.0.2, fails {BROKEN_ERROR_RATE:.0%} of requests",
-                        latency=stockmanager_latency, error_rate=BROKEN_ERROR_RATE,
-                        upstreams=(zipkin_url,)),
+        _stockmanager_v2(scenario, ports.stockmanager_v2, stockmanager_latency, zipkin_url),
         FakeServiceSpec("zipkin", ports.zipkin, latency="1ms"),
     )
     proxies = (
@@ -122,32 +146,47 @@ def build_plan(scenario: str, ports: Ports, config_dir: Path) -> Plan:
                   _proxy_config(ports.storefront_proxy, ports.storefront_admin,
                                 {"storefront": _single_endpoint(ports.storefront)},
                                 [{"name": "storefront", "hosts": _hosts("storefront"),
-                                  "backends": [{"service": "storefront"}]}])),
+                                  "backends": [{"service": "storefront"}]}]),
+                  FRONTS["storefront"]),
         ProxySpec("stockmanager", ports.stockmanager_proxy, ports.stockmanager_admin,
                   config_dir / "stockmanager.yaml",
                   _proxy_config(ports.stockmanager_proxy, ports.stockmanager_admin,
                                 {"stockmanager": _stockmanager_service(scenario, ports)},
-                                _stockmanager_routes(scenario))),
+                                _stockmanager_routes(scenario)),
+                  FRONTS["stockmanager"]),
         ProxySpec("zipkin", ports.zipkin_proxy, ports.zipkin_admin,
                   config_dir / "zipkin.yaml",
                   _proxy_config(ports.zipkin_proxy, ports.zipkin_admin,
                                 {"zipkin": _single_endpoint(ports.zipkin)},
-                                [_zipkin_route(scenario)])),
+                                [_zipkin_route(scenario)]),
+                  FRONTS["zipkin"]),
     )
     return Plan(
         scenario=scenario,
         description=SCENARIOS[scenario],
         fake_services=fake_services,
         proxies=proxies,
+        focus=FOCUS[scenario],
         try_next=_try_next(scenario, proxies),
         tester_every=TESTER_EVERY if scenario == "dark-launch" else 0,
     )
 
 
+def _stockmanager_v2(scenario: str, port: int, latency: str, zipkin_url: str) -> FakeServiceSpec:
+    if scenario in V2_FAILS:
+        return FakeServiceSpec("stockmanager-v2", port,
+                               f"version 0.0.2, fails {BROKEN_ERROR_RATE:.0%} of requests",
+                               latency=latency, error_rate=BROKEN_ERROR_RATE,
+                               upstreams=(zipkin_url,))
+    return FakeServiceSpec("stockmanager-v2", port, "version 0.0.2", latency=latency,
+                           upstreams=(zipkin_url,))
+
+
 # ------------------------------------------------------------------------------ configs
 
 
-def _proxy_config(port: int, admin_port: int, services: dict, routes: list) -> dict[str, Any]:
+def _proxy_config(port: int, admin_port: int, services: dict[str, Any],
+                  routes: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "listen": f"127.0.0.1:{port}",
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
@@ -238,22 +277,30 @@ def _zipkin_route(scenario: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ hints
 
 
+DEFAULT_ADMIN_PORT = 9901  # where the CLI looks without --admin or $PYPROXY_ADMIN
+
+
+def _admin_flag(proxy: ProxySpec) -> str:
+    """`` --admin URL`` for a CLI command aimed at ``proxy``, or nothing on the default port."""
+    return "" if proxy.admin_port == DEFAULT_ADMIN_PORT else f" --admin {proxy.admin_url}"
+
+
 def _try_next(scenario: str, proxies: tuple[ProxySpec, ...]) -> tuple[str, ...]:
     storefront, stockmanager, zipkin = proxies
-    admin = f"--admin {stockmanager.admin_url}"
+    admin = _admin_flag(stockmanager)
     curl_stockmanager = f"curl -s -H 'Host: stockmanager' {stockmanager.url}/stocklevel"
-    status = f"pyproxy status {admin} --watch"
+    status = f"pyproxy status{admin} --watch"
     if scenario == "canary":
         return (
             status,
-            f"pyproxy set-weight stockmanager stockmanager/v1=50 stockmanager/v2=50 {admin}",
-            f"pyproxy set-weight stockmanager stockmanager/v1=100 stockmanager/v2=0 {admin}"
+            f"pyproxy set-weight stockmanager stockmanager/v1=50 stockmanager/v2=50{admin}",
+            f"pyproxy set-weight stockmanager stockmanager/v1=100 stockmanager/v2=0{admin}"
             "   # roll back",
             f"curl -si -H 'Host: stockmanager' {stockmanager.url}/stocklevel | grep x-pyproxy",
         )
     if scenario == "chaos":
         return (
-            f"pyproxy status --admin {zipkin.admin_url} --watch",
+            f"pyproxy status{_admin_flag(zipkin)} --watch",
             f"curl -si {zipkin.url}/api/v2/spans | head -1   # 503 half of the time",
             f"{curl_stockmanager}   # a failed zipkin call fails stockmanager too",
         )
@@ -268,7 +315,7 @@ def _try_next(scenario: str, proxies: tuple[ProxySpec, ...]) -> tuple[str, ...]:
         return (
             f"curl -s -H 'Host: green.stockmanager' {stockmanager.url}/stocklevel"
             "   # try green before it is live",
-            f"pyproxy set-weight stockmanager stockmanager/v1=0 stockmanager/v2=100 {admin}"
+            f"pyproxy set-weight stockmanager stockmanager/v1=0 stockmanager/v2=100{admin}"
             "   # flip to green",
             f"or edit the `stockmanager` route in {stockmanager.config_path}"
             " (saved changes are reloaded)",

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from pyproxy.config.model import Address
+from pyproxy.port_in_use import is_address_in_use, port_in_use_message
 from pyproxy.server import LOG_FORMAT, Worker, prepare, run_worker
 from pyproxy.workers.peers import clear_registry
 
@@ -266,6 +267,10 @@ def run_workers(paths: Sequence[str], count: int, *, listen: str | None = None,
     try:
         address = check_listen_address(startup.config.listen)
     except OSError as exc:
+        if is_address_in_use(exc):
+            print(port_in_use_message("listen", startup.config.listen,
+                                      startup.config.admin.listen), file=sys.stderr)
+            return 2
         print(f"pyproxy: cannot listen on {startup.config.listen}: {exc}", file=sys.stderr)
         return 1
     # Every worker binds the same port, even when the config says 0 (any free port).

@@ -124,7 +124,7 @@ class Mesh:
 
     async def request(self, path: str = "/", *, host: str | None = None, method: str = "GET",
                       headers: Mapping[str, str] | None = None,
-                      timeout: float | None = None,  # noqa: ASYNC109 (aiohttp's per-request timeout)
+                      timeout: float | None = None,
                       ) -> tuple[int, Mapping[str, str], dict | bytes]:
         """(status, response headers, JSON body or raw bytes); redirects are not followed."""
         session = await self.client()

@@ -148,8 +148,21 @@ def test_upstream_example_validates_with_honest_warnings(path, services):
     got = [(w.path, w.message) for w in loaded.warnings if w.file == str(path)]
     expected = EXPECTED.get(path.name, [])
     assert len(got) == len(expected), "\n".join(f"{p}: {m}" for p, m in got)
-    for (path_got, message), (path_expected, fragment) in zip(sorted(got), sorted(expected)):
+    for (path_got, message), (path_expected, fragment) in zip(sorted(got), sorted(expected),
+                                                              strict=True):
         assert path_got == path_expected and fragment in message, (path_got, message)
+
+
+NATIVE_EXAMPLES = sorted((HERE.parents[1] / "config").glob("*.yaml")) + sorted(
+    (HERE.parents[1] / "docs" / "tutorials" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", NATIVE_EXAMPLES, ids=lambda path: path.name)
+def test_each_native_example_validates_on_its_own(path, capsys):
+    """As config/README.md says to: ``pyproxy validate config/NAME.yaml``, one at a time."""
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.startswith("valid: 1 file,") and "0 warnings" in out.splitlines()[0], out
 
 
 @pytest.mark.parametrize("files,route", [

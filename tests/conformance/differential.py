@@ -297,7 +297,7 @@ def _split_field(line: bytes) -> tuple[str, str]:
 PYPROXY_PEER = "127.0.0.1"
 PYPROXY_VIA = "1.1 pyproxy"
 PYPROXY_SETS = ("x-forwarded-proto", "x-forwarded-host")  # always overwritten by pyproxy
-PYPROXY_ADDS = ("via", "x-forwarded-for", "x-request-id") + PYPROXY_SETS
+PYPROXY_ADDS = ("via", "x-forwarded-for", "x-request-id", *PYPROXY_SETS)
 # Values that are lists of case-insensitive tokens (RFC 9110 §7.6.1, RFC 9112 §7): pyproxy
 # regenerates them in lower case, HAProxy keeps the client's spelling.
 CASELESS = ("connection", "transfer-encoding")
@@ -480,7 +480,7 @@ def describe(haproxy: Side, pyproxy: Side) -> str:
     h, p = haproxy.view, pyproxy.view
     if len(h) != len(p):
         parts.append(f"{len(h)} request(s) upstream via HAProxy, {len(p)} via pyproxy")
-    for i, (hm, pm) in enumerate(zip(h, p)):
+    for i, (hm, pm) in enumerate(zip(h, p, strict=False)):
         prefix = f"request {i + 1}: " if max(len(h), len(p)) > 1 else ""
         if hm[0] != pm[0]:
             parts.append(f"{prefix}request line `{hm[0]}` vs `{pm[0]}`")

@@ -186,7 +186,7 @@ async def _send_ignoring_resets(port: int, pieces: list[bytes], pause: float):
 async def test_request_trailers_never_reach_the_upstream_as_headers(recording, proxy_factory):
     """Regression (found by the HAProxy differential): trailer fields of a chunked request
     that arrived in the same read as the head were merged into the validated head."""
-    backend, recorder = await recording()
+    backend, _recorder = await recording()
     proxy = await proxy_factory(one_route(backend))
     raw = (b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
            b"5\r\nhello\r\n0\r\nHost: evil.example\r\nX_Under: 2\r\nCookie: s=1\r\n\r\n")

@@ -149,7 +149,7 @@ async def test_b4_truncated_body_aborts_the_upstream_request(recording, proxy_fa
     connection closed mid-body), never a complete 10-byte POST, and no retry (FR-7)."""
     backend, recorder = await recording()
     proxy = await proxy_factory(one_route(backend, timeouts=FAST))
-    reader, writer = await _open(proxy)
+    _reader, writer = await _open(proxy)
     writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
     assert await wait_for(lambda: recorder.requests and len(recorder.requests[0].body) == 10)
     writer.close()
@@ -163,7 +163,7 @@ async def test_b5_chunked_body_without_last_chunk_aborts_the_upstream_request(
         recording, proxy_factory):
     backend, recorder = await recording()
     proxy = await proxy_factory(one_route(backend, timeouts=FAST))
-    reader, writer = await _open(proxy)
+    _reader, writer = await _open(proxy)
     writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                  b"5\r\nhello\r\n")
     assert await wait_for(lambda: recorder.requests and recorder.requests[0].body == b"hello")
@@ -322,7 +322,7 @@ async def test_b9_a_slow_but_steady_reader_is_not_cut(proxy_factory):
 
 
 async def test_b10_spoofed_forwarding_headers(recording, proxy_factory):
-    backend, recorder = await recording()
+    backend, _recorder = await recording()
     proxy = await proxy_factory(one_route(backend))
     result = await send(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n"
                                     b"X-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\n"
@@ -547,7 +547,7 @@ async def test_half_closed_client_still_gets_its_response(recording, proxy_facto
 async def test_half_close_mid_body_is_still_an_abort(recording, proxy_factory):
     backend, recorder = await recording()
     proxy = await proxy_factory(one_route(backend))
-    reader, writer = await _open(proxy)
+    _reader, writer = await _open(proxy)
     writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
     assert await wait_for(lambda: recorder.requests and len(recorder.requests[0].body) == 10)
     writer.write_eof()

@@ -218,8 +218,8 @@ class Topology:
             wait_status(url)
         try:
             wait_status(f"http://127.0.0.1:{self.admin}/readyz", process=self.pyproxy)
-        except AssertionError:
-            raise AssertionError(self.processes.log("pyproxy"))
+        except AssertionError as failed:
+            raise AssertionError(self.processes.log("pyproxy")) from failed
 
     def scrape_url(self) -> str:
         """Where Prometheus's scrape config says pyproxy's metrics are, remapped."""

@@ -386,7 +386,7 @@ def test_the_image_steps_work_in_a_fresh_venv(processes):
             wait_status(f"http://127.0.0.1:{admin_port}/readyz", 200, process=server)
             assert probe_exit() == 0
             wait_status(f"http://127.0.0.1:{upstream_port}/health", 200)
-            status, headers, body = http(f"http://127.0.0.1:{port}/stocklevel")
+            status, _headers, body = http(f"http://127.0.0.1:{port}/stocklevel")
             assert status == 200 and json.loads(body)["name"] == "app", body
 
             server.send_signal(getattr(signal, image.stopsignal))

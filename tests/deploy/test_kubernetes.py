@@ -246,7 +246,7 @@ def test_manifests_fit_together(lab, tmp_path):
     # Leaf Services: every endpoint the config names is a Service with that port, and it
     # selects the pods of one lab Deployment.
     apps = [d for d in lab if d["kind"] == "Deployment" and d is not deployment]
-    for name, service in services_cfg.items():
+    for _name, service in services_cfg.items():
         for endpoint in service["endpoints"]:
             host, port = endpoint["address"].rsplit(":", 1)
             leaf = services[host]

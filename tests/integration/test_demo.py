@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import re
 import signal
@@ -30,6 +31,18 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 READY_TIMEOUT = 40.0
 
 
+def free_admin_ports() -> int:
+    """A port N with N, N+1 and N+2 free: the demo's three fixed admin ports."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            for port in (first + 1, first + 2):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError("no three consecutive free ports")
 
 
 def child_pids(pid: int) -> set[int]:
@@ -57,7 +70,7 @@ class Demo:
     """A running ``pyproxy demo`` whose output is collected line by line."""
 
     def __init__(self, *args: str):
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port = free_port(), free_admin_ports()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyproxy", "demo", "--port", str(self.port),
              "--admin-port", str(self.admin_port), *args],
@@ -80,7 +93,7 @@ class Demo:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no {pattern!r} within {timeout}s:\n" + self.output)
+                raise AssertionError(f"no {pattern!r} within {timeout}s:\n" + self.output) from None
             if line is None:
                 raise AssertionError(f"demo exited before {pattern!r}:\n" + self.output)
             self.lines.append(line)
@@ -94,6 +107,23 @@ class Demo:
             if found:
                 return found.group(1)
         raise AssertionError(f"no {name} proxy in the banner:\n{self.output}")
+
+    def dashboards(self) -> dict[str, tuple[int, str]]:
+        """Every proxy's dashboard in the banner: name → (admin port, what it fronts)."""
+        found = {}
+        for line in self.lines:
+            row = re.match(r"\s+(\w+)\s+http://\S+\s+http://127\.0\.0\.1:(\d+)/\s+(.+)$", line)
+            if row:
+                found[row.group(1)] = (int(row.group(2)), row.group(3))
+        return found
+
+    def status(self) -> str:
+        """A bare ``pyproxy status``, as typed in another terminal (the demo's first admin
+        port stands in for the default 9901)."""
+        return subprocess.run(
+            [sys.executable, "-m", "pyproxy", "status"], capture_output=True, text=True,
+            timeout=30, env={**os.environ, "PYPROXY_ADMIN": f"http://127.0.0.1:{self.admin_port}"},
+            check=True).stdout
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
@@ -185,12 +215,56 @@ def test_canary_demo(start_demo):
     assert failed == versions["stockmanager-v2", 500]
 
 
+def test_the_first_dashboard_and_a_bare_status_show_the_scenarios_proxy(start_demo):
+    demo = start_demo("--scenario", "canary", "--load", "0")
+    first = next(line for line in demo.lines if "http://127.0.0.1:" in line)
+    assert "dashboard" in first and f"http://127.0.0.1:{demo.admin_port}/" in first, first
+    assert "stockmanager proxy" in first, first
+    # Every proxy's dashboard, on fixed ports, with what it stands in front of.
+    assert demo.dashboards() == {
+        "stockmanager": (demo.admin_port, "stockmanager-v1 and -v2"),
+        "storefront": (demo.admin_port + 1, "storefront (where the load goes)"),
+        "zipkin": (demo.admin_port + 2, "zipkin")}
+    status = demo.status()
+    assert "stockmanager/v1" in status and "stockmanager/v2" in status, status
+    assert "90%" in status and "10%" in status, status
+
+
+def test_chaos_puts_the_zipkin_proxy_on_the_first_admin_port(start_demo):
+    demo = start_demo("--scenario", "chaos", "--load", "0")
+    dashboards = demo.dashboards()
+    assert dashboards["zipkin"][0] == demo.admin_port, dashboards
+    assert {port for port, _ in dashboards.values()} == {
+        demo.admin_port, demo.admin_port + 1, demo.admin_port + 2}
+    status = demo.status()
+    assert status.split("\n")[1].startswith("zipkin "), status
+
+
+def test_a_busy_fixed_admin_port_stops_the_demo_before_it_starts():
+    first = free_admin_ports()
+    with socket.socket() as taken:  # the storefront proxy's admin port (canary: first + 1)
+        taken.bind(("127.0.0.1", first + 1))
+        taken.listen()
+        demo = subprocess.run(
+            [sys.executable, "-m", "pyproxy", "demo", "--port", str(free_port()),
+             "--admin-port", str(first), "--load", "0"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert demo.returncode == 2, demo.stdout + demo.stderr
+    assert f"port {first + 1}, the storefront proxy's admin (dashboard), is already in use" \
+        in demo.stderr, demo.stderr
+    assert "--admin-port N" in demo.stderr
+    assert "starting" not in demo.stdout  # nothing was started
+
+
 def test_dark_launch_routes_the_tester_through_the_chain_and_load_reports_it(start_demo):
     demo = start_demo("--scenario", "dark-launch", "--load", "20")
     url = f"http://127.0.0.1:{demo.port}/store/stocklevel"
     tester = asyncio.run(get_many(url, 20, {"end-user": "tester"}))
     everyone = asyncio.run(get_many(url, 20))
-    assert {name for name, _ in stockmanager_versions(tester)} == {"stockmanager-v2"}
+    # 0.0.2 is healthy here: only the scenarios about failure have a failing 0.0.2.
+    assert set(stockmanager_versions(tester)) == {("stockmanager-v2", 200)}
+    assert {status for status, _, _ in tester} == {200}
     assert set(stockmanager_versions(everyone)) == {("stockmanager-v1", 200)}
     # The load generator sends one request in ten as the tester and reports who answered.
     summary = demo.wait_for(r"\d+ requests, \d+% ok", timeout=15)
@@ -203,8 +277,10 @@ def test_blue_green_answers_by_host(start_demo):
     for host, expected in [("blue.stockmanager", "stockmanager-v1"),
                            ("green.stockmanager", "stockmanager-v2"),
                            ("stockmanager", "stockmanager-v1")]:
-        replies = asyncio.run(get_many(f"{stockmanager}/stocklevel", 10, {"Host": host}))
+        replies = asyncio.run(get_many(f"{stockmanager}/stocklevel", 30, {"Host": host}))
         assert {body["name"] for _, body, _ in replies} == {expected}, host
+        # Trying green must not meet a failure the scenario is not about.
+        assert {status for status, _, _ in replies} == {200}, host
 
 
 def test_chaos_aborts_zipkin_calls(start_demo):
@@ -244,8 +320,9 @@ def test_a_child_that_cannot_start_fails_the_demo_with_its_output():
         taken.listen()
         demo = subprocess.run(
             [sys.executable, "-m", "pyproxy", "demo", "--port", str(taken.getsockname()[1]),
-             "--admin-port", str(free_port()), "--load", "0"],
+             "--admin-port", str(free_admin_ports()), "--load", "0"],
             capture_output=True, text=True, timeout=60,
         )
     assert demo.returncode == 1, demo.stdout
-    assert "storefront-proxy exited with code" in demo.stdout
+    assert "storefront-proxy exited with code 2" in demo.stdout
+    assert "the port is already in use" in demo.stdout  # the proxy's own message, shown

@@ -40,7 +40,7 @@ def _write_config(path, backends: list[tuple[str, int]], weights=(90, 10), *, ex
         "routes": ([extra_route] if extra_route else []) + [{
             "name": "main",
             "backends": [{"service": "svc", "subset": name, "weight": w}
-                         for (name, _), w in zip(backends, weights)],
+                         for (name, _), w in zip(backends, weights, strict=False)],
         }],
         **top,
     }
@@ -196,8 +196,8 @@ async def test_sighup_reload_and_access_log_lines_are_json(tmp_path, echo_factor
     proxy = ProxyProcess(config, stdout=log).start()
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(proxy.url + "/before?q=1",
-                                   headers={"x-request-id": "rid-1", "traceparent": "00-a-b-01"}) as r:
+            traced = {"x-request-id": "rid-1", "traceparent": "00-a-b-01"}
+            async with session.get(proxy.url + "/before?q=1", headers=traced) as r:
                 assert json.loads(await r.read())["name"] == "v1"
             # An explicit SIGHUP reload runs on its own (the watcher also reloads files; the
             # log line says which path did the work).

@@ -27,8 +27,9 @@ def _config(path, v1, v2):
             "endpoints": [{"address": f"127.0.0.1:{v1.port}", "labels": {"v": "1"}},
                           {"address": f"127.0.0.1:{v2.port}", "labels": {"v": "2"}}],
             "subsets": {"v1": {"v": "1"}, "v2": {"v": "2"}}}},
-        "routes": [{"name": "main", "backends": [{"service": "svc", "subset": "v1", "weight": 90},
-                                                 {"service": "svc", "subset": "v2", "weight": 10}]}],
+        "routes": [{"name": "main",
+                    "backends": [{"service": "svc", "subset": "v1", "weight": 90},
+                                 {"service": "svc", "subset": "v2", "weight": 10}]}],
     }))
 
 
@@ -95,7 +96,8 @@ async def test_time_boxed_fault_removes_itself(tmp_path, echo_factory):
     _config(config, v1, v2)
     proxy = ProxyProcess(config, env={"PYPROXY_ADMIN_TOKEN": TOKEN}).start()
     try:
-        done = await _cli(proxy, "fault", "main", "--abort", "503", "--percent", "100", "--for", "2s")
+        done = await _cli(proxy, "fault", "main", "--abort", "503", "--percent", "100",
+                          "--for", "2s")
         assert done.returncode == 0, done.stderr
         started = time.monotonic()
         assert await _hit(proxy, 10) == [(503, "FI")] * 10
@@ -143,8 +145,8 @@ async def test_explain_through_the_admin_shows_live_weights(tmp_path, echo_facto
     proxy = ProxyProcess(config, env={"PYPROXY_ADMIN_TOKEN": TOKEN}).start()
     try:
         assert (await _cli(proxy, "set-weight", "main", "svc/v1=1", "svc/v2=3")).returncode == 0
-        done = await _cli(proxy, "explain", "--admin", proxy.admin_url, "--host", "x", "--path", "/a",
-                    "--json")
+        done = await _cli(proxy, "explain", "--admin", proxy.admin_url, "--host", "x",
+                          "--path", "/a", "--json")
         result = json.loads(done.stdout)
         assert result["route"] == "main"
         assert [b["probability"] for b in result["backends"]] == [0.25, 0.75]

@@ -93,7 +93,8 @@ async def test_half_percent_abort_over_20000_requests(echo_factory, proxy_factor
 
 async def test_delay_and_abort_draw_independently(echo_factory, proxy_factory):
     v1, v2 = await echo_factory("v1"), await echo_factory("v2")
-    fault = Fault(delay=DelayFault(fixed=0.001, percent=50), abort=AbortFault(status=418, percent=50))
+    fault = Fault(delay=DelayFault(fixed=0.001, percent=50),
+                  abort=AbortFault(status=418, percent=50))
     proxy = await proxy_factory(dataclasses.replace(
         _canary(v1, v2, 100, 0, fault=fault), debug_headers=True), seed=3)
     flags = []
@@ -125,7 +126,7 @@ async def test_sticky_cookie_clients_never_flip_while_weight_positive(echo_facto
 
         first = [await versions(s) for s in clients]
         assert all(len(set(seen)) == 1 for seen in first)
-        drawn = {id(s): seen[0] for s, seen in zip(clients, first)}
+        drawn = {id(s): seen[0] for s, seen in zip(clients, first, strict=False)}
         assert set(drawn.values()) == {"v1", "v2"}
 
         # Raising v2 moves nobody who already drew; both weights stay > 0.

@@ -206,7 +206,7 @@ async def test_killed_workers_are_restarted_and_keep_the_shared_state(tmp_path, 
                 (await _get_json(proxy.admin_url + "/api/v1/windows"))["pid"]
             os.kill(old_pid, signal.SIGKILL)
 
-            async def replaced():
+            async def replaced(index: int = index, old_pid: int = old_pid) -> bool:
                 try:
                     text = await _get_text(proxy.admin_url + "/metrics")
                     pid = (await _get_json(proxy.admin_url + "/api/v1/windows"))["pid"]

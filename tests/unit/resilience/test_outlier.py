@@ -299,7 +299,7 @@ def test_set_endpoints_keeps_state_of_surviving_endpoints():
 def test_set_endpoints_never_leaves_every_endpoint_ejected():
     clock = FakeClock()
     d = detector(4, clock=clock, consecutive_5xx=1, max_ejection_percent=100)
-    a, b, c, dd = keys(4)
+    a, b, c, _dd = keys(4)
     for key, at in ((a, 0), (b, 1), (c, 2)):
         clock.now = 1000 + at
         d.record(key, "5xx")
