@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import LOAD_CPU, Deadline, log
+from common import LOAD_CPU, REPO, Deadline, log
 from install import ensure_pyspy, ensure_tools
 from measure import Bench, parse_wrk
 from processes import pinned_to
@@ -172,7 +172,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         th.join(timeout=total + 40)
         _, wout = res.get("wrk", (1, "wrk did not finish"))
         w = parse_wrk(wout)
-        pyspy_said = "; ".join(line.strip() for line in o1.splitlines()
+        # Paths relative to the repository: the results are committed, this machine's are not.
+        pyspy_said = "; ".join(line.strip().replace(f"{REPO}/", "") for line in o1.splitlines()
                                if "Samples:" in line or "rror" in line)
         head = [f"# py-spy of pyproxy (b) under wrk -t1 -c50 {url} ({args.dur:g} s sampled at "
                 f"{args.rate} Hz, --nonblocking)",

@@ -1,4 +1,4 @@
-"""The dashboard (SPEC §6 ``GET /``) in a real headless Chromium, against a real proxy.
+"""The dashboard (``GET /``, docs/dashboard.md) in a real headless Chromium, against a real proxy.
 
 Three ``pyproxy fake-service`` processes and a ``pyproxy run`` process, under load from a
 background thread (stockmanager/v2 fails half of its requests; one inventory endpoint

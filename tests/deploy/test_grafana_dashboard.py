@@ -222,7 +222,7 @@ def test_dashboard_queries_only_metrics_a_live_pyproxy_exposes(tmp_path, process
     missing = sorted(name for name in referenced if not exposed(name, families))
     assert not missing, (f"the dashboard queries metrics this pyproxy does not expose: "
                          f"{missing}; exposed: {sorted(families)}")
-    # Every SPEC §4 family the proxy exposes has a panel (mirrors and retries included).
+    # Every family of docs/metrics.md the proxy exposes has a panel (mirrors and retries included).
     unused = sorted(f for f in families if f.startswith("pyproxy_")
                     and not any(n == f or n.startswith(f + "_") for n in referenced))
     assert not unused, f"exposed but not on the dashboard: {unused}"

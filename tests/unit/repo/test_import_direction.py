@@ -31,7 +31,8 @@ LAYERS = [
                  "filters.mirror",  # sends shadow requests: I/O, unlike the other filters
                  "resilience.health"]),  # active health checks: probes over the network
     ("pipeline", ["proxy", "fast_path", "runtime", "overrides", "explain"]),
-    ("edges", ["server", "workers", "control", "admin", "reload", "canary", "demo",
+    ("edges", ["server", "port_in_use", "workers", "control", "admin", "reload", "canary",
+               "demo",
                "discovery"]),
     ("entry", ["cli", "cli_text", "__main__"]),
 ]
