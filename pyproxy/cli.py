@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyproxy.admin.client import AdminClient
+    from pyproxy.admin.views import Json
 
 DEFAULT_CONFIG = Path("config/pyproxy.yaml")
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def _status(client, args) -> int:
+def _status(client: AdminClient, args: argparse.Namespace) -> int:
     import json
     import time
 
@@ -233,7 +234,7 @@ def _status(client, args) -> int:
         time.sleep(2)
 
 
-def _set_weight(client, args) -> int:
+def _set_weight(client: AdminClient, args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
     path = f"/api/v1/routes/{quote(args.route, safe='')}/weights"
@@ -262,7 +263,7 @@ def _set_weight(client, args) -> int:
     return 0
 
 
-def _fault(client, args) -> int:
+def _fault(client: AdminClient, args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
     from pyproxy.admin.views import faults_text
@@ -367,7 +368,7 @@ def _explain_offline(args: argparse.Namespace) -> int:
         return 2
     runtime = Runtime()
     runtime.swap(runtime.compile(loaded.config))
-    result = explain(runtime.snapshot, None,
+    result = explain(runtime.current, None,
                      request_head(args.host, args.path, args.method, _headers(args.header)))
     _print_explained(result, f"config {'files' if len(paths) > 1 else 'file'} "
                              f"{', '.join(paths)} (no proxy asked)", args.json)
@@ -388,7 +389,7 @@ def _explain_config_paths(given: list[str] | None) -> list[str]:
             "(a file or a directory of *.yaml)") from None
 
 
-def _canary(client, args) -> int:
+def _canary(client: AdminClient, args: argparse.Namespace) -> int:
     import json
     import time
     from urllib.parse import quote
@@ -422,14 +423,14 @@ def _canary(client, args) -> int:
         time.sleep(2)
 
 
-def _canary_text(canaries: list[dict], events: int) -> str:
+def _canary_text(canaries: list[Json], events: int) -> str:
     """``pyproxy canary status``: per canary, where it stands, its last check, recent events."""
     import time
 
     if not canaries:
         return "no canaries configured (see 'canaries:' in the config)"
 
-    def pct(value) -> str:
+    def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:g}%"
 
     lines = []
@@ -447,7 +448,7 @@ def _canary_text(canaries: list[dict], events: int) -> str:
         lines.append(state)
         check = c.get("last_check")
         if check:
-            def side(stats) -> str:
+            def side(stats: Json | None) -> str:
                 if not stats or not stats["requests"]:
                     return "0 requests"
                 p99 = "-" if stats["p99_ms"] is None else f"{stats['p99_ms']:.0f}ms"

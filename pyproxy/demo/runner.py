@@ -234,7 +234,8 @@ async def _serve(plan: Plan, children: Children, stop: asyncio.Event, rps: float
     """Drive the load until asked to stop (exit 0) or until a child exits on its own."""
     storefront = plan.proxies[0]
     group = TaskGroup()
-    tasks = {group.spawn(stop.wait(), "demo-stop"): "stop",
+    tasks: dict[asyncio.Task[Any], str] = {
+        group.spawn(stop.wait(), "demo-stop"): "stop",
              group.spawn(children.first_exit(), "demo-children"): "child"}
     if rps:
         load = generate_load(f"{storefront.url}{LOAD_PATH}", rps, plan.tester_every)
@@ -250,7 +251,8 @@ async def _serve(plan: Plan, children: Children, stop: asyncio.Event, rps: float
         say("pyproxy demo: stopping ...")
         return 0
     if "child" in finished:
-        return _exit_code_after(finished["child"].result())
+        child: Child = finished["child"].result()
+        return _exit_code_after(child)
     finished["load"].result()  # the load never ends by itself: this raises what stopped it
     raise AssertionError("the load generator returned")
 

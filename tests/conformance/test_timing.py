@@ -342,7 +342,7 @@ async def test_b11_spoofed_control_headers_are_stripped(recording, proxy_factory
     assert result.statuses == [200]  # no fault applied
     upstream = bytes(backend.received).lower()
     assert b"x-pyproxy-" not in upstream
-    # docs/responses.md: a client's x-request-id is propagated (reference HD-15 would regenerate it).
+    # docs/responses.md: a client's x-request-id is propagated (HD-15 would regenerate it).
     assert b"\r\nx-request-id: evil\r\n" in upstream
 
 
