@@ -13,6 +13,10 @@ Which one to use:
   ends.
 
 ruff bans ``asyncio.create_task`` and ``asyncio.ensure_future`` outside this module (TID251).
+Not background tasks, and so not started here: the engine's per-request tasks
+(``engine/server.py``) and an attempt's request-body pump (``upstream/attempt.py``). Each is
+awaited or cancelled by the code that created it, on the request path, where an extra call
+per request counts.
 """
 
 from __future__ import annotations
