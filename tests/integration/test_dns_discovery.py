@@ -18,6 +18,7 @@ from pyproxy.config.model import (
     Config,
     DnsDiscovery,
     Endpoint,
+    HealthCheck,
     LoadBalancer,
     OutlierDetection,
     Route,
@@ -186,3 +187,24 @@ async def test_resolution_failing_keeps_the_last_good_answer(backends, proxy_fac
     assert all(status == 200 for status, _ in results)
     assert {name for _, name in results} == {f"v2@{a}" for a in ADDRESSES}  # round robin
     assert all(backend.requests == 10 for backend in started)
+
+
+async def test_health_checks_probe_each_address(backends, proxy_factory):
+    port, started = await backends()
+    config = dns_config(port, health_check=HealthCheck(interval=0.1, timeout=0.5,
+                                                        unhealthy_threshold=1))
+    proxy, _ = await start(proxy_factory, config, Resolver())
+    checker = proxy.runtime.services["stockmanager"].checker
+    assert checker is not None
+    assert set(checker.describe()) == {f"{a}:{port}" for a in ADDRESSES}
+    await started[0].close()  # one container stops: its probes fail, the others pass
+    gone = f"127.0.0.1:{port}"
+    for _ in range(100):
+        if not checker.is_healthy(gone):
+            break
+        await asyncio.sleep(0.05)
+    assert not checker.is_healthy(gone)
+    async with aiohttp.ClientSession() as session:
+        results = [await get(session, proxy) for _ in range(20)]
+    assert all(status == 200 for status, _ in results)
+    assert {name for _, name in results} == {"v2@127.0.0.2", "v2@127.0.0.3"}
