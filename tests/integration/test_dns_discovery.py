@@ -24,6 +24,7 @@ from pyproxy.config.model import (
     Route,
     Service,
 )
+from pyproxy.admin.views import status_table
 from pyproxy.control import ProxyControl
 from pyproxy.demo.fake_service import FakeService, start_fake_service
 from pyproxy.discovery.dns import DnsWatcher
@@ -140,6 +141,11 @@ async def test_the_failing_address_is_ejected_while_the_others_serve(backends, p
     assert all(row["resolved_from"] == f"stockmanager-v2:{port}" for row in rows.values())
     assert rows[f"127.0.0.2:{port}"]["ejected"] is True
     assert service["discovery"]["names"][0]["addresses"] == ADDRESSES
+    # pyproxy status: the name and its addresses under the table.
+    text = status_table(control.describe_routes(), control.describe_services())
+    assert (f"stockmanager stockmanager-v2:{port} (DNS, every 0.2s): "
+            "127.0.0.1, 127.0.0.2, 127.0.0.3") in text
+    assert f"stockmanager 127.0.0.2:{port} (consecutive_5xx)" in text
 
 
 async def test_the_answer_shrinks_under_load_without_a_failed_request(backends, proxy_factory):
