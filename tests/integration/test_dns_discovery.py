@@ -13,6 +13,7 @@ import socket
 import aiohttp
 import pytest
 
+from pyproxy.admin.views import status_table
 from pyproxy.config.model import (
     Backend,
     Config,
@@ -24,7 +25,6 @@ from pyproxy.config.model import (
     Route,
     Service,
 )
-from pyproxy.admin.views import status_table
 from pyproxy.control import ProxyControl
 from pyproxy.demo.fake_service import FakeService, start_fake_service
 from pyproxy.discovery.dns import DnsWatcher
