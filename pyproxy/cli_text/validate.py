@@ -163,6 +163,7 @@ def config_to_json(config: Config) -> dict[str, Any]:
         "limits": _plain(config.limits),
         "access_log": _plain(config.access_log),
         "metrics": _plain(config.metrics),
+        "trusted_proxies": [str(network) for network in config.trusted_proxies],
     }
 
 

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.config.model import (
     Backend,
     Config,
@@ -237,3 +238,36 @@ async def test_two_names_sharing_an_address_make_one_endpoint():
     endpoints = runtime.current.config.services["stock"].endpoints
     assert [(ep.address, ep.hostname) for ep in endpoints] == [
         ("10.0.0.1:80", "a"), ("10.0.0.2:80", "b")]
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def _load(tmp_path, text: str):
+    path = tmp_path / "pyproxy.yaml"
+    path.write_text(text)
+    return load_config([str(path)])
+
+
+def test_discovery_is_read_in_both_forms(tmp_path):
+    loaded = _load(tmp_path, """
+services:
+  a: {discovery: dns, endpoints: [a-host:80]}
+  b: {discovery: {type: dns, interval: 250ms}, endpoints: [b-host:80]}
+  c: {endpoints: [c-host:80]}
+""")
+    services = loaded.config.services
+    assert services["a"].discovery == DnsDiscovery(5.0)
+    assert services["b"].discovery == DnsDiscovery(0.25)
+    assert services["c"].discovery is None
+
+
+@pytest.mark.parametrize("value,message", [
+    ("srv", "must be one of dns"),
+    ("{interval: 5s}", "type"),
+    ("{type: dns, interval: 0s}", "interval"),
+])
+def test_bad_discovery(tmp_path, value, message):
+    with pytest.raises(ConfigInvalid) as failed:
+        _load(tmp_path, f"services:\n  a: {{discovery: {value}, endpoints: [a:80]}}\n")
+    assert message in str(failed.value.issues[0])

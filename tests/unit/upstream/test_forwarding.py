@@ -6,6 +6,9 @@ from __future__ import annotations
 import ipaddress
 import itertools
 
+import pytest
+
+from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.messages import RequestHead
 from pyproxy.upstream import forwarding
 
@@ -118,3 +121,14 @@ def test_forwarded_is_extended_never_started():
     h = RequestHead("GET", "/", "", "1.1", [("forwarded", "for=x"), ("connection", "forwarded"),
                                             ("host", "shop")], "shop", "127.0.0.1")
     assert "forwarded" not in dict(forwarding.request_headers(h, "shop", "rid"))
+
+
+def test_trusted_proxies_are_read_as_networks(tmp_path):
+    path = tmp_path / "pyproxy.yaml"
+    path.write_text("trusted_proxies: [10.0.0.0/8, 127.0.0.1, 'fd00::/8']\n")
+    config = load_config([str(path)]).config
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]
+    path.write_text("trusted_proxies: [10.0.0.1/8]\n")  # host bits set: a typo, say so
+    with pytest.raises(ConfigInvalid) as failed:
+        load_config([str(path)])
+    assert "CIDR" in str(failed.value.issues[0])
