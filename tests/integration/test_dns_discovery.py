@@ -17,6 +17,7 @@ from pyproxy.admin.views import status_table
 from pyproxy.config.model import (
     Backend,
     Config,
+    ConnectionPool,
     DnsDiscovery,
     Endpoint,
     HealthCheck,
@@ -214,3 +215,19 @@ async def test_health_checks_probe_each_address(backends, proxy_factory):
         results = [await get(session, proxy) for _ in range(20)]
     assert all(status == 200 for status, _ in results)
     assert {name for _, name in results} == {"v2@127.0.0.2", "v2@127.0.0.3"}
+
+
+async def test_the_breaker_counts_each_address_as_an_endpoint(backends, proxy_factory):
+    """An endpoint with no connection may always open its first one (docs/admin-api.md):
+    with max_connections 1, each of the three addresses still gets one, so three slow
+    requests in parallel are served by three containers instead of overflowing."""
+    port, started = await backends(latency=0.3)
+    config = dns_config(port, connection_pool=ConnectionPool(max_connections=1,
+                                                             pending_timeout=0.05))
+    proxy, _ = await start(proxy_factory, config, Resolver())
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(*(get(session, proxy) for _ in range(3)))
+    assert sorted(results) == [(200, f"v2@{a}") for a in ADDRESSES]
+    breaker = proxy.runtime.services["stockmanager"].breaker.snapshot()
+    assert breaker["connections"]["active"] == 3 and breaker["connections"]["above_max"] == 2
+    assert breaker["overflows"] == {}
