@@ -221,7 +221,7 @@ async def test_the_breaker_counts_each_address_as_an_endpoint(backends, proxy_fa
     """An endpoint with no connection may always open its first one (docs/admin-api.md):
     with max_connections 1, each of the three addresses still gets one, so three slow
     requests in parallel are served by three containers instead of overflowing."""
-    port, started = await backends(latency=0.3)
+    port, _ = await backends(latency=0.3)
     config = dns_config(port, connection_pool=ConnectionPool(max_connections=1,
                                                              pending_timeout=0.05))
     proxy, _ = await start(proxy_factory, config, Resolver())
