@@ -154,6 +154,8 @@ async def test_the_answer_shrinks_under_load_without_a_failed_request(backends, 
     resolver = Resolver()
     proxy, dns = await start(proxy_factory, dns_config(port), resolver)
     leaving = started[2]
+    [leaving_state] = [ep for ep in proxy.runtime.current.routes["stock"].backends[0].endpoints
+                       if ep.address == f"127.0.0.3:{port}"]
     statuses: collections.Counter[int] = collections.Counter()
     stop = asyncio.Event()
 
@@ -176,6 +178,9 @@ async def test_the_answer_shrinks_under_load_without_a_failed_request(backends, 
         stop.set()
         await asyncio.gather(*clients)
     assert leaving.requests == drained_at
+    # Drained: its keep-alive connections closed once their requests ended, so they hold
+    # no circuit-breaker slot.
+    assert leaving_state.pool.open == 0 and leaving_state.pool.retired
     assert set(statuses) == {200} and statuses[200] > 50
     assert [ep.address for ep in proxy.runtime.current.config.services["stockmanager"].endpoints
             ] == [f"{a}:{port}" for a in ADDRESSES[:2]]

@@ -166,6 +166,9 @@ async def test_shrinking_answer_removes_the_address_and_keeps_the_rest():
     # The old snapshot still holds the removed endpoint: requests on it finish there.
     assert leaving in old_snapshot.routes["r"].backends[0].endpoints
     assert runtime.endpoint_state("stock", leaving.endpoint) is None
+    # Its pool is retired: connections close when their request ends instead of idling.
+    assert leaving.pool.retired and not kept.pool.retired
+    assert runtime.pools.get("stock", "10.0.0.3", 8081) is not leaving.pool  # if it returns
 
 
 async def test_resolution_failing_keeps_the_last_good_answer(caplog):
