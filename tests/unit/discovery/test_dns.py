@@ -3,6 +3,7 @@ counts as a change, the last good answer, and the runtime's endpoints after each
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -274,3 +275,25 @@ def test_bad_discovery(tmp_path, value, message):
     with pytest.raises(ConfigInvalid) as failed:
         _load(tmp_path, f"services:\n  a: {{discovery: {value}, endpoints: [a:80]}}\n")
     assert message in str(failed.value.issues[0])
+
+
+async def test_the_loop_survives_a_failing_round(monkeypatch, caplog):
+    resolver = FakeResolver({"stock-v2": ["10.0.0.1"]})
+    dns, _, _ = watcher(dns_config(V2), resolver)
+    rounds = []
+
+    async def broken_step() -> bool:
+        rounds.append(1)
+        raise RuntimeError("boom")
+
+    async def no_sleep(seconds: float) -> None:
+        assert seconds == 1.0  # a failed round waits MAX_SLEEP, never spins
+        if len(rounds) >= 3:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(dns, "step", broken_step)
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await dns.run()
+    assert len(rounds) == 3
+    assert caplog.text.count("DNS discovery round failed") == 3
