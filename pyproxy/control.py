@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from pyproxy.admin.views import ejection_times
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import AbortFault, Address, AdminConfig, Config, DelayFault, Fault
+from pyproxy.discovery.dns import DnsWatcher
 from pyproxy.engine.server import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
@@ -66,6 +68,7 @@ class ProxyControl:
         self._reload_lock = asyncio.Lock()
         self.canaries: CanaryController | None = None  # set by the server
         self.shared: StateSync | None = None  # set by the server with a state directory
+        self.dns: DnsWatcher | None = None  # set by the server
 
     def is_ready(self) -> bool:
         return self.serving and not self.listener.draining
@@ -186,7 +189,11 @@ class ProxyControl:
             endpoints = []
             for ep in service.endpoints:
                 state = self.runtime.endpoint_state(service.name, ep)
-                entry = {"address": ep.address, "labels": dict(ep.labels),
+                entry: dict[str, object] = {
+                         "address": ep.address, "labels": dict(ep.labels),
+                         # The name:port a DNS-discovered address came from.
+                         "resolved_from": None if ep.hostname is None
+                         else f"{ep.hostname}:{ep.port}",
                          "active_requests": state.active if state else 0,
                          "healthy": checker.is_healthy(ep.address) if checker else True,
                          "ejected": False}
@@ -204,6 +211,9 @@ class ProxyControl:
             services.append({"name": service.name, "endpoints": endpoints,
                              "subsets": {k: dict(v) for k, v in service.subsets.items()},
                              "load_balancer": service.load_balancer.kind,
+                             "discovery": None if service.discovery is None else {
+                                 "type": "dns", "interval_s": service.discovery.interval,
+                                 "names": self.dns.describe(service.name) if self.dns else []},
                              "circuit_breaker": live.breaker.snapshot() if live else None})
         return {"services": services}
 
@@ -307,6 +317,8 @@ def _plain(value: object) -> object:
     """Dataclasses → JSON-able dicts (tuples of pairs stay lists)."""
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)  # trusted_proxies
     if isinstance(value, dict) or hasattr(value, "items"):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
