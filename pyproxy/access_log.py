@@ -131,6 +131,7 @@ class AccessLog:
         return json.dumps({
             "time": self._time(o.start),
             "request_id": o.request_id,
+            "client": o.client,
             "method": o.method,
             "host": o.host,
             "path": o.path,

@@ -20,6 +20,7 @@ from pyproxy.admin.views import ejection_times
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import AbortFault, Address, AdminConfig, Config, DelayFault, Fault
+from pyproxy.discovery.dns import DnsWatcher
 from pyproxy.engine.server import Listener
 from pyproxy.errors import InvalidOverride
 from pyproxy.explain import explain, request_head
@@ -66,6 +67,7 @@ class ProxyControl:
         self._reload_lock = asyncio.Lock()
         self.canaries: CanaryController | None = None  # set by the server
         self.shared: StateSync | None = None  # set by the server with a state directory
+        self.dns: DnsWatcher | None = None  # set by the server
 
     def is_ready(self) -> bool:
         return self.serving and not self.listener.draining
@@ -186,7 +188,11 @@ class ProxyControl:
             endpoints = []
             for ep in service.endpoints:
                 state = self.runtime.endpoint_state(service.name, ep)
-                entry = {"address": ep.address, "labels": dict(ep.labels),
+                entry: dict[str, object] = {
+                         "address": ep.address, "labels": dict(ep.labels),
+                         # The name:port a DNS-discovered address came from.
+                         "resolved_from": None if ep.hostname is None
+                         else f"{ep.hostname}:{ep.port}",
                          "active_requests": state.active if state else 0,
                          "healthy": checker.is_healthy(ep.address) if checker else True,
                          "ejected": False}
@@ -204,6 +210,9 @@ class ProxyControl:
             services.append({"name": service.name, "endpoints": endpoints,
                              "subsets": {k: dict(v) for k, v in service.subsets.items()},
                              "load_balancer": service.load_balancer.kind,
+                             "discovery": None if service.discovery is None else {
+                                 "type": "dns", "interval_s": service.discovery.interval,
+                                 "names": self.dns.describe(service.name) if self.dns else []},
                              "circuit_breaker": live.breaker.snapshot() if live else None})
         return {"services": services}
 

@@ -32,6 +32,8 @@ class RequestHead:
         "host",
         "method",
         "path",
+        "peer",
+        "peer_trusted",
         "query",
         "scheme",
         "version",
@@ -46,7 +48,11 @@ class RequestHead:
         self.version = version  # "1.1" or "1.0"
         self.headers = headers
         self.host = host  # lower-case, without port or trailing dot
+        # The client: the TCP peer, or behind trusted proxies the address they forwarded
+        # for (``upstream.forwarding.client_address``). ``peer`` stays the TCP peer.
         self.client_ip = client_ip
+        self.peer = client_ip
+        self.peer_trusted = False  # the peer is one of ``trusted_proxies``
         self.scheme = scheme
         self._header_map: dict[str, str] | None = None
         self._query_map: dict[str, str] | None = None

@@ -15,6 +15,7 @@ from typing import Protocol
 class RequestOutcome:
     start: float  # time.time() when the request head was complete
     request_id: str = ""
+    client: str = ""  # the client's address (the peer, or behind trusted_proxies the forwarded one)
     method: str = ""
     host: str = ""
     path: str = ""

@@ -104,6 +104,9 @@ class Proxy:
         snapshot = self.runtime.snapshot
         assert snapshot is not None  # the server swaps one in before it listens
         started = time.perf_counter()  # uvloop's loop.time() only has millisecond steps
+        trusted = snapshot.config.trusted_proxies
+        if trusted:
+            head.client_ip, head.peer_trusted = forwarding.client_address(head, trusted)
         outcome = _new_outcome(head)
         route = snapshot.table.match(head)
         if route is not None:
@@ -596,7 +599,8 @@ class Proxy:
 
 def _new_outcome(head: RequestHead) -> RequestOutcome:
     return RequestOutcome(start=time.time(), method=head.method, host=head.host, path=head.path,
-                          request_id=head.header("x-request-id") or forwarding.new_request_id())
+                          request_id=head.header("x-request-id") or forwarding.new_request_id(),
+                          client=head.client_ip)
 
 
 def _add_flag(outcome: RequestOutcome, flag: str) -> None:

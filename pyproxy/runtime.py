@@ -12,10 +12,11 @@ the current config.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import ssl
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,10 +250,18 @@ class CompiledRoute:
 
 @dataclass(eq=False)
 class Snapshot:
+    """``config`` is what serves: ``declared`` (the files and command line) with each
+    DNS-discovered endpoint name replaced by the endpoints of its last good answer."""
+
     generation: int
     config: Config
     table: RouteTable[CompiledRoute]
     routes: dict[str, CompiledRoute]
+    declared: Config
+
+
+# (service, host, port) of a DNS-discovered endpoint name → the addresses it resolved to.
+ResolvedNames = Mapping[tuple[str, str, int], tuple[str, ...]]
 
 
 class Runtime:
@@ -267,10 +276,14 @@ class Runtime:
         self.overrides = Overrides(self.refresh)
         self.services: dict[str, ServiceRuntime] = {}
         self._tls_contexts: dict[UpstreamTLS, ssl.SSLContext] = {}
+        # The last good DNS answers, set by discovery/dns.py; applied by every compile.
+        self.resolved: ResolvedNames = {}
 
     def compile(self, config: Config) -> Snapshot:
         """Build a snapshot for ``config``. Service state (pools, breakers, detectors) is
         created or updated as needed; the live snapshot itself is untouched until swap."""
+        declared = config
+        config = self._with_resolved(config)
         for service in config.services.values():
             if service.name not in self.services:
                 self.services[service.name] = ServiceRuntime(service)
@@ -282,7 +295,8 @@ class Runtime:
             for name in config.services
         }
         table = RouteTable(routes, implicit)
-        return Snapshot(self.generation + 1, config, table, {r.name: r for r in routes})
+        return Snapshot(self.generation + 1, config, table, {r.name: r for r in routes},
+                        declared)
 
     def swap(self, snapshot: Snapshot) -> None:
         """Make ``snapshot`` current; requests already running keep their own reference."""
@@ -341,9 +355,42 @@ class Runtime:
 
     def refresh(self) -> None:
         """Recompile the current config with the current overrides (same generation)."""
-        snapshot = self.compile(self.current.config)
+        snapshot = self.compile(self.current.declared)
         snapshot.generation = self.generation
         self.snapshot = snapshot
+
+    def apply_resolved(self, resolved: ResolvedNames) -> None:
+        """New DNS answers: recompile the declared config and swap, as a reload does (live
+        state carried over), keeping the generation since no file changed. A removed
+        address drains: requests already on it keep its pool; new ones never pick it."""
+        self.resolved = resolved
+        snapshot = self.compile(self.current.declared)
+        snapshot.generation = self.generation
+        self.swap(snapshot)
+
+    def _with_resolved(self, config: Config) -> Config:
+        """``config`` with each resolved endpoint name of a DNS-discovered service replaced
+        by one endpoint per address (its labels inherited). A name with no answer yet stays
+        one endpoint, connected to by name, as without discovery."""
+        if not self.resolved:
+            return config
+        services = dict(config.services)
+        for name, service in config.services.items():
+            if service.discovery is None:
+                continue
+            endpoints: dict[tuple[str, bool], Endpoint] = {}
+            for endpoint in service.endpoints:
+                addresses = self.resolved.get((name, endpoint.host, endpoint.port))
+                if not addresses:
+                    endpoints.setdefault((endpoint.address, endpoint.tls), endpoint)
+                    continue
+                for address in addresses:
+                    found = Endpoint(address, endpoint.port, endpoint.labels, endpoint.tls,
+                                     hostname=endpoint.host)
+                    # Two names with one address: one endpoint, the first name's labels.
+                    endpoints.setdefault((found.address, found.tls), found)
+            services[name] = dataclasses.replace(service, endpoints=tuple(endpoints.values()))
+        return dataclasses.replace(config, services=services)
 
     # ------------------------------------------------------------------ compile helpers
 
@@ -363,7 +410,8 @@ class Runtime:
         state.pool.idle_timeout = policy.idle_timeout
         if endpoint.tls:
             state.pool.ssl_context = self._client_tls(service.tls)
-            state.pool.server_name = service.tls.server_name
+            # A resolved address is still checked against (and sends SNI for) its name.
+            state.pool.server_name = service.tls.server_name or endpoint.hostname
         return state
 
     def _client_tls(self, policy: UpstreamTLS) -> ssl.SSLContext | None:

@@ -17,6 +17,7 @@ serves the public admin, runs canaries and merges the others' metrics
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -35,6 +36,7 @@ from pyproxy.canary.controller import CanaryController
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
 from pyproxy.config.model import Address, Config, ListenerTLS
 from pyproxy.control import ConfigOverrides, ProxyControl
+from pyproxy.discovery.dns import RESOLVE_TIMEOUT, DnsWatcher
 from pyproxy.engine.server import Listener
 from pyproxy.metrics.linkerd import backend_workloads
 from pyproxy.metrics.stats import Stats
@@ -154,6 +156,11 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         peers = Peers(worker.state_dir, worker.count)
         stats.windows.peers = peers.windows
     tasks = TaskGroup()
+    # A first round of DNS before serving, bounded: a name that does not resolve yet is
+    # connected to by name until it does (docs/operations.md, DNS discovery).
+    control.dns = DnsWatcher(runtime)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(control.dns.step(), RESOLVE_TIMEOUT)
 
     try:
         server = await loop.create_server(
@@ -199,6 +206,7 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(_sighup(control), "sighup-reload"))
     tasks.spawn(watch(paths, control.reload), "config-watch")
     tasks.spawn(_tick(runtime, listener_tls), "tick")
+    tasks.spawn(control.dns.run(), "dns-discovery")
     if control.canaries is not None:
         tasks.spawn(control.canaries.run(), "canaries")
     if control.shared is not None:

@@ -8,6 +8,7 @@ are non-negative floats (relative).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -250,6 +251,9 @@ class Endpoint:
     port: int
     labels: Mapping[str, str] = field(default_factory=dict)
     tls: bool = False  # https:// endpoint
+    # The DNS name this endpoint's address was resolved from (the service's DNS discovery,
+    # docs/configuration.md); None for an endpoint as configured.
+    hostname: str | None = None
 
     @property
     def address(self) -> str:
@@ -316,6 +320,13 @@ class UpstreamTLS:
 
 
 @dataclass(frozen=True)
+class DnsDiscovery:
+    """Resolve the service's endpoint names on an interval: one endpoint per address."""
+
+    interval: float = 5.0  # Envoy's STRICT_DNS dns_refresh_rate default
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -325,6 +336,7 @@ class Service:
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
     tls: UpstreamTLS = UpstreamTLS()
+    discovery: DnsDiscovery | None = None  # None: endpoint names are connected to by name
 
     def subset_endpoints(self, subset: str | None) -> tuple[Endpoint, ...]:
         """The endpoints a backend ``service/subset`` sends to (all of them without a subset)."""
@@ -439,3 +451,6 @@ class Config:
     limits: Limits = Limits()
     access_log: AccessLog = AccessLog()
     metrics: MetricsConfig = MetricsConfig()
+    # Peers whose X-Forwarded-For (and -Proto, -Host) are believed: the load balancers in
+    # front (docs/responses.md, "Behind a load balancer"). Empty: only the direct peer.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()

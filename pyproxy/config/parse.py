@@ -31,6 +31,7 @@ of the format:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import itertools
 import math
 import re
@@ -59,6 +60,7 @@ from pyproxy.config.model import (
     ConsistentHash,
     DelayFault,
     DirectResponse,
+    DnsDiscovery,
     Endpoint,
     Fault,
     HeaderChanges,
@@ -650,6 +652,20 @@ def _subsets(ctx: Context, value: Any, at: At) -> dict[str, dict[str, str]]:
     return dict(_map_of(_name_key, _labels)(ctx, value, at))
 
 
+_DISCOVERY = Schema({"type": _choice("dns"), "interval": _timeout}, required=("type",))
+
+
+@_reads(_DISCOVERY)
+def _discovery(ctx: Context, value: Any, at: At) -> DnsDiscovery:
+    """``dns`` or ``{type: dns, interval: 5s}``: each endpoint name of the service stands
+    for every address it resolves to (docs/operations.md, DNS discovery)."""
+    if isinstance(value, dict):
+        fields = ctx.fields(value, at, _DISCOVERY)
+        return DnsDiscovery(**{k: v for k, v in fields.items() if k != "type"})
+    _choice("dns")(ctx, value, at)
+    return DnsDiscovery()
+
+
 _SERVICE = Schema({
     "endpoints": _list_of(_endpoint, non_empty=True),
     "subsets": _subsets,
@@ -682,6 +698,7 @@ _SERVICE = Schema({
         "jitter": _duration,
     }),
     "tls": _record(UpstreamTLS, {"ca": _text, "verify": _bool, "server_name": _text}),
+    "discovery": _discovery,
 }, required=("endpoints",))
 
 
@@ -1190,6 +1207,16 @@ def _log_format(ctx: Context, value: Any, at: At) -> str:
         return "off"
     return _choice("json", "text", "off")(ctx, value, at)
 
+def _network(ctx: Context, value: Any, at: At) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address (``10.0.0.7``) or a CIDR block (``10.0.0.0/8``, ``fd00::/8``)."""
+    text = _text(ctx, value, at).strip()
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        raise _Reject(f"must be an IP address or CIDR block such as 10.0.0.0/8, got {text!r} "
+                      "(host bits set, or not an address)") from None
+
+
 _SETTINGS: dict[str, Reader] = {
     "listen": _listen,
     "tls": _record(ListenerTLS, {"cert": _text, "key": _text}, required=("cert", "key")),
@@ -1212,6 +1239,7 @@ _SETTINGS: dict[str, Reader] = {
     }),
     "access_log": _record(AccessLog, {"format": _log_format}),
     "metrics": _record(MetricsConfig, {"linkerd_compat": _bool}),
+    "trusted_proxies": _list_of(_network),
 }
 
 # The top level of a native document: the settings, then the sections that are merged

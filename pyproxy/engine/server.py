@@ -28,6 +28,7 @@ from pyproxy.engine import wire
 from pyproxy.engine.timer import Deadline
 from pyproxy.errors import ClientDisconnected, DownstreamError
 from pyproxy.messages import RequestHead
+from pyproxy.routing.paths import normalise_path
 
 logger = logging.getLogger("pyproxy.engine")
 
@@ -50,10 +51,6 @@ WRITE_LOW_WATER = 16 * 1024
 # reg-name or IP literal, optional port; no userinfo, no whitespace (RFC 9110 §7.2, §4.2.3).
 _VALID_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?\Z")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-# A path segment that is "." or ".." once %2e is decoded, with or without ";params"
-# ("/..;/" is ".." to Tomcat). Upstreams resolve these, so /public/../admin would reach
-# /admin while pyproxy routed it as /public/...: refused instead (HD-16).
-_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:;[^/]*)?(?:/|\Z)", re.IGNORECASE)
 # Methods pyproxy forwards, for the Allow header of an OPTIONS it answers itself (HD-4).
 _ALLOW = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 # HTTP's optional whitespace. str.strip() would also eat \x0b, \x1c-\x1f, \x85 and \xa0,
@@ -487,8 +484,11 @@ class DownstreamProtocol(asyncio.Protocol):
             headers.append(("host", host))
         if not host and version == "1.1":
             raise DownstreamError("missing host")
-        if _DOT_SEGMENT.search(path):
+        # Before routing sees it, and it is what the upstream gets (routing/paths.py, HD-16).
+        normalised = normalise_path(path)
+        if normalised is None:
             raise DownstreamError("dot-segment in path")
+        path = normalised
 
         body_expected = transfer_encoding is not None or (
             content_length is not None and content_length != "0")

@@ -18,7 +18,8 @@ START = calendar.timegm((2026, 11, 22, 4, 40, 0)) + 0.1234
 
 
 def sample(**changes) -> RequestOutcome:
-    fields = dict(start=START, request_id="3f2a9c1e", method="GET", host="shop.example",
+    fields = dict(start=START, request_id="3f2a9c1e", client="10.1.2.3", method="GET",
+                  host="shop.example",
                   path="/store/stocklevel", route="stockmanager", backend="stockmanager/v2",
                   endpoint="127.0.0.1:9002", status=503, flags="UF", attempts=1,
                   duration=0.0123456, bytes_in=0, bytes_out=20)
@@ -40,6 +41,7 @@ def test_json_line_has_every_spec_field():
     assert json.loads(line) == {
         "time": "2026-11-22T04:40:00.123Z",
         "request_id": "3f2a9c1e",
+        "client": "10.1.2.3",
         "method": "GET",
         "host": "shop.example",
         "path": "/store/stocklevel",
