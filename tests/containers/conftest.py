@@ -1,16 +1,11 @@
-"""The container suite (``pytest -m containers``): every test here runs real containers."""
+"""The container suite (``pytest -m containers``): every module here marks itself
+``containers`` and runs real containers."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.containers.support import ensure_images, require_engine
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/containers/" in item.nodeid:
-            item.add_marker(pytest.mark.containers)
 
 
 @pytest.fixture(scope="session")

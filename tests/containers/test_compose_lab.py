@@ -38,6 +38,7 @@ from tests.support.processes import http
 COMPOSE_DIR = REPO / "deploy" / "compose"
 DASHBOARD = REPO / "deploy" / "grafana" / "pyproxy-dashboard.json"
 V2 = "stockmanagerv0-0-2"
+pytestmark = pytest.mark.containers
 TOKEN = "compose-lab-test-token"
 
 

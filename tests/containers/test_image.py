@@ -20,6 +20,7 @@ import pytest
 from tests.containers.support import IMAGE, docker, image_size, inspect, published_port, wait_for
 from tests.support.processes import http
 
+pytestmark = pytest.mark.containers
 TOKEN = "container-test-token"
 UPSTREAM_LATENCY = 2.0
 
