@@ -16,6 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 docker=${DOCKER:-docker}
+# BuildKit is needed (the secret mount). A CLI of Docker 23 or later builds with BuildKit only
+# through the buildx plugin; Debian's docker.io CLI (20.10) has it built in. Without buildx,
+# prefer Debian's CLI when it is there.
+if [ -z "${DOCKER:-}" ] && ! docker buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ]; then
+    docker=/usr/bin/docker
+fi
 export DOCKER=$docker
 here=deploy/docker
 

@@ -70,8 +70,9 @@ def ensure_images() -> None:
                if docker("image", "inspect", image, check=False).returncode != 0]
     if not missing:
         return
-    result = subprocess.run([str(BUILD_IMAGES)], capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "DOCKER": docker_cli()})
+    # $DOCKER, when set, reaches the script through the environment; otherwise the script
+    # picks a CLI that can build with BuildKit.
+    result = subprocess.run([str(BUILD_IMAGES)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{BUILD_IMAGES.name} failed:\n{result.stdout}\n{result.stderr}"
 
 
