@@ -308,7 +308,10 @@ class Runtime:
         live = {(s.name, ep.address, ep.tls) for s in snapshot.config.services.values()
                 for ep in s.endpoints}
         for endpoint_key in [k for k in self._endpoints if k not in live]:
-            del self._endpoints[endpoint_key]
+            # Removed: it drains. Requests already on it finish (they hold its pool), then
+            # its connections close rather than idle (a DNS answer that shrank, a reload).
+            gone = self._endpoints.pop(endpoint_key).endpoint
+            self.pools.retire(endpoint_key[0], gone.host, gone.port, gone.tls)
         names = set(snapshot.routes)
         for route in [r for r in self._sticky_tables if r not in names]:
             del self._sticky_tables[route]

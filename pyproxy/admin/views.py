@@ -107,6 +107,14 @@ def status_table(routes: Json, services: Json | None = None) -> str:
              for row in rows]
     if services:
         for service in services.get("services", []):
+            discovery = service.get("discovery") or {}
+            for name in discovery.get("names", []):
+                # DNS discovery: which addresses a name stands for, and whether it still does.
+                addresses = ", ".join(name["addresses"]) or "not resolved yet: connected by name"
+                failing = f"; resolution failing ({name['error']}), last good answer kept" \
+                    if name.get("error") else ""
+                notes.append(f"{service['name']} {name['name']} (DNS, every "
+                             f"{discovery['interval_s']:g}s): {addresses}{failing}")
             for ep in service["endpoints"]:
                 if ep.get("ejected"):
                     ejection = ep.get("ejection") or {}

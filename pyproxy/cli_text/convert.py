@@ -40,6 +40,7 @@ from pyproxy.config.model import (
     CanaryChecks,
     Config,
     ConnectionPool,
+    DnsDiscovery,
     Endpoint,
     Fault,
     HeaderChanges,
@@ -330,6 +331,8 @@ def _settings(config: Config) -> dict[str, Any]:
         changed = _changed(getattr(config, key), kind(), durations)
         if changed:
             out[key] = changed
+    if config.trusted_proxies:
+        out["trusted_proxies"] = [str(network) for network in config.trusted_proxies]
     return out
 
 
@@ -371,6 +374,9 @@ def _service(service: Service) -> dict[str, Any]:
     tls = _changed(service.tls, UpstreamTLS())
     if tls:
         out["tls"] = tls
+    if service.discovery is not None:
+        out["discovery"] = "dns" if service.discovery == DnsDiscovery() else {
+            "type": "dns", "interval": _duration(service.discovery.interval)}
     return out
 
 

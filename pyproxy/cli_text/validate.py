@@ -163,6 +163,7 @@ def config_to_json(config: Config) -> dict[str, Any]:
         "limits": _plain(config.limits),
         "access_log": _plain(config.access_log),
         "metrics": _plain(config.metrics),
+        "trusted_proxies": [str(network) for network in config.trusted_proxies],
     }
 
 
@@ -225,6 +226,8 @@ def format_summary(loaded: LoadedConfig) -> str:
         ("listen", [str(config.listen)]),
         ("admin", [f"{config.admin.listen} ({'token set' if config.admin.token else 'no token'})"]),
         ("debug", ["x-pyproxy-* response headers on"] if config.debug_headers else []),
+        ("trusted", [", ".join(map(str, config.trusted_proxies))
+                     + " (their X-Forwarded-For is believed)"] if config.trusted_proxies else []),
     ], indent=0)
     if config.routes:
         lines += ["", "Routes (first match wins)"]
@@ -437,8 +440,12 @@ def _service_rows(service: Service) -> list[str]:
         balancer += (f" on header {hash_on.header}" if hash_on.header else
                      f" on cookie {hash_on.cookie}" if hash_on.cookie else " on source IP")
     pool = service.connection_pool
+    discovery = [] if service.discovery is None else [
+        f"DNS: each name is one endpoint per address, resolved every "
+        f"{format_duration(service.discovery.interval)}"]
     return _rows([
         ("endpoints", endpoints),
+        ("discovery", discovery),
         ("subsets", subsets),
         ("balancer", [balancer]),
         ("pool", [f"{pool.max_connections} connections, {pool.max_pending_requests} pending, "

@@ -208,8 +208,15 @@ class DnsWatcher:
 
     async def run(self) -> None:
         while True:
-            await self.step()
-            await asyncio.sleep(self.next_wait())
+            try:
+                await self.step()
+                wait = self.next_wait()
+            except Exception:
+                # One bad round must not end discovery for the life of the process: the
+                # endpoints serving stay, and a later round tries again.
+                logger.exception("DNS discovery round failed; retrying")
+                wait = MAX_SLEEP
+            await asyncio.sleep(wait)
 
     def describe(self, service: str) -> list[NameView]:
         """The names of ``service`` with their answers, for the admin API."""

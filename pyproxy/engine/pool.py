@@ -416,6 +416,9 @@ class EndpointPool:
         # service's circuit breaker counts connections and wakes requests waiting for one.
         self.on_connection_closed: Callable[[], None] | None = None
         self.on_connection_idle: Callable[[], None] | None = None
+        # The endpoint left the config (or its DNS answer): connections still in use finish
+        # their request, then close instead of idling, so they hold no breaker slot.
+        self.retired = False
 
     def take_idle(self) -> UpstreamConnection | None:
         """The most recently used idle connection that is still open, if any."""
@@ -453,7 +456,7 @@ class EndpointPool:
         return conn
 
     def put_back(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
+        if self.retired or len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
             conn._close()
             return
         conn.in_use = False
@@ -494,6 +497,14 @@ class UpstreamPools:
         if pool is None:
             pool = self._pools[key] = EndpointPool(host, port, tls=tls)
         return pool
+
+    def retire(self, service: str, host: str, port: int, tls: bool = False) -> None:
+        """The endpoint is gone: close its idle connections now and the busy ones when
+        their request ends; an endpoint that comes back gets a new pool."""
+        pool = self._pools.pop((service, host, port, tls), None)
+        if pool is not None:
+            pool.retired = True
+            pool.close()
 
     def close(self) -> None:
         for pool in self._pools.values():

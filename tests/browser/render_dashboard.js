@@ -4,8 +4,9 @@
  *
  * A minimal DOM (elements, text nodes, attributes, the few queries app.js makes) stands in
  * for the page; fetch() gets the admin's answers. After the first complete render it prints
- * JSON: per route card, its header stats and every backend-table row's cells as text, and
- * the KPI tiles. For tests where Chromium is not installed (test_dashboard.py needs it).
+ * JSON: per route card, its header stats and every backend-table row's cells as text, the
+ * KPI tiles, and per service card its endpoint-table rows. For tests where Chromium is not
+ * installed (test_dashboard.py needs it).
  */
 'use strict';
 
@@ -127,7 +128,13 @@ function report() {
   }));
   const kpis = Object.fromEntries(app.querySelectorAll('[data-kpi]').map(
     tile => [tile.getAttribute('data-kpi'), text(tile.querySelector('dd') || tile)]));
-  process.stdout.write(JSON.stringify({cards, kpis}));
+  const services = app.querySelectorAll('[data-service]').map(card => ({
+    service: card.getAttribute('data-service'),
+    rows: card.querySelectorAll('tr').filter(tr => tr.parentNode.nodeName === 'TBODY').map(tr => ({
+      key: tr.getAttribute('data-key'), cells: tr.children.map(text),
+    })),
+  }));
+  process.stdout.write(JSON.stringify({cards, kpis, services}));
   process.exit(0);
 }
 

@@ -9,6 +9,7 @@ is not reproduced (see docs/reliability.md).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import socket
@@ -19,8 +20,10 @@ import pytest
 from pyproxy.config.model import (
     Backend,
     Config,
+    ConsistentHash,
     DirectResponse,
     Limits,
+    LoadBalancer,
     Match,
     PathMatch,
     Route,
@@ -331,6 +334,51 @@ async def test_b10_spoofed_forwarding_headers(recording, proxy_factory):
     upstream = bytes(backend.received).lower()
     assert b"\r\nx-forwarded-for: 6.6.6.6, 127.0.0.1\r\n" in upstream  # appended, peer last
     assert b"\r\nx-forwarded-proto: http\r\n" in upstream and b"proto: https" not in upstream
+    # RFC 7239: the client's chain is extended with this hop, never taken as the client.
+    assert b"\r\nforwarded: for=6.6.6.6, for=127.0.0.1;proto=http;host=a\r\n" in upstream
+
+
+TRUSTED_LB = (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+async def test_b10_a_trusted_load_balancer_is_believed(recording, proxy_factory):
+    """With the peer in ``trusted_proxies`` (a load balancer in front), the client is the
+    right-most X-Forwarded-For address that is not trusted; its -Proto and -Host pass."""
+    backend, _recorder = await recording()
+    proxy = await proxy_factory(one_route(backend, trusted_proxies=TRUSTED_LB))
+    result = await send(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n"
+                                    b"X-Forwarded-For: 6.6.6.6, 198.51.100.7, 127.0.0.1\r\n"
+                                    b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop\r\n"
+                                    b"Connection: close\r\n\r\n")
+    assert result.statuses == [200]
+    upstream = bytes(backend.received).lower()
+    assert b"\r\nx-forwarded-for: 6.6.6.6, 198.51.100.7, 127.0.0.1, 127.0.0.1\r\n" in upstream
+    assert b"\r\nx-forwarded-proto: https\r\n" in upstream
+    assert b"\r\nx-forwarded-host: shop\r\n" in upstream
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_b10_source_ip_hashing_uses_the_derived_client(recording, proxy_factory, trusted):
+    """``consistent_hash: {source_ip: true}`` hashes the client pyproxy derived: behind a
+    trusted load balancer, clients spread over the endpoints; otherwise every request comes
+    from the balancer's one address, and a spoofed X-Forwarded-For changes nothing."""
+    (one, first), (two, second) = await recording(), await recording()
+    svc = service("svc", one, two,
+                  load_balancer=LoadBalancer("consistent_hash", ConsistentHash(source_ip=True)))
+    proxy = await proxy_factory(Config(services={"svc": svc},
+                                       routes=(Route("main", backends=(Backend("svc"),)),),
+                                       trusted_proxies=TRUSTED_LB if trusted else ()))
+    for index in range(40):
+        result = await send(proxy.port, b"GET /c%d HTTP/1.1\r\nHost: a\r\n"
+                                        b"X-Forwarded-For: 198.51.100.%d\r\n"
+                                        b"Connection: close\r\n\r\n" % (index, index))
+        assert result.statuses == [200]
+    counts = sorted([len(first.requests), len(second.requests)])
+    assert sum(counts) == 40
+    if trusted:
+        assert counts[0] >= 5  # 40 clients over two endpoints: both get a share
+    else:
+        assert counts == [0, 40]  # one client: the peer
 
 
 async def test_b11_spoofed_control_headers_are_stripped(recording, proxy_factory):
@@ -362,11 +410,18 @@ async def test_b12_dot_segments_cannot_route_around_a_denied_prefix(recording, p
                  b"/public/..;/admin", b"/./admin"):
         result = await send(proxy.port, b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path)
         assert result.statuses == [400] and result.closed, path
+    # Normalised before matching (routing/paths.py): merged slashes and decoded unreserved
+    # characters are /admin, so the deny route takes them.
+    for path in (b"//admin", b"///admin/x", b"/%61dmin", b"/%61%64%6D%69%6E/x", b"/admin//"):
+        result = await send(proxy.port, b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                            % path)
+        assert result.statuses == [403], path
     assert bytes(backend.received) == b""
-    # Not normalised, so routed and forwarded as sent: the route decision is made on the
-    # path the upstream gets (an upstream that merges slashes would see /admin: see docs).
-    result = await send(proxy.port, b"GET //admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert result.statuses == [200] and [r.target for r in recorder.requests] == [b"//admin"]
+    # The upstream gets the path that was routed: normalised, the query as received.
+    result = await send(proxy.port, b"GET //public//%7Euser/a%2fb?q=//%61 HTTP/1.1\r\nHost: a\r\n"
+                                    b"Connection: close\r\n\r\n")
+    assert result.statuses == [200]
+    assert [r.target for r in recorder.requests] == [b"/public/~user/a%2Fb?q=//%61"]
 
 
 # ---------------------------------------------------------------------------- B13, B14 upgrades

@@ -685,7 +685,12 @@
       const endpoints = service.endpoints || [];
       const ejected = endpoints.filter(ep => ep.ejected).length;
       const unhealthy = endpoints.filter(ep => ep.healthy === false).length;
-      const rows = endpoints.map(ep => {
+      // DNS discovery: each name as a row, the addresses it resolved to under it.
+      const names = {};
+      for (const n of (service.discovery && service.discovery.names) || []) names[n.name] = n;
+      let lastName = null;
+      const rows = [];
+      const endpointRow = ep => {
         const ej = ep.ejection || {};
         const hc = ep.health_check;
         const health = ep.healthy === false
@@ -709,12 +714,27 @@
           h('span', {class: 'chip mono', 'data-key': 'l:' + k, title: `${k}=${v}`, text: `${k}=${v}`}));
         return h('tr', {'data-key': 'ep:' + ep.address, 'data-endpoint': ep.address,
                         class: ep.ejected ? 'row-ejected' : null},
-          h('th', {scope: 'row', class: 'mono', text: ep.address}),
+          h('th', {scope: 'row', class: 'mono', text: ep.resolved_from ? '\u2003' + ep.address : ep.address,
+                   title: ep.resolved_from ? `resolved from ${ep.resolved_from}` : null}),
           h('td', null, h('div', {class: 'chips'}, labels.length ? labels : h('span', {class: 'muted', text: '—'}))),
           h('td', {title: hc && hc.last_result ? `last probe: ${hc.last_result}` : null}, health),
           h('td', null, outlier),
           h('td', {class: 'num', text: isNum(ep.active_requests) ? ep.active_requests : '—'}));
-      });
+      };
+      for (const ep of endpoints) {
+        if (ep.resolved_from && ep.resolved_from !== lastName) {
+          const dns = names[ep.resolved_from] || {};
+          const count = (dns.addresses || []).length;
+          rows.push(h('tr', {'data-key': 'dns:' + ep.resolved_from, class: 'dns-name'},
+            h('th', {scope: 'rowgroup', colspan: '5', class: 'small'},
+              h('span', {class: 'mono', text: ep.resolved_from}),
+              h('span', {class: 'muted', text: ` · DNS, ${count} address${count === 1 ? '' : 'es'}`}),
+              dns.error ? h('span', {class: 'text-bad',
+                                     text: ` · resolution failing (${dns.error}); last good answer kept`}) : null)));
+        }
+        lastName = ep.resolved_from || null;
+        rows.push(endpointRow(ep));
+      }
       const breaker = service.circuit_breaker;
       let breakerLine = null;
       if (breaker) {

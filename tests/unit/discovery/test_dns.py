@@ -3,10 +3,12 @@ counts as a change, the last good answer, and the runtime's endpoints after each
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
 
+from pyproxy.config.load import ConfigInvalid, load_config
 from pyproxy.config.model import (
     Backend,
     Config,
@@ -165,6 +167,9 @@ async def test_shrinking_answer_removes_the_address_and_keeps_the_rest():
     # The old snapshot still holds the removed endpoint: requests on it finish there.
     assert leaving in old_snapshot.routes["r"].backends[0].endpoints
     assert runtime.endpoint_state("stock", leaving.endpoint) is None
+    # Its pool is retired: connections close when their request ends instead of idling.
+    assert leaving.pool.retired and not kept.pool.retired
+    assert runtime.pools.get("stock", "10.0.0.3", 8081) is not leaving.pool  # if it returns
 
 
 async def test_resolution_failing_keeps_the_last_good_answer(caplog):
@@ -237,3 +242,58 @@ async def test_two_names_sharing_an_address_make_one_endpoint():
     endpoints = runtime.current.config.services["stock"].endpoints
     assert [(ep.address, ep.hostname) for ep in endpoints] == [
         ("10.0.0.1:80", "a"), ("10.0.0.2:80", "b")]
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def _load(tmp_path, text: str):
+    path = tmp_path / "pyproxy.yaml"
+    path.write_text(text)
+    return load_config([str(path)])
+
+
+def test_discovery_is_read_in_both_forms(tmp_path):
+    loaded = _load(tmp_path, """
+services:
+  a: {discovery: dns, endpoints: [a-host:80]}
+  b: {discovery: {type: dns, interval: 250ms}, endpoints: [b-host:80]}
+  c: {endpoints: [c-host:80]}
+""")
+    services = loaded.config.services
+    assert services["a"].discovery == DnsDiscovery(5.0)
+    assert services["b"].discovery == DnsDiscovery(0.25)
+    assert services["c"].discovery is None
+
+
+@pytest.mark.parametrize("value,message", [
+    ("srv", "must be one of dns"),
+    ("{interval: 5s}", "type"),
+    ("{type: dns, interval: 0s}", "interval"),
+])
+def test_bad_discovery(tmp_path, value, message):
+    with pytest.raises(ConfigInvalid) as failed:
+        _load(tmp_path, f"services:\n  a: {{discovery: {value}, endpoints: [a:80]}}\n")
+    assert message in str(failed.value.issues[0])
+
+
+async def test_the_loop_survives_a_failing_round(monkeypatch, caplog):
+    resolver = FakeResolver({"stock-v2": ["10.0.0.1"]})
+    dns, _, _ = watcher(dns_config(V2), resolver)
+    rounds = []
+
+    async def broken_step() -> bool:
+        rounds.append(1)
+        raise RuntimeError("boom")
+
+    async def no_sleep(seconds: float) -> None:
+        assert seconds == 1.0  # a failed round waits MAX_SLEEP, never spins
+        if len(rounds) >= 3:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(dns, "step", broken_step)
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await dns.run()
+    assert len(rounds) == 3
+    assert caplog.text.count("DNS discovery round failed") == 3
