@@ -51,7 +51,7 @@ class Lab:
         for path in [root, self.config_dir, *self.config_dir.iterdir()]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         self.override = root / "override.yml"
-        self.override.write_text(yaml.safe_dump({"version": "2.4", "services": {
+        self.override.write_text(yaml.safe_dump({"services": {
             "pyproxy": {"volumes": [f"{self.config_dir}:/etc/pyproxy:ro"]}}}))
         self.port, self.admin, self.prometheus = free_port(), free_port(), free_port()
         self.env = {**os.environ, "PYPROXY_ADMIN_TOKEN": TOKEN,

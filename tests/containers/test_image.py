@@ -78,6 +78,27 @@ def test_nothing_of_the_build_machine_is_in_the_image(images: None) -> None:
                    "'/etc/pip.conf', '/root/.config/pip', '/run/secrets/pip_cert', '/wheels', "
                    "'/src') if os.path.exists(p)]))")
     assert json.loads(probe.stdout) == []
+    # The CA bundle pip used is nowhere in what the image adds to its base (the base's own
+    # bundle lives in /etc/ssl and /usr/share/ca-certificates).
+    scan = docker("run", "--rm", "--read-only", IMAGE, "python", "-c", SCAN_FOR_CERTIFICATES)
+    assert json.loads(scan.stdout) == [], scan.stdout
+
+
+SCAN_FOR_CERTIFICATES = """
+import json, os
+found = []
+for top in ("/opt/pyproxy", "/etc/pyproxy", "/root", "/tmp", "/run", "/var/tmp"):
+    for directory, _, files in os.walk(top):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as handle:
+                    if b"-----BEGIN CERTIFICATE-----" in handle.read():
+                        found.append(path)
+            except OSError:
+                pass
+print(json.dumps(found))
+"""
 
 
 def test_runs_as_uid_10001_on_a_read_only_root(proxy: Proxy) -> None:
