@@ -8,7 +8,8 @@
 #
 # The root filesystem is kept as a tarball in $PYPROXY_IMAGE_CACHE (default
 # ~/.cache/pyproxy-images), so a later run -- even against a fresh engine -- only imports it.
-# Delete the tarball to rebuild from the mirror. The mirror is the one this machine's apt
+# Its name carries a hash of this script: a changed recipe builds anew. Delete the tarball
+# to fetch the packages again. The mirror is the one this machine's apt
 # sources name (override with DEBIAN_MIRROR). Python in bookworm is 3.11, what pyproxy's
 # requires-python asks for.
 set -euo pipefail
@@ -50,7 +51,8 @@ mirror=${mirror:-$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' \
     /etc/apt/sources.list 2>/dev/null)}
 mirror=${mirror:-http://deb.debian.org/debian}
 
-tarball=$cache/$kind-$suite.tar
+recipe=$(sha256sum "$0" | cut -c1-12)
+tarball=$cache/$kind-$suite-$recipe.tar
 if [ ! -s "$tarball" ]; then
     mkdir -p "$cache"
     rootfs=$(mktemp -d "$cache/rootfs.XXXXXX")
@@ -64,6 +66,9 @@ if [ ! -s "$tarball" ]; then
     # resolv.conf the engine replaces at run time anyway.
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
         "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/log/* "$rootfs"/tmp/*
+    # Nor what a container never reads: documentation and translations (~50 MB).
+    rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+        "$rootfs"/usr/share/locale/*
     : >"$rootfs/etc/resolv.conf"
     if [ "$kind" = prometheus ]; then
         mkdir -p "$rootfs/prometheus"
