@@ -2,10 +2,11 @@
 shipped configs' addresses. Starting processes, HTTP probes and waiting are tests.support's.
 
 The deploy artefacts (Dockerfile, compose stack, Kubernetes manifests, Grafana dashboard,
-locust files) target machines with Docker, a cluster or a Prometheus. None of those exist
-here, so each test checks an artefact with the tool that validates it when that tool is
-installed (and skips with the install line when it is not), and replays what the artefact
-would do with plain processes on 127.0.0.1.
+locust files) target machines with Docker, a cluster or a Prometheus. These tests need none
+of them: each checks an artefact with the tool that validates it when that tool is installed
+(and skips with the install line when it is not), and replays what the artefact would do
+with plain processes on 127.0.0.1. The image and the compose stack on a real Docker engine
+are tests/containers/.
 """
 
 from __future__ import annotations

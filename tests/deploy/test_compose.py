@@ -180,6 +180,7 @@ class Topology:
             i = argv.index("--port")
             argv[i + 1] = str(self.port(name, int(argv[i + 1])))
             argv[argv.index("--host") + 1] = "127.0.0.1"
+            argv = [interpolate(a, {}) for a in argv]  # ${VAR:-default}: the defaults
             argv = [self.url(a) if a.startswith("http://") else a for a in argv]
             self.processes.start(name, [sys.executable, "-m", "pyproxy", *argv], env={
                 "PYTHONPATH": str(dns_dir), "PYPROXY_TEST_HOSTS": json.dumps(dns)})
