@@ -101,6 +101,8 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
             and "apiVersion" not in d.value for d in documents)
         config, warnings = assemble(settings_documents(documents) if in_cluster else documents,
                                     os.environ)
+        if in_cluster:  # the routes and services come with the API's objects
+            warnings = tuple(w for w in warnings if "no routes and no services" not in w.message)
         loaded = LoadedConfig(config, warnings, tuple(files), digest)
     except ConfigInvalid as invalid:
         print("pyproxy: invalid configuration:", file=sys.stderr)

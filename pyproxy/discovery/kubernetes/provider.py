@@ -151,6 +151,8 @@ class KubernetesProvider:
             except KubeApiError as problem:
                 failures += 1
                 delay = backoff.delay(failures, random.random)
+                if problem.status == 429 and problem.retry_after is not None:
+                    delay = problem.retry_after
                 logger.error("kubernetes: cannot %s: %s; again in %.1fs", what, problem, delay)
                 await asyncio.sleep(delay)
 
