@@ -259,3 +259,13 @@ async def test_a_pod_that_leaves_finishes_its_requests_and_gets_no_new_ones(
             assert await in_flight == (200, "v1")  # and the one it had finished
         finally:
             await stop(running)
+
+
+async def test_an_empty_cluster_is_ready_and_answers_404(tmp_path: Path) -> None:
+    async with FakeKube() as kube, aiohttp.ClientSession() as session:
+        running = await start(tmp_path, kube)
+        try:
+            await eventually(lambda: _equals(running.ready(session), 200))
+            assert await running.hits(session, 1) == {"404": 1}
+        finally:
+            await stop(running)
