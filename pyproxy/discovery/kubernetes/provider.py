@@ -88,6 +88,7 @@ class KubernetesProvider:
         self._manifests: dict[tuple[ObjectKey, object], translate.ApiManifest] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}  # native name → pods
         self._slice_owner: dict[Key, tuple[str, str]] = {}  # slice → (namespace, Service)
+        self._slices_of: dict[tuple[str, str], set[Key]] = {}  # the reverse
         self._last: translate.Built | None = None
         self._logged_conflicts: tuple[Conflict, ...] = ()
         self._logged_rejections: set[tuple[object, ...]] = set()
@@ -282,12 +283,15 @@ class KubernetesProvider:
                 before = self._slice_owner.pop(key, None)
                 if before is not None:
                     touched.add(before)
+                    self._slices_of.get(before, set()).discard(key)
                 obj = self.store.get(key)
                 owner = ((obj or {}).get("metadata") or {}).get("labels", {}).get(
                     "kubernetes.io/service-name")
                 if obj is not None and owner:
-                    self._slice_owner[key] = (namespace, str(owner))
-                    touched.add((namespace, str(owner)))
+                    owned_by = (namespace, str(owner))
+                    self._slice_owner[key] = owned_by
+                    self._slices_of.setdefault(owned_by, set()).add(key)
+                    touched.add(owned_by)
         names = set()
         for namespace, name in touched:
             native = translate.native_service_name(namespace, name,
@@ -297,8 +301,8 @@ class KubernetesProvider:
             if service is None:
                 self._endpoints.pop(native, None)
                 continue
-            slices = [obj for key, owner in self._slice_owner.items()
-                      if owner == (namespace, name) and (obj := self.store.get(key))]
+            slices = [obj for key in self._slices_of.get((namespace, name), ())
+                      if (obj := self.store.get(key))]
             self._endpoints[native] = translate.endpoints_of(service, slices)
         return names
 
