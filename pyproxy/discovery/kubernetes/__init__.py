@@ -1,1 +1,1 @@
-"""In-cluster mode: the Kubernetes API as the source of routes and endpoints (docs/kubernetes.md)."""
+"""In-cluster mode: routes and endpoints from the Kubernetes API (docs/kubernetes.md)."""

@@ -164,11 +164,12 @@ def condition(kind: str, ok: bool, reason: str, message: str, generation: int,
             "lastTransitionTime": since}
 
 
-def _conditions(value: object) -> list[Mapping[str, object]]:
+def _dicts(value: object) -> list[Mapping[str, object]]:
+    """The objects of a JSON list (a field that may be absent or malformed)."""
     return [c for c in value if isinstance(c, dict)] if isinstance(value, list) else []
 
 
-def _merge_conditions(previous: list[Mapping[str, object]], ours: list[JSON]) -> list[JSON]:
+def _merge_dicts(previous: list[Mapping[str, object]], ours: list[JSON]) -> list[JSON]:
     """``ours`` replace the conditions of the same type; others' types are kept, in place."""
     by_type = {c["type"]: c for c in ours}
     merged: list[JSON] = []
@@ -216,8 +217,7 @@ def desired_route_status(route: Mapping[str, object], report: ObjectReport,
     if any(r.generation < generation for r in results.values()):
         return None
     status = _section(route, "status")
-    current = [p for p in status.get("parents") or [] if isinstance(p, dict)] \
-        if isinstance(status.get("parents"), list) else []
+    current = _dicts(status.get("parents"))
     ours_before = {parent_key(_section(p, "parentRef"), namespace): p for p in current
                    if p.get("controllerName") == controller_name}
     parents: list[JSON] = [dict(p) for p in current
@@ -232,17 +232,17 @@ def desired_route_status(route: Mapping[str, object], report: ObjectReport,
         if result is None or key in seen:
             continue  # not a parent pyproxy serves, or listed twice
         seen.add(key)
-        previous = _conditions(ours_before.get(key, {}).get("conditions"))
+        previous = _dicts(ours_before.get(key, {}).get("conditions"))
         parents.append({"parentRef": copy.deepcopy(ref), "controllerName": controller_name,
-                        "conditions": _merge_conditions(previous,
-                                                        _route_conditions(result, generation,
+                        "conditions": _merge_dicts(previous,
+                                                        _route_dicts(result, generation,
                                                                           previous, now))})
     if not parents and "parents" not in status:
         return dict(status)  # nothing of ours, nothing to remove: leave the status alone
     return {**status, "parents": parents[:MAX_PARENTS]}
 
 
-def _route_conditions(result: ImportResult, generation: int,
+def _route_dicts(result: ImportResult, generation: int,
                       previous: list[Mapping[str, object]], now: str) -> list[JSON]:
     accepted_reason, resolved_reason = "Accepted", "ResolvedRefs"
     accepted_message = resolved_message = ""
@@ -276,7 +276,7 @@ def desired_gateway_status(gateway: Mapping[str, object], report: ObjectReport, 
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     generation = _generation(gateway)
     status = _section(gateway, "status")
-    previous = _conditions(status.get("conditions"))
+    previous = _dicts(status.get("conditions"))
     result = report.results("Gateway", namespace, name).get(None)
     ok = result is None or result.accepted
     reason = "Accepted" if ok else (result.reason if result else "Invalid")
@@ -286,19 +286,17 @@ def desired_gateway_status(gateway: Mapping[str, object], report: ObjectReport, 
             condition("Programmed", ok, "Programmed" if ok else "Invalid",
                       message or "routes of this Gateway are served", generation, previous,
                       now)]
-    old_listeners = {str(li.get("name")): li for li in status.get("listeners") or []
-                     if isinstance(li, dict)} if isinstance(status.get("listeners"), list) \
-        else {}
+    old_listeners = {str(li.get("name")): li for li in _dicts(status.get("listeners"))}
     listeners: list[JSON] = []
     specs = _section(gateway, "spec").get("listeners")
     for listener in specs if isinstance(specs, list) else []:
         if not isinstance(listener, dict):
             continue
         listener_name = str(listener.get("name") or "")
-        before = _conditions(old_listeners.get(listener_name, {}).get("conditions"))
+        before = _dicts(old_listeners.get(listener_name, {}).get("conditions"))
         listeners.append(_listener_status(namespace, name, listener, report, generation,
                                           before, now))
-    return {**status, "conditions": _merge_conditions(previous, ours),
+    return {**status, "conditions": _merge_dicts(previous, ours),
             "listeners": listeners}
 
 
@@ -336,7 +334,7 @@ def _listener_status(namespace: str, gateway: str, listener: Mapping[str, object
             "supportedKinds": [{"group": GATEWAY_GROUP, "kind": kind} for kind in kinds],
             "attachedRoutes": report.attached_routes(namespace, gateway, name)
             if served else 0,
-            "conditions": _merge_conditions(previous, conditions)}
+            "conditions": _merge_dicts(previous, conditions)}
 
 
 def desired_gateway_class_status(gateway_class: Mapping[str, object],
@@ -348,10 +346,10 @@ def desired_gateway_class_status(gateway_class: Mapping[str, object],
         return None
     now = now or rfc3339(time.time())
     status = _section(gateway_class, "status")
-    previous = _conditions(status.get("conditions"))
+    previous = _dicts(status.get("conditions"))
     accepted = condition("Accepted", True, "Accepted", "pyproxy serves Gateways of this class",
                          _generation(gateway_class), previous, now)
-    return {**status, "conditions": _merge_conditions(previous, [accepted])}
+    return {**status, "conditions": _merge_dicts(previous, [accepted])}
 
 
 def same_status(current: Mapping[str, object] | None, desired: Mapping[str, object]) -> bool:
@@ -363,14 +361,16 @@ def same_status(current: Mapping[str, object] | None, desired: Mapping[str, obje
 
 
 R = TypeVar("R")
+R_contra = TypeVar("R_contra", contravariant=True)
 
 
-class StatusClient(Protocol[R]):
-    """What the writer needs of ``KubeClient`` (``client.py``): ``R`` is its ``Resource``."""
+class StatusClient(Protocol[R_contra]):
+    """What the writer needs of ``KubeClient`` (``client.py``), whose ``Resource`` is
+    ``R_contra``."""
 
-    async def get(self, resource: R, namespace: str, name: str) -> JSON: ...
+    async def get(self, resource: R_contra, namespace: str, name: str) -> JSON: ...
 
-    async def replace_status(self, resource: R, obj: JSON) -> JSON: ...
+    async def replace_status(self, resource: R_contra, obj: JSON) -> JSON: ...
 
 
 def api_status(exc: BaseException) -> int | None:
