@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
+from pyproxy.discovery.kubernetes.client import KubeApiError
+
 logger = logging.getLogger("pyproxy.kubernetes")
 
 LEASE_NAME = "pyproxy-leader"
@@ -192,11 +194,6 @@ class LeaseClient(Protocol[R_contra]):
     async def replace(self, resource: R_contra, obj: JSON) -> JSON: ...
 
 
-def _api_status(exc: BaseException) -> int | None:
-    status = getattr(exc, "status", None)  # KubeApiError.status
-    return status if isinstance(status, int) else None
-
-
 async def run_election(client: LeaseClient[R_contra], resource: R_contra,
                        election: LeaderElection, *,
                        on_change: Callable[[bool], Awaitable[None] | None] | None = None
@@ -221,8 +218,8 @@ async def run_election(client: LeaseClient[R_contra], resource: R_contra,
                 try:
                     lease: JSON | None = await client.get(resource, election.namespace,
                                                           election.name)
-                except Exception as exc:
-                    if _api_status(exc) != 404:
+                except KubeApiError as exc:
+                    if exc.status != 404:
                         raise
                     lease = None
                 write = election.next_write(lease)
@@ -234,10 +231,9 @@ async def run_election(client: LeaseClient[R_contra], resource: R_contra,
                     election.written(held)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                status = _api_status(exc)
-                election.write_failed("conflict" if status == 409 else f"{exc}")
-                if status not in (409, None):
+            except KubeApiError as exc:
+                election.write_failed("conflict" if exc.status == 409 else str(exc))
+                if exc.status != 409:
                     logger.warning("leader election: %s", exc)
             await tell(election.is_leader())
             await asyncio.sleep(election.wait())
@@ -247,7 +243,7 @@ async def run_election(client: LeaseClient[R_contra], resource: R_contra,
             if release is not None:
                 try:
                     await client.replace(resource, release.lease)
-                except Exception as exc:  # the Lease expires by itself anyway
+                except KubeApiError as exc:  # the Lease expires by itself anyway
                     logger.info("leader election: Lease not released: %s", exc)
         if leading and on_change is not None:
             result = on_change(False)

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from pyproxy.discovery.kubernetes.client import KubeApiError
+
 logger = logging.getLogger("pyproxy.kubernetes")
 
 CONTROLLER_NAME = "pyproxy.dev/gateway-controller"
@@ -373,12 +375,6 @@ class StatusClient(Protocol[R_contra]):
     async def replace_status(self, resource: R_contra, obj: JSON) -> JSON: ...
 
 
-def api_status(exc: BaseException) -> int | None:
-    """The HTTP status of a Kubernetes API error (``KubeApiError.status``), else None."""
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
-
-
 class StatusWriter(Generic[R]):
     """Brings the status of the objects in the report up to date; the leader runs it.
 
@@ -419,11 +415,10 @@ class StatusWriter(Generic[R]):
             updated = {**copy.deepcopy(dict(current)), "status": desired}
             try:
                 await self.client.replace_status(resource, updated)
-            except Exception as exc:
-                status = api_status(exc)
-                if status == 404:
+            except KubeApiError as exc:
+                if exc.status == 404:
                     return False  # deleted meanwhile: nothing to report on
-                if status != 409 or attempt == self.attempts - 1:
+                if exc.status != 409 or attempt == self.attempts - 1:
                     raise
                 self.conflicts += 1
                 meta = _meta(current)

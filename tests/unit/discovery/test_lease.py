@@ -9,6 +9,7 @@ import copy
 
 import pytest
 
+from pyproxy.discovery.kubernetes.client import KubeApiError
 from pyproxy.discovery.kubernetes.lease import LeaderElection, Write, micro_time, run_election
 
 
@@ -20,12 +21,12 @@ class Clock:
         return self.now
 
 
-class Conflict(Exception):
-    status = 409
+def conflict() -> KubeApiError:
+    return KubeApiError(409, "Conflict")
 
 
-class NotFound(Exception):
-    status = 404
+def not_found() -> KubeApiError:
+    return KubeApiError(404, "NotFound")
 
 
 class Store:
@@ -41,10 +42,10 @@ class Store:
     def apply(self, write: Write) -> dict:
         if write.verb == "create":
             if self.lease is not None:
-                raise Conflict()  # AlreadyExists is 409 too
+                raise conflict()  # AlreadyExists is 409 too
         elif self.lease is None or \
                 write.lease["metadata"].get("resourceVersion") != str(self.version):
-            raise Conflict()
+            raise conflict()
         self.version += 1
         self.lease = copy.deepcopy(write.lease)
         self.lease["metadata"]["resourceVersion"] = str(self.version)
@@ -57,7 +58,7 @@ def step(election: LeaderElection, store: Store) -> None:
         return
     try:
         election.written(store.apply(write))
-    except Conflict:
+    except KubeApiError:
         election.write_failed("conflict")
 
 
@@ -93,7 +94,7 @@ def test_two_candidates_racing_one_wins_by_resource_version():
     wa, wb = a.next_write(seen), b.next_write(seen)
     assert wa is not None and wb is not None  # a renews, b takes over: both write
     a.written(store.apply(wa))
-    with pytest.raises(Conflict):
+    with pytest.raises(KubeApiError):
         store.apply(wb)
     b.write_failed("conflict")
     assert a.is_leader() and not b.is_leader()
@@ -183,7 +184,7 @@ class StoreClient:
     async def get(self, resource: str, namespace: str, name: str) -> dict:
         lease = self.store.read()
         if lease is None:
-            raise NotFound()
+            raise not_found()
         return lease
 
     async def create(self, resource: str, obj: dict) -> dict:

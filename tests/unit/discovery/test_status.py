@@ -9,6 +9,7 @@ import copy
 
 import pytest
 
+from pyproxy.discovery.kubernetes.client import KubeApiError
 from pyproxy.discovery.kubernetes.status import (
     CONTROLLER_NAME,
     ImportResult,
@@ -195,8 +196,8 @@ def test_gateway_class_accepted_only_when_the_controller_name_is_ours():
 # --------------------------------------------------------------------------- the writer
 
 
-class Conflict(Exception):
-    status = 409
+def conflict() -> KubeApiError:
+    return KubeApiError(409, "Conflict")
 
 
 class StandIn:
@@ -218,7 +219,7 @@ class StandIn:
             # someone else wrote meanwhile: a new resourceVersion, another parent entry
             self.obj["metadata"]["resourceVersion"] = str(int(
                 self.obj["metadata"]["resourceVersion"]) + 1)
-            raise Conflict()
+            raise conflict()
         self.obj = copy.deepcopy(obj)
         return obj
 
@@ -249,6 +250,6 @@ def test_writer_gives_up_after_its_attempts():
     obj = route()
     writer = StatusWriter(StandIn(obj, stale=10), {"HTTPRoute": "httproutes"},
                           report_for(obj), attempts=3, now=lambda: T0)
-    with pytest.raises(Conflict):
+    with pytest.raises(KubeApiError):
         asyncio.run(writer.write("HTTPRoute", obj))
     assert asyncio.run(writer.write_all([("HTTPRoute", obj)])) == 0  # logged, not raised
