@@ -1,7 +1,7 @@
 """Status written back to the Gateway API objects pyproxy serves (docs/kubernetes.md).
 
 Two halves. The pure functions compute the status an object should have from the object
-itself and the import results the provider records in an ``ObjectReport``:
+itself and the import results the provider records (its ``ObjectReport``):
 
 - ``desired_route_status``: ``HTTPRoute.status.parents[]``, one entry per parentRef that
   pyproxy serves, with the ``Accepted`` and ``ResolvedRefs`` conditions. Entries of other
@@ -30,7 +30,6 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from pyproxy.discovery.kubernetes.client import KubeApiError
@@ -63,89 +62,68 @@ def rfc3339(seconds: float) -> str:
 # --------------------------------------------------------------------------- the report
 
 
-ParentKey = tuple[str, str, str, str, str, int]
-"""A parentRef with its defaults filled in: group, kind, namespace, name, sectionName
-("" when absent), port (0 when absent). Two refs that the API server would store
-differently (with or without ``group: gateway.networking.k8s.io``) have the same key."""
+ParentKey = tuple[str, str, str, str, str | None, int | None]
+"""A parentRef with the API's defaults filled in: group, kind, namespace, name,
+sectionName, port (None when absent). Refs the API server stores with or without
+``group: gateway.networking.k8s.io`` have the same key. The provider keys its results so."""
 
 
 def parent_key(ref: Mapping[str, object], route_namespace: str) -> ParentKey:
     group = ref.get("group")
-    kind = ref.get("kind")
     port = ref.get("port")
-    return (GATEWAY_GROUP if group is None else str(group),
-            "Gateway" if kind is None else str(kind),
+    return (GATEWAY_GROUP if group is None else str(group), str(ref.get("kind") or "Gateway"),
             str(ref.get("namespace") or route_namespace), str(ref.get("name") or ""),
-            str(ref.get("sectionName") or ""), port if isinstance(port, int) else 0)
+            str(ref["sectionName"]) if ref.get("sectionName") else None,
+            port if isinstance(port, int) else None)
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    """What importing one object (for a route: against one of its parents) gave.
+class Verdict(Protocol):
+    """One import result as the provider records it (``ImportResult``): ``reason`` is one
+    of ``ACCEPTED_REASONS`` or ``RESOLVED_REFS_REASONS``, "Accepted" when all is well;
+    ``generation`` is the ``metadata.generation`` imported."""
 
-    ``reason`` is one of ``ACCEPTED_REASONS`` or ``RESOLVED_REFS_REASONS``: "Accepted" when
-    all is well, else why not; ``generation`` is the ``metadata.generation`` imported."""
+    @property
+    def accepted(self) -> bool: ...
 
-    accepted: bool
-    resolved_refs: bool
-    reason: str
-    message: str
-    generation: int
+    @property
+    def resolved_refs(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def generation(self) -> int: ...
 
 
-ObjectKey = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
+class Report(Protocol):
+    """The provider's per-object import results (``ObjectReport``): per (kind, namespace,
+    name), per parentRef pyproxy serves (a Gateway of our class, or a Service for GAMMA;
+    None for objects without parents), a verdict."""
+
+    @property
+    def results(self) -> Mapping[tuple[str, str, str],
+                                 Mapping[ParentKey | None, Verdict]]: ...
+
+    def get(self, kind: str, namespace: str, name: str
+            ) -> Mapping[ParentKey | None, Verdict]: ...
 
 
-class ObjectReport:
-    """The provider's per-object import results, which the status writer reads.
-
-    Routes are recorded per parentRef (only the parents pyproxy serves: a Gateway of our
-    class, or a Service for GAMMA); Gateways and GatewayClasses with ``parent=None``.
-    ``changed`` lists the objects recorded or forgotten since the last ``take_changed``.
-    """
-
-    def __init__(self) -> None:
-        self._results: dict[ObjectKey, dict[ParentKey | None, ImportResult]] = {}
-        self._changed: set[ObjectKey] = set()
-
-    def record(self, kind: str, namespace: str, name: str, parent: ParentKey | None,
-               result: ImportResult) -> None:
-        self._results.setdefault((kind, namespace, name), {})[parent] = result
-        self._changed.add((kind, namespace, name))
-
-    def replace(self, kind: str, namespace: str, name: str,
-                results: Mapping[ParentKey | None, ImportResult]) -> None:
-        """All of an object's results at once (its parents may have changed)."""
-        self._results[(kind, namespace, name)] = dict(results)
-        self._changed.add((kind, namespace, name))
-
-    def forget(self, kind: str, namespace: str, name: str) -> None:
-        if self._results.pop((kind, namespace, name), None) is not None:
-            self._changed.add((kind, namespace, name))
-
-    def results(self, kind: str, namespace: str, name: str
-                ) -> Mapping[ParentKey | None, ImportResult]:
-        return self._results.get((kind, namespace, name), {})
-
-    def objects(self, kind: str | None = None) -> list[ObjectKey]:
-        return [key for key in self._results if kind is None or key[0] == kind]
-
-    def take_changed(self) -> set[ObjectKey]:
-        changed, self._changed = self._changed, set()
-        return changed
-
-    def attached_routes(self, namespace: str, name: str, listener: str) -> int:
-        """Routes accepted by Gateway namespace/name that may attach to ``listener``: their
-        parentRef names that listener or none (``attachedRoutes`` in the Gateway's status)."""
-        count = 0
-        for (kind, _, _), results in self._results.items():
-            if kind == "Gateway" or kind == "GatewayClass":
-                continue
-            if any(parent is not None and parent[:2] == (GATEWAY_GROUP, "Gateway")
-                   and parent[2:4] == (namespace, name) and parent[4] in ("", listener)
-                   and result.accepted for parent, result in results.items()):
-                count += 1
-        return count
+def attached_routes(report: Report, namespace: str, gateway: str, listener: str) -> int:
+    """Routes accepted by Gateway namespace/gateway whose parentRef names ``listener`` or no
+    listener: the listener's ``attachedRoutes``."""
+    count = 0
+    for (kind, _, _), parents in report.results.items():
+        if kind in ("Gateway", "GatewayClass"):
+            continue
+        if any(parent is not None and parent[:4] == (GATEWAY_GROUP, "Gateway", namespace,
+                                                      gateway)
+               and parent[4] in (None, listener) and verdict.accepted
+               for parent, verdict in parents.items()):
+            count += 1
+    return count
 
 
 # --------------------------------------------------------------------------- conditions
@@ -202,7 +180,7 @@ def _section(obj: Mapping[str, object], name: str) -> Mapping[str, object]:
 # --------------------------------------------------------------------------- desired status
 
 
-def desired_route_status(route: Mapping[str, object], report: ObjectReport,
+def desired_route_status(route: Mapping[str, object], report: Report,
                          controller_name: str = CONTROLLER_NAME, *, kind: str = "HTTPRoute",
                          now: str | None = None) -> JSON | None:
     """The route's whole ``status`` as it should be, or None while pyproxy has not imported
@@ -215,7 +193,7 @@ def desired_route_status(route: Mapping[str, object], report: ObjectReport,
     meta = _meta(route)
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     generation = _generation(route)
-    results = report.results(kind, namespace, name)
+    results = report.get(kind, namespace, name)
     if any(r.generation < generation for r in results.values()):
         return None
     status = _section(route, "status")
@@ -237,14 +215,14 @@ def desired_route_status(route: Mapping[str, object], report: ObjectReport,
         previous = _dicts(ours_before.get(key, {}).get("conditions"))
         parents.append({"parentRef": copy.deepcopy(ref), "controllerName": controller_name,
                         "conditions": _merge_dicts(previous,
-                                                        _route_dicts(result, generation,
+                                                        _route_conditions(result, generation,
                                                                           previous, now))})
     if not parents and "parents" not in status:
         return dict(status)  # nothing of ours, nothing to remove: leave the status alone
     return {**status, "parents": parents[:MAX_PARENTS]}
 
 
-def _route_dicts(result: ImportResult, generation: int,
+def _route_conditions(result: Verdict, generation: int,
                       previous: list[Mapping[str, object]], now: str) -> list[JSON]:
     accepted_reason, resolved_reason = "Accepted", "ResolvedRefs"
     accepted_message = resolved_message = ""
@@ -267,7 +245,7 @@ def _route_dicts(result: ImportResult, generation: int,
 _SERVED_PROTOCOLS = {"HTTP": ("HTTPRoute",)}
 
 
-def desired_gateway_status(gateway: Mapping[str, object], report: ObjectReport, *,
+def desired_gateway_status(gateway: Mapping[str, object], report: Report, *,
                            now: str | None = None) -> JSON:
     """A Gateway of our class: ``Accepted``/``Programmed`` from its import result (accepted
     when there is none yet: pyproxy serves any Gateway of its class), and per listener the
@@ -279,7 +257,7 @@ def desired_gateway_status(gateway: Mapping[str, object], report: ObjectReport, 
     generation = _generation(gateway)
     status = _section(gateway, "status")
     previous = _dicts(status.get("conditions"))
-    result = report.results("Gateway", namespace, name).get(None)
+    result = report.get("Gateway", namespace, name).get(None)
     ok = result is None or result.accepted
     reason = "Accepted" if ok else (result.reason if result else "Invalid")
     message = "" if ok or result is None else result.message
@@ -303,7 +281,7 @@ def desired_gateway_status(gateway: Mapping[str, object], report: ObjectReport, 
 
 
 def _listener_status(namespace: str, gateway: str, listener: Mapping[str, object],
-                     report: ObjectReport, generation: int,
+                     report: Report, generation: int,
                      previous: list[Mapping[str, object]], now: str) -> JSON:
     name = str(listener.get("name") or "")
     protocol = str(listener.get("protocol") or "")
@@ -334,7 +312,7 @@ def _listener_status(namespace: str, gateway: str, listener: Mapping[str, object
                       generation, previous, now)]
     return {"name": name,
             "supportedKinds": [{"group": GATEWAY_GROUP, "kind": kind} for kind in kinds],
-            "attachedRoutes": report.attached_routes(namespace, gateway, name)
+            "attachedRoutes": attached_routes(report, namespace, gateway, name)
             if served else 0,
             "conditions": _merge_dicts(previous, conditions)}
 
@@ -384,7 +362,7 @@ class StatusWriter(Generic[R]):
     the status computed again from that copy (another writer may have added its own
     parent entry meanwhile)."""
 
-    def __init__(self, client: StatusClient[R], resources: Mapping[str, R], report: ObjectReport,
+    def __init__(self, client: StatusClient[R], resources: Mapping[str, R], report: Report,
                  controller_name: str = CONTROLLER_NAME, *, attempts: int = 5,
                  now: Callable[[], str] | None = None):
         self.client = client

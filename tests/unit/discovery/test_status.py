@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import dataclass, field
 
 import pytest
 
 from pyproxy.discovery.kubernetes.client import KubeApiError
 from pyproxy.discovery.kubernetes.status import (
     CONTROLLER_NAME,
-    ImportResult,
-    ObjectReport,
+    ParentKey,
     StatusWriter,
     desired_gateway_class_status,
     desired_gateway_status,
@@ -22,6 +22,34 @@ from pyproxy.discovery.kubernetes.status import (
 )
 
 T0, T1 = "2026-12-07T00:00:00Z", "2026-12-07T01:00:00Z"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The provider's verdict on one object for one parent."""
+
+    accepted: bool
+    resolved_refs: bool
+    reason: str
+    message: str
+    generation: int
+
+
+@dataclass
+class ObjectReport:
+    """The provider's table, as the status functions read it."""
+
+    results: dict[tuple[str, str, str], dict[ParentKey | None, ImportResult]] = field(
+        default_factory=dict)
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[ParentKey | None, ImportResult]:
+        return self.results.get((kind, namespace, name), {})
+
+    def record(self, kind: str, namespace: str, name: str, parent: ParentKey | None,
+               result: ImportResult) -> None:
+        self.results.setdefault((kind, namespace, name), {})[parent] = result
+
+
 OK = ImportResult(True, True, "Accepted", "", 1)
 
 
