@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,7 +193,7 @@ class KubeClient:
     async def watch(self, resource: Resource, namespace: str | None, *, resource_version: str,
                     timeout_seconds: int, allow_bookmarks: bool = True,
                     label_selector: str | None = None, field_selector: str | None = None,
-                    idle_timeout: float | None = None) -> AsyncIterator[WatchEvent]:
+                    idle_timeout: float | None = None) -> AsyncGenerator[WatchEvent, None]:
         """The events after ``resource_version`` until the server ends the stream (after
         ``timeout_seconds``). No bytes for ``idle_timeout`` seconds (default: the server
         timeout plus 30s) raises KubeApiError(0, "Idle"): a stalled stream."""
