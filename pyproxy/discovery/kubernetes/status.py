@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 from pyproxy.discovery.kubernetes.client import KubeApiError
+from pyproxy.discovery.kubernetes.report import ImportResult, ObjectReport, parent_key
 
 logger = logging.getLogger("pyproxy.kubernetes")
 
@@ -62,56 +63,7 @@ def rfc3339(seconds: float) -> str:
 # --------------------------------------------------------------------------- the report
 
 
-ParentKey = tuple[str, str, str, str, str | None, int | None]
-"""A parentRef with the API's defaults filled in: group, kind, namespace, name,
-sectionName, port (None when absent). Refs the API server stores with or without
-``group: gateway.networking.k8s.io`` have the same key. The provider keys its results so."""
-
-
-def parent_key(ref: Mapping[str, object], route_namespace: str) -> ParentKey:
-    group = ref.get("group")
-    port = ref.get("port")
-    return (GATEWAY_GROUP if group is None else str(group), str(ref.get("kind") or "Gateway"),
-            str(ref.get("namespace") or route_namespace), str(ref.get("name") or ""),
-            str(ref["sectionName"]) if ref.get("sectionName") else None,
-            port if isinstance(port, int) else None)
-
-
-class Verdict(Protocol):
-    """One import result as the provider records it (``ImportResult``): ``reason`` is one
-    of ``ACCEPTED_REASONS`` or ``RESOLVED_REFS_REASONS``, "Accepted" when all is well;
-    ``generation`` is the ``metadata.generation`` imported."""
-
-    @property
-    def accepted(self) -> bool: ...
-
-    @property
-    def resolved_refs(self) -> bool: ...
-
-    @property
-    def reason(self) -> str: ...
-
-    @property
-    def message(self) -> str: ...
-
-    @property
-    def generation(self) -> int: ...
-
-
-class Report(Protocol):
-    """The provider's per-object import results (``ObjectReport``): per (kind, namespace,
-    name), per parentRef pyproxy serves (a Gateway of our class, or a Service for GAMMA;
-    None for objects without parents), a verdict."""
-
-    @property
-    def results(self) -> Mapping[tuple[str, str, str],
-                                 Mapping[ParentKey | None, Verdict]]: ...
-
-    def get(self, kind: str, namespace: str, name: str
-            ) -> Mapping[ParentKey | None, Verdict]: ...
-
-
-def attached_routes(report: Report, namespace: str, gateway: str, listener: str) -> int:
+def attached_routes(report: ObjectReport, namespace: str, gateway: str, listener: str) -> int:
     """Routes accepted by Gateway namespace/gateway whose parentRef names ``listener`` or no
     listener: the listener's ``attachedRoutes``."""
     count = 0
@@ -180,7 +132,7 @@ def _section(obj: Mapping[str, object], name: str) -> Mapping[str, object]:
 # --------------------------------------------------------------------------- desired status
 
 
-def desired_route_status(route: Mapping[str, object], report: Report,
+def desired_route_status(route: Mapping[str, object], report: ObjectReport,
                          controller_name: str = CONTROLLER_NAME, *, kind: str = "HTTPRoute",
                          now: str | None = None) -> JSON | None:
     """The route's whole ``status`` as it should be, or None while pyproxy has not imported
@@ -198,12 +150,12 @@ def desired_route_status(route: Mapping[str, object], report: Report,
         return None
     status = _section(route, "status")
     current = _dicts(status.get("parents"))
-    ours_before = {parent_key(_section(p, "parentRef"), namespace): p for p in current
+    ours_before = {parent_key(dict(_section(p, "parentRef")), namespace): p for p in current
                    if p.get("controllerName") == controller_name}
     parents: list[JSON] = [dict(p) for p in current
                            if p.get("controllerName") != controller_name]
     refs = _section(route, "spec").get("parentRefs")
-    seen: set[ParentKey] = set()
+    seen: set[tuple[object, ...]] = set()
     for ref in refs if isinstance(refs, list) else []:
         if not isinstance(ref, dict):
             continue
@@ -222,7 +174,7 @@ def desired_route_status(route: Mapping[str, object], report: Report,
     return {**status, "parents": parents[:MAX_PARENTS]}
 
 
-def _route_conditions(result: Verdict, generation: int,
+def _route_conditions(result: ImportResult, generation: int,
                       previous: list[Mapping[str, object]], now: str) -> list[JSON]:
     accepted_reason, resolved_reason = "Accepted", "ResolvedRefs"
     accepted_message = resolved_message = ""
@@ -245,7 +197,7 @@ def _route_conditions(result: Verdict, generation: int,
 _SERVED_PROTOCOLS = {"HTTP": ("HTTPRoute",)}
 
 
-def desired_gateway_status(gateway: Mapping[str, object], report: Report, *,
+def desired_gateway_status(gateway: Mapping[str, object], report: ObjectReport, *,
                            now: str | None = None) -> JSON:
     """A Gateway of our class: ``Accepted``/``Programmed`` from its import result (accepted
     when there is none yet: pyproxy serves any Gateway of its class), and per listener the
@@ -281,7 +233,7 @@ def desired_gateway_status(gateway: Mapping[str, object], report: Report, *,
 
 
 def _listener_status(namespace: str, gateway: str, listener: Mapping[str, object],
-                     report: Report, generation: int,
+                     report: ObjectReport, generation: int,
                      previous: list[Mapping[str, object]], now: str) -> JSON:
     name = str(listener.get("name") or "")
     protocol = str(listener.get("protocol") or "")
@@ -362,7 +314,7 @@ class StatusWriter(Generic[R]):
     the status computed again from that copy (another writer may have added its own
     parent entry meanwhile)."""
 
-    def __init__(self, client: StatusClient[R], resources: Mapping[str, R], report: Report,
+    def __init__(self, client: StatusClient[R], resources: Mapping[str, R], report: ObjectReport,
                  controller_name: str = CONTROLLER_NAME, *, attempts: int = 5,
                  now: Callable[[], str] | None = None):
         self.client = client

@@ -6,48 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from dataclasses import dataclass, field
 
 import pytest
 
 from pyproxy.discovery.kubernetes.client import KubeApiError
+from pyproxy.discovery.kubernetes.report import ImportResult, ObjectKey, ObjectReport, parent_key
 from pyproxy.discovery.kubernetes.status import (
     CONTROLLER_NAME,
-    ParentKey,
     StatusWriter,
     desired_gateway_class_status,
     desired_gateway_status,
     desired_route_status,
-    parent_key,
 )
 
 T0, T1 = "2026-12-07T00:00:00Z", "2026-12-07T01:00:00Z"
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    """The provider's verdict on one object for one parent."""
-
-    accepted: bool
-    resolved_refs: bool
-    reason: str
-    message: str
-    generation: int
-
-
-@dataclass
-class ObjectReport:
-    """The provider's table, as the status functions read it."""
-
-    results: dict[tuple[str, str, str], dict[ParentKey | None, ImportResult]] = field(
-        default_factory=dict)
-
-    def get(self, kind: str, namespace: str, name: str) -> dict[ParentKey | None, ImportResult]:
-        return self.results.get((kind, namespace, name), {})
-
-    def record(self, kind: str, namespace: str, name: str, parent: ParentKey | None,
-               result: ImportResult) -> None:
-        self.results.setdefault((kind, namespace, name), {})[parent] = result
 
 
 OK = ImportResult(True, True, "Accepted", "", 1)
@@ -67,9 +39,10 @@ def route(generation: int = 1, refs: list[dict] | None = None, status: dict | No
 
 
 def report_for(obj: dict, result: ImportResult = OK, ref: dict | None = None) -> ObjectReport:
-    report = ObjectReport()
     ref = ref if ref is not None else obj["spec"]["parentRefs"][0]
-    report.record("HTTPRoute", "shop", "stockmanager", parent_key(ref, "shop"), result)
+    report = ObjectReport()
+    report.update({ObjectKey("HTTPRoute", "shop", "stockmanager"):
+                   {parent_key(ref, "shop"): result}}, ())
     return report
 
 
@@ -185,8 +158,9 @@ def gateway(listeners: list[dict], status: dict | None = None) -> dict:
 def test_gateway_conditions_and_listeners_with_attached_routes():
     obj = route(refs=[{"name": "pyproxy", "sectionName": "http"}])
     report = report_for(obj)
-    report.record("HTTPRoute", "shop", "other", parent_key({"name": "pyproxy"}, "shop"),
-                  ImportResult(False, True, "NotAllowedByListeners", "", 1))
+    report.results[ObjectKey("HTTPRoute", "shop", "other")] = {
+        parent_key({"name": "pyproxy"}, "shop"):
+        ImportResult(False, True, "NotAllowedByListeners", "", 1)}
     # the CRD's default status before any controller wrote one
     default = {"conditions": [{"type": "Accepted", "status": "Unknown", "reason": "Pending",
                                "message": "Waiting for controller",
