@@ -37,7 +37,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,6 +77,37 @@ class RouteOrigin:
         if kind == "TrafficSplit":
             return cls(TRAFFIC_SPLIT, namespace, name)
         return None
+
+
+def route_origins(route_names: Iterable[str], objects: Iterable[Mapping[str, object]]
+                  ) -> dict[str, RouteOrigin]:
+    """Which object each pyproxy route came from, by the importers' naming
+    (``config/compat/gateway_api.py``, ``smi.py``): an HTTPRoute's rule becomes
+    ``BASE-<rule name or index>`` (split parts add ``-m<i>``/``-h<i>``), a TrafficSplit
+    ``BASE``, where BASE is the object's name, or ``name.namespace`` when several
+    namespaces have one of that name. Routes from files and other kinds are left out."""
+    found: dict[str, RouteOrigin] = {}
+    names = set(route_names)
+    for obj in objects:
+        meta = _dict(obj.get("metadata"))
+        kind = str(obj.get("kind") or "")
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        bases = (name, f"{name}.{namespace}")
+        if kind == "TrafficSplit":
+            for base in bases:
+                if base in names:
+                    found[base] = RouteOrigin(TRAFFIC_SPLIT, namespace, name)
+            continue
+        if kind != "HTTPRoute":
+            continue
+        for index, rule in enumerate(_list(_dict(obj.get("spec")).get("rules"))):
+            label = str(rule.get("name") or index)
+            for base in bases:
+                stem = f"{base}-{label}"
+                for route in names:
+                    if route == stem or route.startswith((f"{stem}-m", f"{stem}-h")):
+                        found[route] = RouteOrigin(HTTP_ROUTE, namespace, name, index)
+    return found
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -20,6 +20,7 @@ from pyproxy.discovery.kubernetes.writeback import (
     desired_object,
     managed_by,
     restored,
+    route_origins,
     spec_weights,
     with_weights,
 )
@@ -201,3 +202,16 @@ def test_a_route_another_controller_manages_is_refused():
     with pytest.raises(InvalidOverride, match="Canary stockmanager"):
         a.set_weights("stockmanager-1", {"stockmanager-v2": 1})
     assert not a.weights
+
+
+def test_route_origins_follow_the_importers_naming():
+    split = {"kind": "TrafficSplit", "metadata": {"name": "s", "namespace": "shop"},
+             "spec": {"backends": []}}
+    named = httproute()
+    named["spec"]["rules"][1]["name"] = "canary"
+    found = route_origins(["stockmanager-0", "stockmanager-canary-m1", "s", "s-apex", "file"],
+                          [named, split])
+    assert found["stockmanager-0"].rule == 0
+    assert found["stockmanager-canary-m1"].rule == 1
+    assert found["s"].resource.kind == "TrafficSplit"
+    assert set(found) == {"stockmanager-0", "stockmanager-canary-m1", "s"}
