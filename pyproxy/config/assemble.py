@@ -47,11 +47,14 @@ class RouteOrigin(NamedTuple):
 def assemble(
     documents: Sequence[Document], env: Mapping[str, str], *,
     origins: dict[str, RouteOrigin] | None = None,
+    services: Mapping[str, Service] | None = None,
 ) -> tuple[Config, tuple[ConfigIssue, ...]]:
     """Merge and check ``documents`` into one Config; returns it with its warnings.
 
     Raises ConfigInvalid with every error (and the warnings) when anything is wrong.
     ``origins``, when given, is filled with where each route came from (by route name).
+    ``services`` are services known besides the documents' (in-cluster mode: Kubernetes
+    Services with their pods); a native service of the same name replaces one.
     """
     ctx = parse.Context(env)
     native: list[parse.At] = []
@@ -75,6 +78,10 @@ def assemble(
     # routes, canaries name routes (imported ones too).
     settings = parse.read_settings(ctx, native)
     parse.read_services(ctx, native)
+    for name, service in (services or {}).items():
+        if name not in ctx.declared_services:
+            ctx.services[name] = service
+            ctx.declared_services.add(name)
     native_routes = parse.read_routes(ctx, native)
     routes, services = _with_manifests(ctx, documents, native, native_routes, manifests,
                                        origins)
