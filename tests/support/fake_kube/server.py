@@ -552,6 +552,8 @@ class FakeKube:
             for line in initial:
                 watch.queue.put_nowait(line)
             await self._stream(response, watch, timeout, bookmarks)
+        except ConnectionResetError:
+            return response  # the client went away: nothing left to say
         finally:
             self._watches.discard(watch)
         with contextlib.suppress(ConnectionResetError):
