@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from tests.support.backends import EchoBackend
 from tests.support.fake_kube import GATEWAY_GROUP, FakeKube, Obj
@@ -28,6 +29,21 @@ from tests.support.harness import ProxyProcess
 CONTROLLER = "pyproxy.dev/gateway-controller"
 NS = "default"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # how a slice names its Service
+
+
+class FailingPod(EchoBackend):
+    """An echo backend that answers ``status`` to everything while ``failing`` is set."""
+
+    def __init__(self, name: str, status: int = 503):
+        super().__init__(name)
+        self.failing = True
+        self.status = status
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.failing:
+            self.requests += 1
+            return web.Response(status=self.status, text=self.name)
+        return await super()._handle(request)
 
 
 class Cluster:
