@@ -25,6 +25,7 @@ from aiohttp import web
 from tests.support.backends import EchoBackend
 from tests.support.fake_kube import GATEWAY_GROUP, FakeKube, Obj
 from tests.support.harness import ProxyProcess
+from tests.support.metrics import metric_value
 
 CONTROLLER = "pyproxy.dev/gateway-controller"
 NS = "default"
@@ -282,3 +283,9 @@ async def served_weights(proxy: ProxyProcess) -> dict[str, float]:
 async def served_endpoints(proxy: ProxyProcess, service: str) -> set[str]:
     services = (await admin_json(proxy, "/api/v1/services"))["services"]
     return {e["address"] for s in services if s["name"] == service for e in s["endpoints"]}
+
+
+async def metric(proxy: ProxyProcess, name: str, **labels: str) -> float:
+    async with aiohttp.ClientSession() as session, \
+            session.get(proxy.admin_url + "/metrics") as r:
+        return metric_value(await r.text(), name, **labels)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from tests.integration.kubernetes.cluster import (
     burst,
-    served_weights,
     eventually,
+    served_weights,
     start_proxy,
     stop_proxy,
     write_config,
