@@ -25,20 +25,17 @@ import os
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from pyproxy.discovery.kubernetes.resources import Resource
+from pyproxy.discovery.kubernetes.resources import Object, Resource
 
 __all__ = ["KubeApiError", "KubeClient", "ListResult", "Object", "TokenFile", "WatchEvent",
            "pod_namespace"]
 
 logger = logging.getLogger("pyproxy.kubernetes")
-
-Object = dict[str, Any]  # one Kubernetes object (or Status) as decoded JSON
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 

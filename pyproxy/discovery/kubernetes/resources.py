@@ -9,6 +9,7 @@ switches to another served version of the same group when a cluster has only tha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "CORE_KINDS",
@@ -24,8 +25,12 @@ __all__ = [
     "SERVICE",
     "TRAFFIC_SPLIT",
     "VIRTUAL_SERVICE",
+    "Object",
     "Resource",
 ]
+
+
+Object = dict[str, Any]  # one Kubernetes object (or Status) as decoded JSON
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pyproxy.discovery.kubernetes.client import Object, WatchEvent
+from pyproxy.discovery.kubernetes.client import WatchEvent
+from pyproxy.discovery.kubernetes.resources import Object
 
 __all__ = ["Key", "Store", "object_key"]
 

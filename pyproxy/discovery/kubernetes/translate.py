@@ -30,8 +30,13 @@ from typing import Any
 
 from pyproxy.config.assemble import assemble
 from pyproxy.config.document import ConfigInvalid, ConfigIssue, Document
-from pyproxy.config.model import Config, Endpoint, Service, kubernetes_short_name
-from pyproxy.discovery.kubernetes.client import Object
+from pyproxy.config.model import (
+    Config,
+    Endpoint,
+    KubernetesConfig,
+    Service,
+    kubernetes_short_name,
+)
 from pyproxy.discovery.kubernetes.report import (
     Conflict,
     ImportResult,
@@ -39,9 +44,11 @@ from pyproxy.discovery.kubernetes.report import (
     ParentKey,
     parent_key,
 )
+from pyproxy.discovery.kubernetes.resources import Object
 
 __all__ = ["Built", "Selection", "build", "endpoints_of", "manifest_documents",
-           "native_service_name", "object_source", "services_of"]
+           "native_service_name", "object_source", "services_of", "settings_documents",
+           "with_kubernetes"]
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 # Kinds that go through config.compat's importers, in the order their documents are given.
@@ -466,3 +473,24 @@ def replace_endpoints(config: Config, api: Mapping[str, tuple[Endpoint, ...]],
             return None
         services[name] = new
     return replace(config, services=services)
+
+
+# The document keys that are combined with the API's objects; the rest are settings.
+_COMBINED_KEYS = ("services", "routes", "canaries")
+
+
+def settings_documents(documents: Sequence[Document]) -> list[Document]:
+    """The files' documents with only their top-level settings (listen, admin,
+    kubernetes...): what in-cluster mode starts with, before the API is read (the file's
+    routes and services may name Kubernetes Services not known yet)."""
+    return [Document(d.source, {k: v for k, v in d.value.items() if k not in _COMBINED_KEYS},
+                     d.lines)
+            for d in documents if isinstance(d.value, dict) and "apiVersion" not in d.value]
+
+
+def with_kubernetes(settings: KubernetesConfig | None, flag: bool) -> KubernetesConfig | None:
+    """``--kubernetes`` turns in-cluster mode on with the file's ``kubernetes:`` block, or
+    every default."""
+    if settings is not None or not flag:
+        return settings
+    return KubernetesConfig()
