@@ -101,6 +101,8 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
             and "apiVersion" not in d.value for d in documents)
         config, warnings = assemble(settings_documents(documents) if in_cluster else documents,
                                     os.environ)
+        if in_cluster:  # the routes and services come with the API's objects
+            warnings = tuple(w for w in warnings if "no routes and no services" not in w.message)
         loaded = LoadedConfig(config, warnings, tuple(files), digest)
     except ConfigInvalid as invalid:
         print("pyproxy: invalid configuration:", file=sys.stderr)
@@ -226,10 +228,16 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         control.source = provider
         stats.kubernetes_provider = provider.metrics
         tasks.spawn(provider.run(), "kubernetes")
+        # Every replica follows the objects' run-time state; the Lease holder writes status
+        # and runs the canaries.
+        from pyproxy.discovery.kubernetes.leader import Leadership
+
+        tasks.spawn(Leadership(provider, control).run(), "kubernetes-leader")
     if paths:
         tasks.spawn(watch(paths, control.reload), "config-watch")
     tasks.spawn(_tick(runtime, listener_tls), "tick")
-    if control.canaries is not None:
+    if control.canaries is not None and config.kubernetes is None:
+        # In-cluster mode: only the Lease holder runs canaries (discovery/kubernetes/leader.py)
         tasks.spawn(control.canaries.run(), "canaries")
     if control.shared is not None:
         tasks.spawn(control.shared.run(), "state-sync")

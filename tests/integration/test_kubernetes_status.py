@@ -11,6 +11,7 @@ import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest_asyncio
 
 from pyproxy.discovery.kubernetes.client import KubeClient
@@ -20,9 +21,12 @@ from pyproxy.discovery.kubernetes.resources import GATEWAY, GATEWAY_CLASS, HTTP_
 from pyproxy.discovery.kubernetes.status import CONTROLLER_NAME, StatusWriter
 from pyproxy.discovery.kubernetes.writeback import KubeRuntimeStore, route_origins, spec_weights
 from pyproxy.overrides import Overrides
+from tests.integration import test_kubernetes_provider as provider_tests
+from tests.integration.test_kubernetes_provider import _equals, backends, eventually
 from tests.support.fake_kube import FakeKube
 
 NS = "shop"
+__all__ = ["backends"]  # the echo backends fixture, shared with the provider's tests
 RESOURCES = {"HTTPRoute": HTTP_ROUTE, "Gateway": GATEWAY, "GatewayClass": GATEWAY_CLASS}
 
 
@@ -203,3 +207,84 @@ async def test_set_weight_is_written_to_the_httproute_and_followed_by_another_re
     route = kube.get("HTTPRoute", NS, "stockmanager")
     assert [r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]] == [100, 0]
     assert "pyproxy.dev/runtime" not in route["metadata"].get("annotations", {})
+
+
+# --------------------------------------------------------------------------- two replicas
+
+
+async def test_two_replicas_one_leader_status_current_and_set_weight_seen_by_both(
+        tmp_path, backends, monkeypatch):
+    """Two real pyproxies (``server.serve``) on one fake API server: one holds the Lease and
+    writes status (observedGeneration current after each spec change); ``set-weight`` on
+    either is written to the HTTPRoute and both serve it within a second."""
+    async with FakeKube() as kube, aiohttp.ClientSession() as session:
+        provider_tests.base_objects(kube, backends)
+        kube.apply(provider_tests.http_route("shop", {"v1": 100, "v2": 0}))
+        replicas = []
+        for name in ("a", "b"):
+            monkeypatch.setenv("POD_NAME", f"pyproxy-{name}")  # the Lease identity
+            replicas.append(await provider_tests.start(tmp_path / name, kube))
+        try:
+            for replica in replicas:
+                await eventually(lambda r=replica: _equals(r.ready(session), 200))
+
+            def holder() -> str | None:
+                lease = kube.get_or_none("Lease", provider_tests.NS, "pyproxy-leader")
+                return lease["spec"]["holderIdentity"] if lease else None
+
+            await eventually(_async(lambda: holder() in ("pyproxy-a", "pyproxy-b")))
+
+            def observed() -> list[int]:
+                route = kube.get("HTTPRoute", provider_tests.NS, "shop")
+                return [c["observedGeneration"] for p in route.get("status", {}).get(
+                    "parents", []) for c in p["conditions"]]
+
+            for generation, weights in ((1, None), (2, {"v1": 50, "v2": 50}),
+                                        (3, {"v1": 0, "v2": 100})):
+                if weights is not None:
+                    kube.apply(provider_tests.http_route("shop", weights))
+                await eventually(_async(lambda g=generation: observed() == [g, g]))
+            status_writes = kube.count_requests("PUT", contains="/status")
+            await asyncio.sleep(0.6)
+            assert kube.count_requests("PUT", contains="/status") == status_writes, \
+                "nothing changed: no status write"
+
+            # set-weight on one replica: written to the object, both follow.
+            async with session.put(f"{replicas[1].admin}/api/v1/routes/shop-0/weights",
+                                   json={"weights": {"v1": 100, "v2": 0},
+                                         "source": "cli"}) as response:
+                assert response.status == 200, await response.text()
+            def weights() -> list[int]:
+                route = kube.get("HTTPRoute", provider_tests.NS, "shop")
+                return [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]]
+
+            await eventually(_async(lambda: weights() == [100, 0]), timeout=1.0)
+            for replica in replicas:
+                await eventually(lambda r=replica: _equals(r.hits(session, 5), {"v1": 5}),
+                                 timeout=1.0)
+
+            async def override_source() -> str | None:
+                async with session.get(f"{replicas[0].admin}/api/v1/routes") as response:
+                    described = await response.json()
+                [shop] = [r for r in described["routes"] if r["name"] == "shop-0"]
+                return (shop["override"] or {}).get("source")
+
+            # the other replica's table shows who set it, from the object's annotation
+            await eventually(lambda: _equals(override_source(), "cli"), timeout=1.0)
+            # cleared on the other replica: the split the object had before comes back
+            async with session.delete(
+                    f"{replicas[0].admin}/api/v1/routes/shop-0/weights") as response:
+                assert response.status == 200, await response.text()
+            for replica in replicas:
+                await eventually(lambda r=replica: _equals(r.hits(session, 5), {"v2": 5}),
+                                 timeout=1.0)
+            await eventually(_async(lambda: observed() == [5, 5]))
+        finally:
+            for replica in replicas:
+                await provider_tests.stop(replica)
+
+
+def _async(check):
+    async def run():
+        return check()
+    return run

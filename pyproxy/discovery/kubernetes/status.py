@@ -183,8 +183,10 @@ def _route_conditions(result: ImportResult, generation: int,
             and result.reason != "Accepted" else "UnsupportedValue"
         accepted_message = result.message
     if not result.resolved_refs:
-        resolved_reason = result.reason if result.reason in RESOLVED_REFS_REASONS \
-            and result.reason != "ResolvedRefs" else "BackendNotFound"
+        # A route refused as a whole (UnsupportedValue...) says so on both conditions: its
+        # references were not judged, so no ResolvedRefs reason would be true.
+        resolved_reason = result.reason if result.reason not in ("Accepted", "ResolvedRefs") \
+            else "BackendNotFound"
         resolved_message = result.message
     return [condition("Accepted", result.accepted, accepted_reason,
                       accepted_message or "served by pyproxy", generation, previous, now),
