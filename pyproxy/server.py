@@ -228,10 +228,16 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         control.source = provider
         stats.kubernetes_provider = provider.metrics
         tasks.spawn(provider.run(), "kubernetes")
+        # Every replica follows the objects' run-time state; the Lease holder writes status
+        # and runs the canaries.
+        from pyproxy.discovery.kubernetes.leader import Leadership
+
+        tasks.spawn(Leadership(provider, control).run(), "kubernetes-leader")
     if paths:
         tasks.spawn(watch(paths, control.reload), "config-watch")
     tasks.spawn(_tick(runtime, listener_tls), "tick")
-    if control.canaries is not None:
+    if control.canaries is not None and config.kubernetes is None:
+        # In-cluster mode: only the Lease holder runs canaries (discovery/kubernetes/leader.py)
         tasks.spawn(control.canaries.run(), "canaries")
     if control.shared is not None:
         tasks.spawn(control.shared.run(), "state-sync")
