@@ -139,7 +139,13 @@ class KubernetesProvider:
                 await asyncio.sleep(self.settings.batch_delay)
                 self._wake.clear()
                 if self.synced:
-                    await self.rebuild()
+                    try:
+                        await self.rebuild()
+                    except Exception:
+                        # An object the importers choke on must not stop the provider: the
+                        # last good config keeps serving, the next change builds again.
+                        logger.exception("kubernetes: building a config failed")
+                        self.snapshots["failure"] += 1
         finally:
             await self._tasks.cancel_all()
             if self.client is not None:
@@ -323,11 +329,15 @@ class KubernetesProvider:
                 if conflict not in self._logged_conflicts:
                     logger.warning("kubernetes: conflict: %s", conflict.message)
             self._logged_conflicts = built.conflicts
+        rejected = set()
         for key, parents in built.results.items():
-            for result in parents.values():
+            for result in parents.values():  # an object's parents share its result
                 seen = (key, result.generation, result.reason)
-                if not result.accepted and seen not in self._logged_rejections:
-                    self._logged_rejections.add(seen)
-                    logger.warning("kubernetes: %s %s/%s not imported (%s): %s", key.kind,
-                                   key.namespace, key.name, result.reason, result.message)
+                if not result.accepted:
+                    rejected.add(seen)
+                    if seen not in self._logged_rejections:
+                        logger.warning("kubernetes: %s %s/%s not imported (%s): %s",
+                                       key.kind, key.namespace, key.name, result.reason,
+                                       result.message)
                 break
+        self._logged_rejections = rejected  # once per object and generation
