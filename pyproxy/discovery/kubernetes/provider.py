@@ -91,7 +91,7 @@ class KubernetesProvider:
         self._slices_of: dict[tuple[str, str], set[Key]] = {}  # the reverse
         self._last: translate.Built | None = None
         self._logged_conflicts: tuple[Conflict, ...] = ()
-        self._logged_rejections: set[tuple[object, ...]] = set()
+        self._logged_rejections: set[tuple[ObjectKey, int, str]] = set()
 
     # ------------------------------------------------------------------ state
 
