@@ -1,9 +1,12 @@
 """The objects the reflectors have seen: per kind, keyed by (namespace, name).
 
-Every change bumps ``version`` and records the object's key in the pending change set, so
-the provider knows whether anything moved since its last snapshot and what did (to
-re-import only that). An event that changes nothing — the same resourceVersion again, as a
-re-list brings for every unchanged object — is not a change.
+Every stored change bumps ``version``. A change that can alter the config also records
+the object's key in the pending change set, so the provider knows whether anything moved
+since its last snapshot and what did (to re-import only that). Not such changes: the same
+resourceVersion again (a re-list brings it for every unchanged object), and a write to
+``status`` only — pyproxy's own status writes among them, which would otherwise rebuild
+the config once per route it reports on. The object is stored all the same, so readers
+see its latest resourceVersion.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ def _resource_version(obj: Object) -> object:
     return (obj.get("metadata") or {}).get("resourceVersion")
 
 
+# Metadata that every write moves; it says nothing about what the object asks for.
+_VOLATILE_METADATA = ("resourceVersion", "managedFields")
+
+
+def _content(obj: Object) -> Object:
+    """What of ``obj`` can change the config: all but ``status`` and volatile metadata."""
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items()
+                if k not in _VOLATILE_METADATA}
+    return {**{k: v for k, v in obj.items() if k not in ("status", "metadata")},
+            "metadata": metadata}
+
+
 class Store:
     """Objects by kind, a change counter, and the keys changed since the last ``take``."""
 
@@ -48,7 +63,8 @@ class Store:
         return sum(len(objects) for objects in self._objects.values())
 
     def apply(self, kind: str, event: WatchEvent) -> bool:
-        """One ADDED / MODIFIED / DELETED event; whether it changed anything."""
+        """One ADDED / MODIFIED / DELETED event; whether it changed anything that can
+        change the config."""
         key = object_key(kind, event.object)
         objects = self._objects.setdefault(kind, {})
         known = objects.get(key[1:])
@@ -61,6 +77,9 @@ class Store:
                     event.object) and _resource_version(known) is not None:
                 return False
             objects[key[1:]] = event.object
+            if known is not None and _content(known) == _content(event.object):
+                self.version += 1
+                return False  # status (or volatile metadata) only
         else:
             return False
         self.version += 1

@@ -15,7 +15,8 @@ def test_the_same_version_again_is_not_a_change() -> None:
     store = Store()
     assert store.apply("HTTPRoute", WatchEvent("ADDED", obj("a", "1")))
     assert not store.apply("HTTPRoute", WatchEvent("MODIFIED", obj("a", "1")))
-    assert store.apply("HTTPRoute", WatchEvent("MODIFIED", obj("a", "2")))
+    assert store.apply("HTTPRoute", WatchEvent("MODIFIED", {**obj("a", "2"),
+                                                            "spec": {"hostnames": ["x"]}}))
     assert store.version == 2
     assert store.take_changes() == {("HTTPRoute", "shop", "a")}
     assert store.take_changes() == set()
@@ -37,3 +38,15 @@ def test_a_relist_of_every_namespace_deletes_everywhere() -> None:
     events = store.replace("HTTPRoute", None, [])
     assert [e.type for e in events] == ["DELETED"]
     assert len(store) == 0
+
+
+def test_a_status_only_write_is_stored_but_is_no_change() -> None:
+    store = Store()
+    store.apply("HTTPRoute", WatchEvent("ADDED", obj("a", "1")))
+    store.take_changes()
+    with_status = {**obj("a", "2"), "status": {"parents": []}}
+    assert not store.apply("HTTPRoute", WatchEvent("MODIFIED", with_status))
+    stored = store.get(("HTTPRoute", "shop", "a"))
+    assert stored is not None and stored["metadata"]["resourceVersion"] == "2"
+    assert store.take_changes() == set()
+    assert store.version == 2  # readers of the objects (the status writer) still see it
