@@ -1,6 +1,6 @@
 """In-cluster mode at scale: 1,000 HTTPRoutes and 5,000 endpoints on the fake API server.
 
-    python loadtests/kubernetes_scale.py [--routes 1000] [--pods 5]
+    python loadtests/kubernetes_scale.py [--routes 1000] [--pods 5] [--json]
 
 A benchmark, not a test: it prints what it measured. pyproxy runs as a real process
 (``pyproxy run`` with a ``kubernetes:`` block pointing at tests/support/fake_kube through a
@@ -57,8 +57,11 @@ def child(count_file: str, argv: list[str]) -> int:
     gateway_api._http_route = counted
 
     def publish() -> None:
+        target = Path(count_file)
+        scratch = target.with_suffix(".tmp")
         while True:
-            Path(count_file).write_text(str(count))
+            scratch.write_text(str(count))
+            scratch.replace(target)  # atomic: a reader never sees a half-written number
             time.sleep(0.05)
 
     threading.Thread(target=publish, daemon=True).start()
@@ -100,6 +103,10 @@ def endpoint_slice(service: str, index: int, pods: int, generation: int) -> dict
                  "conditions": {"ready": True}} for p in range(pods)]}
 
 
+def _progress(what: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -121,6 +128,24 @@ def _snapshots(admin: str) -> dict[str, float]:
     _, text = _get(admin + "/metrics")
     return {r: metric_value(text, "pyproxy_kubernetes_snapshots_total", result=r)
             for r in ("success", "failure", "endpoints")}
+
+
+def _count(count_file: Path) -> float:
+    return float(count_file.read_text())
+
+
+async def settle(count_file: Path, quiet: float = 1.0, limit: float = 120.0,
+                 ) -> tuple[float, float]:
+    """Wait until the import count has not moved for ``quiet`` seconds (the leader's first
+    status writes, and whatever they set off, are over): (seconds it took, the count)."""
+    started = last_change = time.monotonic()
+    count = _count(count_file)
+    while time.monotonic() - last_change < quiet and time.monotonic() - started < limit:
+        await asyncio.sleep(0.1)
+        now = _count(count_file)
+        if now != count:
+            count, last_change = now, time.monotonic()
+    return last_change - started, count
 
 
 async def measure(routes: int, pods: int) -> dict[str, float]:
@@ -154,26 +179,31 @@ async def measure(routes: int, pods: int) -> dict[str, float]:
                         raise SystemExit("pyproxy not ready within 300 s")
                     await asyncio.sleep(0.05)
                 results["ready_s"] = time.monotonic() - spawned
+                _progress(f"ready after {results['ready_s']:.2f}s")
                 results["rss_mib"] = _proc_mib(proc.pid, "VmRSS")
                 results["peak_rss_mib"] = _proc_mib(proc.pid, "VmHWM")
-                await asyncio.sleep(1.0)  # let the first build's aftermath settle
-                results["imports_at_ready"] = float(count_file.read_text())
+                results["imports_at_ready"] = _count(count_file)
+                results["settle_s"], results["imports_settled"] = await settle(count_file)
+                _progress(f"settled after {results['settle_s']:.2f}s")
 
                 async def one_change(kind: str, change: Callable[[], object],
                                      counter: str) -> None:
                     before = await asyncio.to_thread(_snapshots, admin)
-                    imports_before = float(count_file.read_text())
+                    imports_before = _count(count_file)
                     t0 = time.monotonic()
                     change()
                     while True:
                         now = await asyncio.to_thread(_snapshots, admin)
                         if now[counter] > before[counter]:
                             break
+                        if time.monotonic() - t0 > 120:
+                            raise SystemExit(f"the {kind} change was not applied in 120 s")
                         await asyncio.sleep(0.02)
                     results[f"{kind}_change_s"] = time.monotonic() - t0
+                    _progress(f"{kind} change applied")
                     await asyncio.sleep(0.2)  # the count file is written every 50 ms
                     results[f"{kind}_change_reimported"] = \
-                        float(count_file.read_text()) - imports_before
+                        _count(count_file) - imports_before
 
                 name = f"app-{routes // 2:04d}"
                 await one_change("route", lambda: kube.patch(
@@ -184,6 +214,7 @@ async def measure(routes: int, pods: int) -> dict[str, float]:
                     endpoint_slice(name, routes // 2, pods, generation=1)), "endpoints")
                 results["rss_after_mib"] = _proc_mib(proc.pid, "VmRSS")
             finally:
+                _progress("stopping pyproxy")
                 proc.terminate()
                 await asyncio.wait_for(proc.wait(), 30)
         results["api_requests"] = float(len(kube.requests))
@@ -196,8 +227,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routes", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=5, help="endpoints per Service")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args()
     results = asyncio.run(measure(args.routes, args.pods))
+    if args.json:
+        print(json.dumps(results))
+        return 0
     print(f"in-cluster scale: {args.routes} HTTPRoutes, {args.routes} Services, "
           f"{args.routes * args.pods} endpoints")
     for key, value in results.items():
