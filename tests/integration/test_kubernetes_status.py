@@ -279,6 +279,19 @@ async def test_two_replicas_one_leader_status_current_and_set_weight_seen_by_bot
                 await eventually(lambda r=replica: _equals(r.hits(session, 5), {"v2": 5}),
                                  timeout=1.0)
             await eventually(_async(lambda: observed() == [5, 5]))
+
+            # A fault set on one replica is stored on the object: both inject it, and it
+            # ends on both at its deadline by itself.
+            async with session.post(f"{replicas[1].admin}/api/v1/faults",
+                                    json={"route": "shop-0", "abort": {"status": 503},
+                                          "percent": 100, "duration": "2s"}) as response:
+                assert response.status == 201, await response.text()
+            for replica in replicas:
+                await eventually(lambda r=replica: _equals(r.hits(session, 3), {"503": 3}),
+                                 timeout=1.0)
+            for replica in replicas:
+                await eventually(lambda r=replica: _equals(r.hits(session, 3), {"v2": 3}),
+                                 timeout=3.0)
         finally:
             for replica in replicas:
                 await provider_tests.stop(replica)
