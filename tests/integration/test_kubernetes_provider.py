@@ -233,3 +233,39 @@ async def test_survives_410_restart_stall_and_token_rotation(
 
 async def _equals(awaitable: Any, expected: object) -> bool:
     return bool(await awaitable == expected)
+
+
+async def test_a_pod_that_leaves_finishes_its_requests_and_gets_no_new_ones(
+        tmp_path: Path, backends: dict[str, EchoBackend]) -> None:
+    async with FakeKube() as kube, aiohttp.ClientSession() as session:
+        base_objects(kube, backends)
+        kube.apply(http_route("shop", {"v1": 1}))
+        running = await start(tmp_path, kube)
+        try:
+            await eventually(lambda: _equals(running.ready(session), 200))
+
+            async def slow() -> tuple[int, str]:
+                async with session.get(f"{running.proxy}/sleep/1.5",
+                                       headers={"Host": "shop.test"}) as response:
+                    return response.status, json.loads(await response.text())["name"]
+
+            in_flight = asyncio.get_running_loop().create_task(slow())
+            await asyncio.sleep(0.3)  # the request is at v1's only pod
+            kube.apply(endpoint_slice("v1-a", "v1", [backends["v3"]]))  # the pod is replaced
+            await eventually(lambda: _equals(running.hits(session, 3), {"v3": 3}))
+            before = backends["v1"].requests
+            assert await running.hits(session, 5) == {"v3": 5}
+            assert backends["v1"].requests == before  # no new request for the old pod
+            assert await in_flight == (200, "v1")  # and the one it had finished
+        finally:
+            await stop(running)
+
+
+async def test_an_empty_cluster_is_ready_and_answers_404(tmp_path: Path) -> None:
+    async with FakeKube() as kube, aiohttp.ClientSession() as session:
+        running = await start(tmp_path, kube)
+        try:
+            await eventually(lambda: _equals(running.ready(session), 200))
+            assert await running.hits(session, 1) == {"404": 1}
+        finally:
+            await stop(running)

@@ -23,7 +23,6 @@ import hashlib
 import logging
 import os
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,7 +32,7 @@ from pyproxy.config.load import LoadedConfig, read_documents
 from pyproxy.config.model import Endpoint, KubernetesConfig
 from pyproxy.discovery.kubernetes import resources, translate
 from pyproxy.discovery.kubernetes.client import KubeApiError, KubeClient, pod_namespace
-from pyproxy.discovery.kubernetes.report import Conflict, ObjectKey, ObjectReport
+from pyproxy.discovery.kubernetes.report import Conflict, ImportResult, ObjectKey, ObjectReport
 from pyproxy.discovery.kubernetes.resources import Resource
 from pyproxy.discovery.kubernetes.store import Key, Store
 from pyproxy.discovery.kubernetes.watch import Backoff, Reflector
@@ -75,7 +74,9 @@ class KubernetesProvider:
         self.namespaces = self._namespaces()
         self.selection = translate.Selection(
             settings.controller_name, settings.gateways,
-            qualified_services=self.namespaces != ["default"] and len(self.namespaces) != 1)
+            qualified_services=self.namespaces == ["*"] or len(self.namespaces) > 1)
+        # Called after every build, once the report is up to date (the status writer).
+        self.on_report: list[Callable[[], None]] = []
         self.snapshots = {"success": 0, "failure": 0, "endpoints": 0}
         self._documents = list(documents)
         self._digest = digest
@@ -205,6 +206,10 @@ class KubernetesProvider:
             return {"result": "unchanged", "generation": self.control.runtime.generation,
                     "errors": []}
         self._documents, self._digest, self._files = documents, digest, tuple(files)
+        if any(isinstance(d.value, dict) and d.value.get("kubernetes") is not None
+               for d in documents) and "kubernetes" not in self.control.overrides:
+            logger.info("kubernetes: changes to the kubernetes: block apply at the next "
+                        "restart")
         if not self.synced:
             # Not serving API objects yet: apply the new settings; routes come with the sync.
             return await self._apply_settings_only()
@@ -263,8 +268,7 @@ class KubernetesProvider:
 
     def _stamp(self) -> str:
         """A digest for the config built now: the files' and the store's version."""
-        return hashlib.sha256(f"{self._digest}\0{self.store.version}\0{time.monotonic()}"
-                              .encode()).hexdigest()
+        return hashlib.sha256(f"{self._digest}\0{self.store.version}".encode()).hexdigest()
 
     def _refresh_endpoints(self, changes: set[Key]) -> set[str]:
         """Recompute the endpoints of the Services touched by ``changes``; their native
@@ -300,7 +304,16 @@ class KubernetesProvider:
 
     def _report(self, built: translate.Built) -> None:
         """Update the table the status writer reads; log what is new."""
-        self.report.update(built.results, built.conflicts)
+        results = dict(built.results)
+        for gateway_class in self.store.objects("GatewayClass"):
+            key = translate.object_key(gateway_class)
+            if key.name in translate.claimed_classes([gateway_class],
+                                                     self.settings.controller_name):
+                results[key] = {None: ImportResult(True, True, "Accepted", "",
+                                                   translate.generation(gateway_class))}
+        self.report.update(results, built.conflicts)
+        for callback in self.on_report:
+            callback()
         if built.conflicts != self._logged_conflicts:
             for conflict in built.conflicts:
                 if conflict not in self._logged_conflicts:

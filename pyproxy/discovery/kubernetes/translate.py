@@ -46,9 +46,21 @@ from pyproxy.discovery.kubernetes.report import (
 )
 from pyproxy.discovery.kubernetes.resources import Object
 
-__all__ = ["Built", "Selection", "build", "endpoints_of", "manifest_documents",
-           "native_service_name", "object_source", "services_of", "settings_documents",
-           "with_kubernetes"]
+__all__ = [
+    "Built",
+    "Selection",
+    "build",
+    "claimed_classes",
+    "endpoints_of",
+    "generation",
+    "manifest_documents",
+    "native_service_name",
+    "object_key",
+    "object_source",
+    "services_of",
+    "settings_documents",
+    "with_kubernetes",
+]
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 # Kinds that go through config.compat's importers, in the order their documents are given.
@@ -78,13 +90,13 @@ def _metadata(obj: Object) -> dict[str, Any]:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def _key(obj: Object) -> ObjectKey:
+def object_key(obj: Object) -> ObjectKey:
     metadata = _metadata(obj)
     return ObjectKey(str(obj.get("kind") or ""), str(metadata.get("namespace") or ""),
                      str(metadata.get("name") or ""))
 
 
-def _generation(obj: Object) -> int:
+def generation(obj: Object) -> int:
     generation = _metadata(obj).get("generation")
     return generation if isinstance(generation, int) else 0
 
@@ -193,7 +205,7 @@ def services_of(services: Iterable[Object], slices: Iterable[Object], qualified:
                                   []).append(slice_)
     found = {}
     for service in services:
-        namespace, name = _key(service).namespace, _key(service).name
+        namespace, name = object_key(service).namespace, object_key(service).name
         found[native_service_name(namespace, name, qualified)] = endpoints_of(
             service, by_service.get((namespace, name), []))
     return found
@@ -203,7 +215,8 @@ def services_of(services: Iterable[Object], slices: Iterable[Object], qualified:
 
 
 def claimed_classes(classes: Iterable[Object], controller_name: str) -> set[str]:
-    return {_key(c).name for c in classes if _spec(c).get("controllerName") == controller_name}
+    return {object_key(c).name for c in classes
+            if _spec(c).get("controllerName") == controller_name}
 
 
 def served_gateways(gateways: Iterable[Object], classes: set[str], selection: Selection
@@ -211,7 +224,7 @@ def served_gateways(gateways: Iterable[Object], classes: set[str], selection: Se
     chosen = set(selection.gateways)
     found = []
     for gateway in gateways:
-        key = _key(gateway)
+        key = object_key(gateway)
         if _spec(gateway).get("gatewayClassName") not in classes:
             continue
         if chosen and key.name not in chosen and f"{key.namespace}/{key.name}" not in chosen:
@@ -222,7 +235,7 @@ def served_gateways(gateways: Iterable[Object], classes: set[str], selection: Se
 
 def our_parents(route: Object, gateways: set[tuple[str, str]]) -> list[dict[str, Any]]:
     """The route's parentRefs that name a Gateway we serve, or a Service (GAMMA)."""
-    namespace = _key(route).namespace
+    namespace = object_key(route).namespace
     refs = []
     for ref in _spec(route).get("parentRefs") or []:
         if not isinstance(ref, dict):
@@ -256,12 +269,12 @@ def manifest_documents(objects: Mapping[str, Sequence[Object]], selection: Selec
     """
     classes = claimed_classes(objects.get("GatewayClass", ()), selection.controller_name)
     gateways = served_gateways(objects.get("Gateway", ()), classes, selection)
-    gateway_keys = {(_key(g).namespace, _key(g).name) for g in gateways}
+    gateway_keys = {(object_key(g).namespace, object_key(g).name) for g in gateways}
     used: dict[tuple[ObjectKey, object], ApiManifest] = {}
     found = []
     for kind in IMPORTED_KINDS:
         for obj in (gateways if kind == "Gateway" else objects.get(kind, ())):
-            key = _key(obj)
+            key = object_key(obj)
             version = (key, _metadata(obj).get("resourceVersion") or id(obj))
             manifest = cache.get(version) if cache is not None else None
             if manifest is None or kind == "HTTPRoute":  # parents depend on the Gateways
@@ -294,7 +307,7 @@ def _manifest(obj: Object, key: ObjectKey, gateways: set[tuple[str, str]]
                      if metadata.get(k) is not None},
         "spec": spec,
     }
-    return ApiManifest(key, Document(object_source(*key), value), parents, _generation(obj))
+    return ApiManifest(key, Document(object_source(*key), value), parents, generation(obj))
 
 
 # ---------------------------------------------------------------------------- combining

@@ -206,7 +206,9 @@ class Reflector:
             try:
                 if step.action == "list":
                     step = self.machine.listed(await self._list())
-                    self.synced.set()
+                    if not self.synced.is_set():
+                        self.synced.set()
+                        self.changed()  # synced, even when the list was empty
                     self.last_error = None
                 else:
                     step = await self._watch(step.resource_version)
