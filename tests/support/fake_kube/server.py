@@ -52,6 +52,10 @@ class _Watch:
     field_: Predicate
     queue: asyncio.Queue[Obj | None] = field(default_factory=asyncio.Queue)
     transport: asyncio.Transport | None = None
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)  # clear: stalled
+
+    def __post_init__(self) -> None:
+        self.flowing.set()
 
     def matches(self, obj: Obj | None) -> bool:
         if obj is None:
@@ -120,9 +124,7 @@ class FakeKube:
         self._watches: set[_Watch] = set()
         self._throttle_left = 0
         self._retry_after = 1
-        self._stalled = False
-        self._unstalled = asyncio.Event()
-        self._unstalled.set()
+        self._stall_new_watches = False
         self._runner: web.AppRunner | None = None
         self.store.subscribe(self._fan_out)
 
@@ -135,7 +137,8 @@ class FakeKube:
     async def start(self) -> FakeKube:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    shutdown_timeout=2.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         if ("", "default") not in self.store.objects(BY_KIND["Namespace"]):
@@ -151,6 +154,7 @@ class FakeKube:
             if watch.transport is not None:
                 watch.transport.abort()
             watch.queue.put_nowait(None)
+            watch.flowing.set()  # a stalled handler must see the end too
         self._watches.clear()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -217,15 +221,19 @@ class FakeKube:
             watch.queue.put_nowait({"type": "ERROR", "object": expired.status()})
             watch.queue.put_nowait(None)
 
-    def stall_watches(self) -> None:
-        """Open watch streams (and new ones) stay open but send nothing, bookmarks included,
-        and ignore timeoutSeconds — a network path that silently stopped delivering."""
-        self._stalled = True
-        self._unstalled.clear()
+    def stall_watches(self, *, new_too: bool = False) -> None:
+        """The watch streams open now stay open but send nothing, bookmarks included, and
+        ignore timeoutSeconds — a network path that silently stopped delivering. A client
+        that notices reconnects to a working stream, unless ``new_too`` stalls those as
+        well. Held events are sent on ``unstall_watches()``."""
+        for watch in self._watches:
+            watch.flowing.clear()
+        self._stall_new_watches = new_too
 
     def unstall_watches(self) -> None:
-        self._stalled = False
-        self._unstalled.set()
+        self._stall_new_watches = False
+        for watch in self._watches:
+            watch.flowing.set()
 
     def throttle(self, n: int, retry_after: int = 1) -> None:
         """Answer the next ``n`` requests with 429 Too Many Requests and ``Retry-After``."""
@@ -533,6 +541,8 @@ class FakeKube:
         response.enable_chunked_encoding()
         if expired is None:
             self._watches.add(watch)
+            if self._stall_new_watches:
+                watch.flowing.clear()
         try:
             await response.prepare(request)
             watch.transport = request.transport
@@ -542,6 +552,8 @@ class FakeKube:
             for line in initial:
                 watch.queue.put_nowait(line)
             await self._stream(response, watch, timeout, bookmarks)
+        except ConnectionResetError:
+            return response  # the client went away: nothing left to say
         finally:
             self._watches.discard(watch)
         with contextlib.suppress(ConnectionResetError):
@@ -553,8 +565,8 @@ class FakeKube:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if self._stalled:
-                await self._unstalled.wait()
+            if not watch.flowing.is_set():
+                await watch.flowing.wait()
                 continue
             if not watch.queue.empty():  # what is pending goes out, even past the deadline
                 line = watch.queue.get_nowait()
@@ -571,7 +583,7 @@ class FakeKube:
                 async with asyncio.timeout(min(remaining, self.bookmark_interval)):
                     line = await watch.queue.get()
             except TimeoutError:
-                if bookmarks and loop.time() < deadline and not self._stalled:
+                if bookmarks and loop.time() < deadline and watch.flowing.is_set():
                     # Everything up to the current version has been sent (the queue is empty),
                     # so a bookmark may carry it.
                     info = watch.info
@@ -582,7 +594,7 @@ class FakeKube:
             if line is None:
                 return
             # Stalled while this stream waited: hold the event until released.
-            await self._unstalled.wait()
+            await watch.flowing.wait()
             await self._write(response, line)
             if line["type"] == "ERROR":
                 return

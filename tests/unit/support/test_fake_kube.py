@@ -505,7 +505,7 @@ async def test_restart_keeps_the_store_and_cuts_watches(kube: FakeKube, api: Api
 async def test_stalled_watches_send_nothing_until_released(kube: FakeKube, api: Api) -> None:
     """A knob, not an API rule: a stream that stays open and silent (no events, no
     bookmarks, no close at timeoutSeconds), for a client's inactivity timeout."""
-    kube.stall_watches()
+    kube.stall_watches(new_too=True)
     kube.apply(route("a"))
     seen: list[dict[str, Any]] = []
 
@@ -520,6 +520,25 @@ async def test_stalled_watches_send_nothing_until_released(kube: FakeKube, api: 
     kube.unstall_watches()
     await asyncio.wait_for(task, 3)
     assert seen[0]["type"] == "ADDED"
+
+
+async def test_a_stall_hits_the_open_streams_not_the_next_one(kube: FakeKube,
+                                                              api: Api) -> None:
+    """A stalled TCP path, not a stalled server: reconnecting gets a working stream."""
+    rv = str(kube.store.rv)
+    stalled: list[dict[str, Any]] = []
+
+    async def consume() -> None:
+        async for event in api.watch(ROUTES, resourceVersion=rv):
+            stalled.append(event)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    await kube.wait_for_watches("HTTPRoute")
+    kube.stall_watches()
+    kube.apply(route("a"))
+    events = await collect(api.watch(ROUTES, resourceVersion=rv), 1)
+    assert events[0]["type"] == "ADDED" and stalled == []
+    task.cancel()
 
 
 async def test_throttle_answers_429_with_retry_after(kube: FakeKube, api: Api) -> None:
