@@ -301,3 +301,25 @@ def _async(check):
     async def run():
         return check()
     return run
+
+
+async def test_set_weight_on_a_route_flagger_owns_is_refused_with_the_owner(tmp_path, backends):
+    async with FakeKube() as kube, aiohttp.ClientSession() as session:
+        provider_tests.base_objects(kube, backends)
+        route = provider_tests.http_route("shop", {"v1": 100, "v2": 0})
+        route["metadata"]["ownerReferences"] = [{
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "name": "shop",
+            "uid": "0b5e6c1e-0000-4000-8000-000000000001", "controller": True}]
+        kube.apply(route)
+        replica = await provider_tests.start(tmp_path, kube)
+        try:
+            await eventually(lambda: _equals(replica.ready(session), 200))
+            async with session.put(f"{replica.admin}/api/v1/routes/shop-0/weights",
+                                   json={"weights": {"v2": 100}}) as response:
+                assert response.status == 400
+                assert "Canary shop (ownerReferences)" in await response.text()
+            stored = kube.get("HTTPRoute", provider_tests.NS, "shop")
+            assert [b["weight"] for b in stored["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+            assert await replica.hits(session, 3) == {"v1": 3}
+        finally:
+            await provider_tests.stop(replica)
