@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest_asyncio
 
+from pyproxy.canary.controller import CanaryController
+from pyproxy.demo.fake_service import start_fake_service
 from pyproxy.discovery.kubernetes.client import KubeClient
 from pyproxy.discovery.kubernetes.lease import LeaderElection, run_election
 from pyproxy.discovery.kubernetes.report import ImportResult, ObjectKey, ObjectReport, parent_key
@@ -323,3 +325,38 @@ async def test_set_weight_on_a_route_flagger_owns_is_refused_with_the_owner(tmp_
             assert await replica.hits(session, 3) == {"v1": 3}
         finally:
             await provider_tests.stop(replica)
+
+
+async def test_a_canary_stood_down_with_the_lease_resumes_where_it_stood(proxy_factory):
+    """Leadership lost: ``run`` is cancelled and ``stand_down`` forgets the runners but keeps
+    their state; leadership regained: ``run`` resumes each canary at its step."""
+    from tests.integration.test_canary import Load, shop_config, view, wait_for
+
+    fakes = [await start_fake_service(name) for name in ("shop-v1", "shop-v2")]
+    try:
+        proxy = await proxy_factory(shop_config(*fakes, interval=0.3,
+                                                step_weights=(10, 20, 30, 40), max_weight=40))
+        controller = CanaryController(proxy.runtime, proxy.stats, poll=0.05)
+        controller.sync()  # the canary starts now, not at the first poll
+        task = asyncio.create_task(controller.run())
+        async with Load(proxy.url):
+            await wait_for(lambda: view(controller)["step"] >= 2, 5, "a second step")
+        controller.command("shop", "pause")
+        before = view(controller)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        controller.stand_down()
+        assert controller.describe_all() == {"canaries": []}
+        task = asyncio.create_task(controller.run())
+        try:
+            await wait_for(lambda: bool(controller.describe_all()["canaries"]), 2,
+                           "the canary back")
+            after = view(controller)
+            assert (after["phase"], after["step"], after["candidate_weight"]) == \
+                (before["phase"], before["step"], before["candidate_weight"])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        for fake in fakes:
+            await fake.close()
