@@ -35,7 +35,6 @@ import asyncio
 import copy
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -66,17 +65,6 @@ class RouteOrigin:
     namespace: str
     name: str
     rule: int | None = None
-
-    @classmethod
-    def of(cls, kind: str, namespace: str, name: str, path: str = "") -> RouteOrigin | None:
-        """From an imported route's origin (``ImportedRoute.origin``/``.path``, such as
-        ``spec.rules[2]``); None for a kind whose weights pyproxy does not write."""
-        if kind == "HTTPRoute":
-            found = re.match(r"spec\.rules\[(\d+)\]", path)
-            return cls(HTTP_ROUTE, namespace, name, int(found.group(1)) if found else 0)
-        if kind == "TrafficSplit":
-            return cls(TRAFFIC_SPLIT, namespace, name)
-        return None
 
 
 def route_origins(route_names: Iterable[str], objects: Iterable[Mapping[str, object]]
