@@ -156,6 +156,9 @@ def test_two_replicas_follow_one_set_weight_through_the_object():
         b.set_weights("from-a-file", {"local": 1})  # a file route: local only, no write
         await store_a.flush()
         assert api.replaced == 1
+        # the watch has not delivered the write yet: the writer keeps its own entry
+        assert store_a.restore() is False
+        assert "stockmanager-1" in a.weights
         assert spec_weights(api.obj, RULE1) == {"stockmanager-v1": 0, "stockmanager-v2": 100}
         watched["obj"] = copy.deepcopy(api.obj)  # the watch event reaches both
         assert store_b.restore() is True
