@@ -45,6 +45,7 @@ from pyproxy.config.model import (
     HeaderChanges,
     HeaderRules,
     HealthCheck,
+    KubernetesConfig,
     Limits,
     LoadBalancer,
     Match,
@@ -330,6 +331,13 @@ def _settings(config: Config) -> dict[str, Any]:
         changed = _changed(getattr(config, key), kind(), durations)
         if changed:
             out[key] = changed
+    if config.kubernetes is not None:
+        kubernetes = _changed(config.kubernetes, KubernetesConfig(),
+                              ("watch_timeout", "idle_timeout", "batch_delay"))
+        if "gateways" in kubernetes:
+            kubernetes["gateway"] = kubernetes.pop("gateways")
+        out["kubernetes"] = {key: list(value) if isinstance(value, tuple) else value
+                             for key, value in kubernetes.items()}
     return out
 
 

@@ -269,3 +269,29 @@ async def test_an_empty_cluster_is_ready_and_answers_404(tmp_path: Path) -> None
             assert await running.hits(session, 1) == {"404": 1}
         finally:
             await stop(running)
+
+
+async def test_a_burst_of_changes_is_one_swap(tmp_path: Path,
+                                              backends: dict[str, EchoBackend]) -> None:
+    async with FakeKube() as kube, aiohttp.ClientSession() as session:
+        base_objects(kube, backends)
+        running = await start(tmp_path, kube)
+        try:
+            await eventually(lambda: _equals(running.ready(session), 200))
+            before = await _generation(session, running)
+            for index in range(20):
+                kube.apply(http_route(f"r{index}", {"v1": 1}, host=f"r{index}.test"))
+            await eventually(lambda: _equals(running.hits(session, 1, "r19.test"), {"v1": 1}))
+            assert await running.hits(session, 1, "r0.test") == {"v1": 1}
+            # 20 events within the batch window: one swap (two if the window split them).
+            assert await _generation(session, running) - before <= 2
+        finally:
+            await stop(running)
+
+
+async def _generation(session: aiohttp.ClientSession, running: Running) -> float:
+    async with session.get(f"{running.admin}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith("pyproxy_config_generation "):
+                return float(line.split()[1])
+    raise AssertionError("no pyproxy_config_generation")

@@ -283,9 +283,12 @@ class KubeClient:
                 raise await _error(response)
             try:
                 decoded = await response.json(content_type=None)
-            except (ValueError, aiohttp.ClientError) as problem:
+            except ValueError as problem:
                 raise KubeApiError(response.status, "BadResponse",
                                    message=f"{method} {path}: not JSON: {problem}") from problem
+            except (TimeoutError, aiohttp.ClientError) as problem:
+                raise KubeApiError(0, "Disconnected", message=f"{method} {path}: "
+                                   f"{str(problem) or type(problem).__name__}") from problem
             if not isinstance(decoded, dict):
                 raise KubeApiError(response.status, "BadResponse",
                                    message=f"{method} {path}: not a JSON object")

@@ -88,9 +88,10 @@ class KubernetesProvider:
         self._manifests: dict[tuple[ObjectKey, object], translate.ApiManifest] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}  # native name → pods
         self._slice_owner: dict[Key, tuple[str, str]] = {}  # slice → (namespace, Service)
+        self._slices_of: dict[tuple[str, str], set[Key]] = {}  # the reverse
         self._last: translate.Built | None = None
         self._logged_conflicts: tuple[Conflict, ...] = ()
-        self._logged_rejections: set[tuple[object, ...]] = set()
+        self._logged_rejections: set[tuple[ObjectKey, int, str]] = set()
 
     # ------------------------------------------------------------------ state
 
@@ -138,7 +139,13 @@ class KubernetesProvider:
                 await asyncio.sleep(self.settings.batch_delay)
                 self._wake.clear()
                 if self.synced:
-                    await self.rebuild()
+                    try:
+                        await self.rebuild()
+                    except Exception:
+                        # An object the importers choke on must not stop the provider: the
+                        # last good config keeps serving, the next change builds again.
+                        logger.exception("kubernetes: building a config failed")
+                        self.snapshots["failure"] += 1
         finally:
             await self._tasks.cancel_all()
             if self.client is not None:
@@ -282,12 +289,15 @@ class KubernetesProvider:
                 before = self._slice_owner.pop(key, None)
                 if before is not None:
                     touched.add(before)
+                    self._slices_of.get(before, set()).discard(key)
                 obj = self.store.get(key)
                 owner = ((obj or {}).get("metadata") or {}).get("labels", {}).get(
                     "kubernetes.io/service-name")
                 if obj is not None and owner:
-                    self._slice_owner[key] = (namespace, str(owner))
-                    touched.add((namespace, str(owner)))
+                    owned_by = (namespace, str(owner))
+                    self._slice_owner[key] = owned_by
+                    self._slices_of.setdefault(owned_by, set()).add(key)
+                    touched.add(owned_by)
         names = set()
         for namespace, name in touched:
             native = translate.native_service_name(namespace, name,
@@ -297,8 +307,8 @@ class KubernetesProvider:
             if service is None:
                 self._endpoints.pop(native, None)
                 continue
-            slices = [obj for key, owner in self._slice_owner.items()
-                      if owner == (namespace, name) and (obj := self.store.get(key))]
+            slices = [obj for key in self._slices_of.get((namespace, name), ())
+                      if (obj := self.store.get(key))]
             self._endpoints[native] = translate.endpoints_of(service, slices)
         return names
 
@@ -319,11 +329,15 @@ class KubernetesProvider:
                 if conflict not in self._logged_conflicts:
                     logger.warning("kubernetes: conflict: %s", conflict.message)
             self._logged_conflicts = built.conflicts
+        rejected = set()
         for key, parents in built.results.items():
-            for result in parents.values():
+            for result in parents.values():  # an object's parents share its result
                 seen = (key, result.generation, result.reason)
-                if not result.accepted and seen not in self._logged_rejections:
-                    self._logged_rejections.add(seen)
-                    logger.warning("kubernetes: %s %s/%s not imported (%s): %s", key.kind,
-                                   key.namespace, key.name, result.reason, result.message)
+                if not result.accepted:
+                    rejected.add(seen)
+                    if seen not in self._logged_rejections:
+                        logger.warning("kubernetes: %s %s/%s not imported (%s): %s",
+                                       key.kind, key.namespace, key.name, result.reason,
+                                       result.message)
                 break
+        self._logged_rejections = rejected  # once per object and generation

@@ -219,6 +219,12 @@ class Reflector:
                 log("kubernetes: %s: %s; %s in %.1fs", self.name, error,
                     "listing again" if step.action == "list" else "resuming the watch",
                     step.delay)
+            except Exception as problem:
+                # A bug or an answer nobody foresaw must not stop this kind for good: it
+                # is logged, and the reflector backs off and goes on like after any failure.
+                logger.exception("kubernetes: %s: unexpected error", self.name)
+                self.last_error = KubeApiError(0, "Unexpected", message=repr(problem))
+                step = self.machine.failed(self.last_error)
 
     async def _list(self) -> str:
         """Every page; then the store holds exactly the list (deletes synthesised)."""

@@ -141,3 +141,21 @@ def test_pod_churn_replaces_endpoints_without_the_importers() -> None:
                                        built.endpoint_sources) is None
     assert translate.replace_endpoints(built.config, {**PODS, "v9": ()}, {"v9"},
                                        built.endpoint_sources) is None
+
+
+def test_smi_and_istio_objects_go_through_their_importers() -> None:
+    split = {"apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+             "metadata": {"name": "web-split", "namespace": "shop", "resourceVersion": "3"},
+             "spec": {"service": "web", "backends": [{"service": "v1", "weight": 80},
+                                                     {"service": "v2", "weight": 20}]}}
+    virtual = {"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+               "metadata": {"name": "api", "namespace": "shop", "resourceVersion": "4"},
+               "spec": {"hosts": ["api"], "http": [{"route": [
+                   {"destination": {"host": "v2"}, "weight": 100}]}]}}
+    pods = {**PODS, "web": (Endpoint("10.0.0.9", 8080),), "api": (Endpoint("10.0.0.8", 80),)}
+    built = build({"TrafficSplit": [split], "VirtualService": [virtual]}, pods=pods)
+    assert built.config is not None
+    by_hosts = {route.hosts: route for route in built.config.routes}
+    assert [(b.name, b.weight) for b in by_hosts["web",].backends] == [("v1", 80), ("v2", 20)]
+    assert [b.name for b in by_hosts["api",].backends] == ["v2"]
+    assert built.results[ObjectKey("TrafficSplit", "shop", "web-split")][None].accepted
