@@ -141,7 +141,7 @@ def _count(count_file: Path) -> float:
     return float(count_file.read_text())
 
 
-async def settle(count_file: Path, quiet: float = 1.0, limit: float = 120.0,
+async def settle(count_file: Path, quiet: float = 2.5, limit: float = 120.0,
                  ) -> tuple[float, float]:
     """Wait until the import count has not moved for ``quiet`` seconds (the leader's first
     status writes, and whatever they set off, are over): (seconds it took, the count)."""
