@@ -1,6 +1,6 @@
 """In-cluster mode at scale: 1,000 HTTPRoutes and 5,000 endpoints on the fake API server.
 
-    python loadtests/kubernetes_scale.py [--routes 1000] [--pods 5]
+    python loadtests/kubernetes_scale.py [--routes 1000] [--pods 5] [--json]
 
 A benchmark, not a test: it prints what it measured. pyproxy runs as a real process
 (``pyproxy run`` with a ``kubernetes:`` block pointing at tests/support/fake_kube through a
@@ -11,7 +11,9 @@ kubeconfig) and the script reports:
 - resident memory at ready (VmRSS) and its peak (VmHWM);
 - one HTTPRoute change: the time until a new config is serving, and how many HTTPRoutes
   the importers read again for it;
-- one EndpointSlice change (a pod replaced): the same two numbers.
+- one EndpointSlice change (a pod replaced): the same two numbers;
+- one status-only change (another controller's entry in one route's status): how many
+  HTTPRoutes it re-imports (nothing served depends on it).
 
 The HTTPRoute importer is counted by running pyproxy through this file (``--child``),
 which wraps ``config.compat.gateway_api._http_route`` before starting the CLI and writes
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,8 +60,11 @@ def child(count_file: str, argv: list[str]) -> int:
     gateway_api._http_route = counted
 
     def publish() -> None:
+        target = Path(count_file)
+        scratch = target.with_suffix(".tmp")
         while True:
-            Path(count_file).write_text(str(count))
+            scratch.write_text(str(count))
+            scratch.replace(target)  # atomic: a reader never sees a half-written number
             time.sleep(0.05)
 
     threading.Thread(target=publish, daemon=True).start()
@@ -100,6 +106,10 @@ def endpoint_slice(service: str, index: int, pods: int, generation: int) -> dict
                  "conditions": {"ready": True}} for p in range(pods)]}
 
 
+def _progress(what: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -115,12 +125,34 @@ def _proc_mib(pid: int, field: str) -> float:
     return 0.0
 
 
-def _snapshots(admin: str) -> dict[str, float]:
-    from tests.support.metrics import metric_value
+def _serves_host(admin: str, host: str) -> bool:
+    _, text = _get(admin + "/api/v1/routes")
+    return any(host in route["hosts"] for route in json.loads(text or '{"routes": []}')
+               ["routes"])
 
-    _, text = _get(admin + "/metrics")
-    return {r: metric_value(text, "pyproxy_kubernetes_snapshots_total", result=r)
-            for r in ("success", "failure", "endpoints")}
+
+def _has_endpoint(admin: str, service: str, address: str) -> bool:
+    _, text = _get(admin + "/api/v1/services")
+    return any(s["name"] == service and address in {e["address"] for e in s["endpoints"]}
+               for s in json.loads(text or '{"services": []}')["services"])
+
+
+def _count(count_file: Path) -> float:
+    return float(count_file.read_text())
+
+
+async def settle(count_file: Path, quiet: float = 2.5, limit: float = 120.0,
+                 ) -> tuple[float, float]:
+    """Wait until the import count has not moved for ``quiet`` seconds (the leader's first
+    status writes, and whatever they set off, are over): (seconds it took, the count)."""
+    started = last_change = time.monotonic()
+    count = _count(count_file)
+    while time.monotonic() - last_change < quiet and time.monotonic() - started < limit:
+        await asyncio.sleep(0.1)
+        now = _count(count_file)
+        if now != count:
+            count, last_change = now, time.monotonic()
+    return last_change - started, count
 
 
 async def measure(routes: int, pods: int) -> dict[str, float]:
@@ -154,37 +186,50 @@ async def measure(routes: int, pods: int) -> dict[str, float]:
                         raise SystemExit("pyproxy not ready within 300 s")
                     await asyncio.sleep(0.05)
                 results["ready_s"] = time.monotonic() - spawned
+                _progress(f"ready after {results['ready_s']:.2f}s")
                 results["rss_mib"] = _proc_mib(proc.pid, "VmRSS")
                 results["peak_rss_mib"] = _proc_mib(proc.pid, "VmHWM")
-                await asyncio.sleep(1.0)  # let the first build's aftermath settle
-                results["imports_at_ready"] = float(count_file.read_text())
+                await asyncio.sleep(0.2)  # the count file is written every 50 ms
+                results["imports_at_ready"] = _count(count_file)
+                results["settle_s"], results["imports_settled"] = await settle(count_file)
+                _progress(f"settled after {results['settle_s']:.2f}s")
 
                 async def one_change(kind: str, change: Callable[[], object],
-                                     counter: str) -> None:
-                    before = await asyncio.to_thread(_snapshots, admin)
-                    imports_before = float(count_file.read_text())
+                                     applied: Callable[[], bool]) -> None:
+                    """Make ``change``; time it until ``applied`` (read from the admin
+                    API) and count the HTTPRoute imports it set off."""
+                    imports_before = _count(count_file)
                     t0 = time.monotonic()
                     change()
-                    while True:
-                        now = await asyncio.to_thread(_snapshots, admin)
-                        if now[counter] > before[counter]:
-                            break
-                        await asyncio.sleep(0.02)
+                    while not await asyncio.to_thread(applied):
+                        if time.monotonic() - t0 > 120:
+                            raise SystemExit(f"the {kind} change was not applied in 120 s")
+                        await asyncio.sleep(0.05)
                     results[f"{kind}_change_s"] = time.monotonic() - t0
-                    await asyncio.sleep(0.2)  # the count file is written every 50 ms
-                    results[f"{kind}_change_reimported"] = \
-                        float(count_file.read_text()) - imports_before
+                    _progress(f"{kind} change applied")
+                    _, imports = await settle(count_file)
+                    results[f"{kind}_change_reimported"] = imports - imports_before
 
                 name = f"app-{routes // 2:04d}"
                 await one_change("route", lambda: kube.patch(
                     "HTTPRoute", "default", name,
                     {"spec": {"hostnames": [f"{name}.example", "changed.example"]}}),
-                    "success")
-                await one_change("endpoint", lambda: kube.apply(
-                    endpoint_slice(name, routes // 2, pods, generation=1)), "endpoints")
+                    lambda: _serves_host(admin, "changed.example"))
+                moved = endpoint_slice(name, routes // 2, pods, generation=1)
+                address = f"{moved['endpoints'][0]['addresses'][0]}:8080"
+                await one_change("endpoint", lambda: kube.apply(moved),
+                                 lambda: _has_endpoint(admin, name, address))
+                # Another controller's entry in one route's status: status only, the same
+                # generation. Nothing pyproxy serves depends on it.
+                route = kube.get("HTTPRoute", "default", name)
+                route["status"] = {"parents": [{
+                    "parentRef": {"name": "elsewhere"}, "controllerName": "example.com/other",
+                    "conditions": []}, *(route.get("status") or {}).get("parents", [])]}
+                await one_change("status", lambda: kube.apply(route), lambda: True)
                 results["rss_after_mib"] = _proc_mib(proc.pid, "VmRSS")
             finally:
-                proc.terminate()
+                _progress("stopping pyproxy")
+                proc.send_signal(signal.SIGINT)  # SIGTERM would wait out the drain delay
                 await asyncio.wait_for(proc.wait(), 30)
         results["api_requests"] = float(len(kube.requests))
     return results
@@ -196,8 +241,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routes", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=5, help="endpoints per Service")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--deadline", type=float, default=900,
+                        help="give up (and stop pyproxy) after this many seconds")
     args = parser.parse_args()
-    results = asyncio.run(measure(args.routes, args.pods))
+    results = asyncio.run(asyncio.wait_for(measure(args.routes, args.pods), args.deadline))
+    if args.json:
+        print(json.dumps(results))
+        return 0
     print(f"in-cluster scale: {args.routes} HTTPRoutes, {args.routes} Services, "
           f"{args.routes * args.pods} endpoints")
     for key, value in results.items():

@@ -230,9 +230,11 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
         tasks.spawn(provider.run(), "kubernetes")
         # Every replica follows the objects' run-time state; the Lease holder writes status
         # and runs the canaries.
-        from pyproxy.discovery.kubernetes.leader import Leadership
+        from pyproxy.discovery.kubernetes.leader import Leadership, identity
 
-        tasks.spawn(Leadership(provider, control).run(), "kubernetes-leader")
+        # With --workers N each process is a candidate of its own: one process leads.
+        who = identity() if worker is None else f"{identity()}-w{worker.index}"
+        tasks.spawn(Leadership(provider, control, name=who).run(), "kubernetes-leader")
     if paths:
         tasks.spawn(watch(paths, control.reload), "config-watch")
     tasks.spawn(_tick(runtime, listener_tls), "tick")

@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest_asyncio
 
+from pyproxy.canary.controller import CanaryController
+from pyproxy.demo.fake_service import start_fake_service
 from pyproxy.discovery.kubernetes.client import KubeClient
 from pyproxy.discovery.kubernetes.lease import LeaderElection, run_election
 from pyproxy.discovery.kubernetes.report import ImportResult, ObjectKey, ObjectReport, parent_key
@@ -279,6 +281,19 @@ async def test_two_replicas_one_leader_status_current_and_set_weight_seen_by_bot
                 await eventually(lambda r=replica: _equals(r.hits(session, 5), {"v2": 5}),
                                  timeout=1.0)
             await eventually(_async(lambda: observed() == [5, 5]))
+
+            # A fault set on one replica is stored on the object: both inject it, and it
+            # ends on both at its deadline by itself.
+            async with session.post(f"{replicas[1].admin}/api/v1/faults",
+                                    json={"route": "shop-0", "abort": {"status": 503},
+                                          "percent": 100, "duration": "2s"}) as response:
+                assert response.status == 201, await response.text()
+            for replica in replicas:
+                await eventually(lambda r=replica: _equals(r.hits(session, 3), {"503": 3}),
+                                 timeout=1.0)
+            for replica in replicas:
+                await eventually(lambda r=replica: _equals(r.hits(session, 3), {"v2": 3}),
+                                 timeout=3.0)
         finally:
             for replica in replicas:
                 await provider_tests.stop(replica)
@@ -288,3 +303,60 @@ def _async(check):
     async def run():
         return check()
     return run
+
+
+async def test_set_weight_on_a_route_flagger_owns_is_refused_with_the_owner(tmp_path, backends):
+    async with FakeKube() as kube, aiohttp.ClientSession() as session:
+        provider_tests.base_objects(kube, backends)
+        route = provider_tests.http_route("shop", {"v1": 100, "v2": 0})
+        route["metadata"]["ownerReferences"] = [{
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "name": "shop",
+            "uid": "0b5e6c1e-0000-4000-8000-000000000001", "controller": True}]
+        kube.apply(route)
+        replica = await provider_tests.start(tmp_path, kube)
+        try:
+            await eventually(lambda: _equals(replica.ready(session), 200))
+            async with session.put(f"{replica.admin}/api/v1/routes/shop-0/weights",
+                                   json={"weights": {"v2": 100}}) as response:
+                assert response.status == 400
+                assert "Canary shop (ownerReferences)" in await response.text()
+            stored = kube.get("HTTPRoute", provider_tests.NS, "shop")
+            assert [b["weight"] for b in stored["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+            assert await replica.hits(session, 3) == {"v1": 3}
+        finally:
+            await provider_tests.stop(replica)
+
+
+async def test_a_canary_stood_down_with_the_lease_resumes_where_it_stood(proxy_factory):
+    """Leadership lost: ``run`` is cancelled and ``stand_down`` forgets the runners but keeps
+    their state; leadership regained: ``run`` resumes each canary at its step."""
+    from tests.integration.test_canary import Load, shop_config, view, wait_for
+
+    fakes = [await start_fake_service(name) for name in ("shop-v1", "shop-v2")]
+    try:
+        proxy = await proxy_factory(shop_config(*fakes, interval=0.3,
+                                                step_weights=(10, 20, 30, 40), max_weight=40))
+        controller = CanaryController(proxy.runtime, proxy.stats, poll=0.05)
+        controller.sync()  # the canary starts now, not at the first poll
+        task = asyncio.create_task(controller.run())
+        async with Load(proxy.url):
+            await wait_for(lambda: view(controller)["step"] >= 2, 5, "a second step")
+        controller.command("shop", "pause")
+        before = view(controller)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        controller.stand_down()
+        assert controller.describe_all() == {"canaries": []}
+        task = asyncio.create_task(controller.run())
+        try:
+            await wait_for(lambda: bool(controller.describe_all()["canaries"]), 2,
+                           "the canary back")
+            after = view(controller)
+            assert (after["phase"], after["step"], after["candidate_weight"]) == \
+                (before["phase"], before["step"], before["candidate_weight"])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        for fake in fakes:
+            await fake.close()

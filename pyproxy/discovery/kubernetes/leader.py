@@ -3,9 +3,10 @@ run-time state the route objects carry; the Lease holder alone writes status and
 canary controller.
 
 ``Leadership`` runs next to the provider (``provider.py``) on its client and its object
-store. It does not hook into the provider's batches: it looks, every ``poll`` seconds, at
-the store's version, the report's version and the serving config's generation, and acts
-when one has moved — one rebuild, one pass, whatever the number of events in between.
+store. It looks at the store's version, the report's version and the serving config's
+generation when the provider has a new report (``on_report``) and every ``poll`` seconds,
+and acts when one has moved — one rebuild, one pass, whatever the number of events in
+between.
 
 - every replica: ``KubeRuntimeStore.restore`` gives the override table the weights and
   faults the objects carry (``writeback.py``);
@@ -19,6 +20,7 @@ when one has moved — one rebuild, one pass, whatever the number of events in b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -77,6 +79,7 @@ class Leadership:
         self._origins: tuple[tuple[int, int], dict[str, RouteOrigin]] | None = None
         self._tasks = TaskGroup()
         self._canaries: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     @property
     def leading(self) -> bool:
@@ -93,7 +96,10 @@ class Leadership:
                     self._begin(self.provider.client)
                 if self.election is not None:
                     await self.step()
-                await asyncio.sleep(self.poll)
+                # A new report wakes us at once; the poll catches the config swap after it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+                self._wake.clear()
         finally:
             await self._stop_canaries()
             await self._tasks.cancel_all()
@@ -108,6 +114,7 @@ class Leadership:
                                    self.provider.settings.controller_name)
         self._tasks.spawn(run_election(client, LEASE, self.election,
                                        on_change=self._leadership_changed), "lease")
+        self.provider.on_report.append(self._wake.set)
 
     async def step(self) -> None:
         """One look: follow the objects' run-time state; as leader, write status."""

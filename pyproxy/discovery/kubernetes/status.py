@@ -40,13 +40,11 @@ logger = logging.getLogger("pyproxy.kubernetes")
 CONTROLLER_NAME = "pyproxy.dev/gateway-controller"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 
-# The reasons of the Gateway API (apis/v1: RouteConditionReason, GatewayConditionReason,
-# ListenerConditionReason, GatewayClassConditionReason) that pyproxy uses. A failed import
-# gives one reason; which condition it belongs to follows from these sets.
+# The Gateway API's reasons for a route's Accepted condition (apis/v1 RouteConditionReason).
+# An import result carries one reason: for Accepted when it is one of these, else for
+# ResolvedRefs (BackendNotFound, RefNotPermitted, InvalidKind).
 ACCEPTED_REASONS = frozenset({"Accepted", "NotAllowedByListeners", "NoMatchingParent",
                               "NoMatchingListenerHostname", "UnsupportedValue", "Pending"})
-RESOLVED_REFS_REASONS = frozenset({"ResolvedRefs", "BackendNotFound", "RefNotPermitted",
-                                   "InvalidKind", "UnsupportedProtocol"})
 
 # The Gateway API caps these lists (CRD maxItems): status.parents and conditions.
 MAX_PARENTS = 32

@@ -35,7 +35,6 @@ import asyncio
 import copy
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 KNOWN_MANAGERS = ("flagger", "argo-rollouts", "rollouts-controller")
 
 JSON = dict[str, object]
+UNSEEN = 5.0  # seconds a replica trusts its own write over a watch that has not shown it
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,6 @@ class RouteOrigin:
     namespace: str
     name: str
     rule: int | None = None
-
-    @classmethod
-    def of(cls, kind: str, namespace: str, name: str, path: str = "") -> RouteOrigin | None:
-        """From an imported route's origin (``ImportedRoute.origin``/``.path``, such as
-        ``spec.rules[2]``); None for a kind whose weights pyproxy does not write."""
-        if kind == "HTTPRoute":
-            found = re.match(r"spec\.rules\[(\d+)\]", path)
-            return cls(HTTP_ROUTE, namespace, name, int(found.group(1)) if found else 0)
-        if kind == "TrafficSplit":
-            return cls(TRAFFIC_SPLIT, namespace, name)
-        return None
 
 
 def route_origins(route_names: Iterable[str], objects: Iterable[Mapping[str, object]]
@@ -337,6 +326,9 @@ class KubeRuntimeStore:
         self.attempts = attempts
         self._pending: dict[str, asyncio.Task[None]] = {}  # route → its write in flight
         self._again: set[str] = set()  # routes changed again while being written
+        # route → (resourceVersion our write got, when): until the watch shows that version,
+        # this replica's own entry is newer than the watched object
+        self._unseen: dict[str, tuple[str, float]] = {}
         self.writes = 0
         overrides.shared = self
 
@@ -391,8 +383,11 @@ class KubeRuntimeStore:
             if desired == current:
                 return
             try:
-                await self.client.replace(origin.resource, desired)
+                written = await self.client.replace(origin.resource, desired)
                 self.writes += 1
+                version = _dict(written.get("metadata")).get("resourceVersion")
+                if isinstance(version, str):
+                    self._unseen[route] = (version, time.monotonic())
                 return
             except KubeApiError as exc:
                 if exc.status != 409 or attempt == self.attempts - 1:
@@ -409,15 +404,16 @@ class KubeRuntimeStore:
     def restore(self, now: float | None = None) -> bool:
         """Give the table the run-time state of the watched objects; True when it changed.
         Routes from config files keep this replica's own entries, and so does a route whose
-        write is still in flight (the object does not show it yet)."""
+        write is in flight or not yet back through the watch (the object does not show it
+        yet: taking it would undo the change for a moment, and pause a canary)."""
         now = time.time() if now is None else now
         routes = self.routes()
-        weights = {r: o for r, o in self.overrides.weights.items()
-                   if r not in routes or r in self._pending}
-        faults = {r: f for r, f in self.overrides.faults.items()
-                  if r not in routes or r in self._pending}
+        local = {r for r in self.overrides.weights.keys() | self.overrides.faults.keys()
+                 if r not in routes or r in self._pending or self._ahead(r, routes[r][1])}
+        weights = {r: o for r, o in self.overrides.weights.items() if r in local}
+        faults = {r: f for r, f in self.overrides.faults.items() if r in local}
         for route, (origin, obj) in routes.items():
-            if route in self._pending:
+            if route in local:
                 continue
             override, fault = restored(route, obj, origin, now)
             if override is not None:
@@ -429,6 +425,23 @@ class KubeRuntimeStore:
             return False
         self.overrides.restore(weights, faults)
         return True
+
+    def _ahead(self, route: str, watched: Mapping[str, object]) -> bool:
+        """Whether our last write of ``route`` is newer than the watched copy. Versions are
+        opaque to clients, but every API server hands out etcd revisions, so they are
+        compared as numbers when they are; otherwise, and at the latest after ``UNSEEN``
+        seconds, the watched copy is taken as current."""
+        unseen = self._unseen.get(route)
+        if unseen is None:
+            return False
+        version, since = unseen
+        seen = _dict(watched.get("metadata")).get("resourceVersion")
+        ahead = time.monotonic() - since < UNSEEN and seen != version
+        if ahead and isinstance(seen, str) and seen.isdigit() and version.isdigit():
+            ahead = int(seen) < int(version)
+        if not ahead:
+            del self._unseen[route]
+        return ahead
 
 
 def _same(a: Mapping[str, WeightOverride], b: Mapping[str, WeightOverride]) -> bool:

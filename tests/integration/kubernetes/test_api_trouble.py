@@ -108,8 +108,10 @@ async def test_a_rotated_token_is_used(kube, cluster, backends, tmp_path):
         await stop_proxy(proxy)
 
 
-async def test_an_invalid_httproute_is_reported_and_the_rest_keeps_serving(
+async def test_a_backendref_to_nothing_is_reported_and_answers_500(
         kube, cluster, backends, tmp_path):
+    """Gateway API: a backendRef that resolves to nothing sets ResolvedRefs False
+    (BackendNotFound) and the requests it would have had get 500; other routes serve."""
     await _canary_setup(cluster, backends)
     cluster.httproute("other", [("shop-v2", 1)], hostnames=["other.example"])
     proxy = await start_proxy(write_config(tmp_path, kube))
@@ -119,7 +121,36 @@ async def test_an_invalid_httproute_is_reported_and_the_rest_keeps_serving(
             "reason") == "BackendNotFound", "BackendNotFound on the route's status")
         tally = await burst(proxy.url + "/", 200)
         assert tally.failed == 0 and set(tally.names) == {"v1"}
-        accepted = cluster.condition("shop", "Accepted")
-        assert accepted is not None and accepted["status"] == "True"
+        other = await burst(proxy.url + "/", 20, headers={"Host": "other.example"})
+        assert other.statuses == {500: 20}
+    finally:
+        await stop_proxy(proxy)
+
+
+async def test_an_invalid_httproute_is_reported_and_the_rest_keeps_serving(
+        kube, cluster, backends, tmp_path):
+    """A route the importer refuses (a filter without its settings; a real API server's CRD
+    validation would refuse it too, a skewed CRD version may not) is reported on its
+    status, Accepted False, and left out; every other route keeps serving."""
+    await _canary_setup(cluster, backends)
+    cluster.httproute("other", [("shop-v2", 1)], hostnames=["other.example"])
+    proxy = await start_proxy(write_config(tmp_path, kube))
+    try:
+        broken = kube.get("HTTPRoute", "default", "other")
+        broken["spec"]["rules"][0]["filters"] = [{"type": "RequestHeaderModifier"}]
+        kube.apply(broken)
+        await eventually(lambda: (cluster.condition("other", "Accepted") or {}).get(
+            "status") == "False", "Accepted False on the route's status")
+        accepted = cluster.condition("other", "Accepted")
+        assert accepted is not None
+        assert accepted["observedGeneration"] == kube.get(
+            "HTTPRoute", "default", "other")["metadata"]["generation"]
+        assert "RequestHeaderModifier" in accepted["message"]
+        async with SteadyLoad(proxy.url + "/", 50) as load:
+            await asyncio.sleep(1.0)
+        assert load.tally.failed == 0 and set(load.tally.names) == {"v1"}
+        assert cluster.status_current("shop")
+        other = await burst(proxy.url + "/", 20, headers={"Host": "other.example"})
+        print("the invalid route's host now gets", dict(other.statuses), dict(other.names))
     finally:
         await stop_proxy(proxy)

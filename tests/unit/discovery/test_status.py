@@ -90,6 +90,9 @@ def test_parent_ref_is_copied_exactly_whether_or_not_defaults_were_stored():
      ("True", "Accepted"), ("False", "RefNotPermitted")),
     (ImportResult(True, False, "InvalidKind", "kind Bucket", 1),
      ("True", "Accepted"), ("False", "InvalidKind")),
+    # refused whole: its references were never judged, both conditions say why
+    (ImportResult(False, False, "UnsupportedValue", "weight -1", 1),
+     ("False", "UnsupportedValue"), ("False", "UnsupportedValue")),
 ])
 def test_reasons_land_on_their_condition(result, accepted, resolved):
     obj = route()
