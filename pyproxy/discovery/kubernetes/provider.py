@@ -86,6 +86,7 @@ class KubernetesProvider:
         self._applied = False  # a config with the API's objects is serving
         self._build_lock = asyncio.Lock()
         self._manifests: dict[tuple[ObjectKey, object], translate.ApiManifest] = {}
+        self._route_cache: dict[object, object] = {}  # HTTPRoute imports, for the importer
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}  # native name → pods
         self._slice_owner: dict[Key, tuple[str, str]] = {}  # slice → (namespace, Service)
         self._slices_of: dict[tuple[str, str], set[Key]] = {}  # the reverse
@@ -253,7 +254,8 @@ class KubernetesProvider:
             objects["GatewayClass"] = self.store.objects("GatewayClass")
             manifests = translate.manifest_documents(objects, self.selection, self._manifests)
             built = await asyncio.to_thread(translate.build, self._documents, self.env,
-                                            manifests, dict(self._endpoints))
+                                            manifests, dict(self._endpoints),
+                                            self._route_cache)
             self._report(built)
             if built.config is None:
                 self.snapshots["failure"] += 1

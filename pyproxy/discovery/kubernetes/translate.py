@@ -233,7 +233,7 @@ def served_gateways(gateways: Iterable[Object], classes: set[str], selection: Se
     return found
 
 
-def our_parents(route: Object, gateways: set[tuple[str, str]]) -> list[dict[str, Any]]:
+def our_parents(route: Object, gateways: frozenset[tuple[str, str]]) -> list[dict[str, Any]]:
     """The route's parentRefs that name a Gateway we serve, or a Service (GAMMA)."""
     namespace = object_key(route).namespace
     refs = []
@@ -264,20 +264,23 @@ def manifest_documents(objects: Mapping[str, Sequence[Object]], selection: Selec
                        ) -> list[ApiManifest]:
     """The objects of ``objects`` (kind → objects) that are ours, as documents.
 
-    ``cache`` maps (object, resourceVersion) to the document made before, so an unchanged
-    object is not copied again; entries not used this time are dropped from it.
+    ``cache`` maps (object, revision) to the document made before, so an unchanged object
+    keeps its Document (which lets the importer skip it too); entries not used this time
+    are dropped from it.
     """
     classes = claimed_classes(objects.get("GatewayClass", ()), selection.controller_name)
     gateways = served_gateways(objects.get("Gateway", ()), classes, selection)
-    gateway_keys = {(object_key(g).namespace, object_key(g).name) for g in gateways}
+    gateway_keys = frozenset((object_key(g).namespace, object_key(g).name) for g in gateways)
     used: dict[tuple[ObjectKey, object], ApiManifest] = {}
     found = []
     for kind in IMPORTED_KINDS:
         for obj in (gateways if kind == "Gateway" else objects.get(kind, ())):
             key = object_key(obj)
-            version = (key, _metadata(obj).get("resourceVersion") or id(obj))
+            version: tuple[ObjectKey, object] = (key, _revision(obj))
+            if kind == "HTTPRoute":  # which parentRefs are ours depends on the Gateways
+                version = (key, (version[1], gateway_keys))
             manifest = cache.get(version) if cache is not None else None
-            if manifest is None or kind == "HTTPRoute":  # parents depend on the Gateways
+            if manifest is None:
                 manifest = _manifest(obj, key, gateway_keys)
                 if manifest is None:
                     continue
@@ -289,7 +292,18 @@ def manifest_documents(objects: Mapping[str, Sequence[Object]], selection: Selec
     return found
 
 
-def _manifest(obj: Object, key: ObjectKey, gateways: set[tuple[str, str]]
+def _revision(obj: Object) -> object:
+    """What changes when an object's import can: its uid and ``metadata.generation`` (every
+    kind imported is a custom resource, whose generation moves with each change of its
+    spec — and not with a write to its status, such as pyproxy's own); else its
+    resourceVersion."""
+    metadata = _metadata(obj)
+    if isinstance(metadata.get("generation"), int):
+        return metadata.get("uid"), metadata["generation"], metadata.get("creationTimestamp")
+    return metadata.get("resourceVersion") or id(obj)
+
+
+def _manifest(obj: Object, key: ObjectKey, gateways: frozenset[tuple[str, str]]
               ) -> ApiManifest | None:
     metadata = _metadata(obj)
     spec = dict(_spec(obj))
@@ -401,15 +415,17 @@ def _address(endpoint: Endpoint) -> str:
 
 def build(file_documents: Sequence[Document], env: Mapping[str, str],
           manifests: Sequence[ApiManifest], api_services: Mapping[str, tuple[Endpoint, ...]],
-          ) -> Built:
-    """Assemble the file and the API objects; objects with errors are left out."""
+          route_cache: dict[object, object] | None = None) -> Built:
+    """Assemble the file and the API objects; objects with errors are left out.
+    ``route_cache``, kept between builds, spares unchanged HTTPRoutes the importer."""
     documents, services, conflicts, sources = combine_services(file_documents, api_services)
     by_source = {m.document.source: m for m in manifests}
     rejected: dict[str, list[ConfigIssue]] = {}
     while True:
         kept = [m.document for m in manifests if m.document.source not in rejected]
         try:
-            config, warnings = assemble([*kept, *documents], env, services=services)
+            config, warnings = assemble([*kept, *documents], env, services=services,
+                                        route_cache=route_cache)
         except ConfigInvalid as invalid:
             from_api = [i for i in invalid.issues if i.file in by_source]
             others = [i for i in invalid.issues if i.file not in by_source]

@@ -37,9 +37,5 @@ def test_a_pod_change_reimports_no_route(measured):
     assert measured["endpoint_change_reimported"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "provider: a change to one HTTPRoute runs the importers over every HTTPRoute "
-    "(translate.manifest_documents rebuilds each HTTPRoute manifest and assemble imports "
-    "them all), so one change costs O(all routes), not O(changed)"))
 def test_a_route_change_reimports_only_that_route(measured):
     assert measured["route_change_reimported"] <= 1

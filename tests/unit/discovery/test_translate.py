@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from pyproxy.config.compat import gateway_api
 from pyproxy.config.document import Document
 from pyproxy.config.model import Endpoint
 from pyproxy.discovery.kubernetes import translate
@@ -159,3 +164,41 @@ def test_smi_and_istio_objects_go_through_their_importers() -> None:
     assert [(b.name, b.weight) for b in by_hosts["web",].backends] == [("v1", 80), ("v2", 20)]
     assert [b.name for b in by_hosts["api",].backends] == ["v2"]
     assert built.results[ObjectKey("TrafficSplit", "shop", "web-split")][None].accepted
+
+
+def test_one_changed_route_is_the_only_one_imported_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    imported: list[str] = []
+    original = gateway_api._http_route
+
+    def counting(ctx: Any, m: Any, *args: Any) -> Any:
+        imported.append(m.name)
+        return original(ctx, m, *args)
+
+    monkeypatch.setattr(gateway_api, "_http_route", counting)
+    routes = [http_route(f"r{i}", [("v1", 1), ("nope", 1)], hosts=(f"r{i}.example",))
+              for i in range(5)]
+    manifests: dict[tuple[ObjectKey, object], translate.ApiManifest] = {}
+    imports: dict[object, object] = {}
+
+    def build_cached(objs: dict[str, list[dict[str, object]]]) -> translate.Built:
+        docs = translate.manifest_documents(objs, SELECTION, manifests)
+        return translate.build([FILE], {}, docs, PODS, imports)
+
+    first = build_cached(objects(*routes))
+    assert sorted(imported) == [f"r{i}" for i in range(5)]
+    imported.clear()
+    changed = http_route("r2", [("v2", 1)], hosts=("r2.example",), rv="2", generation=2)
+    second = build_cached(objects(*routes[:2], changed, *routes[3:]))
+    assert imported == ["r2"]
+    # The same config and reports as importing everything again.
+    uncached = build(objects(*routes[:2], changed, *routes[3:]))
+    assert second.config == uncached.config
+    assert second.warnings == uncached.warnings
+    assert second.results == uncached.results
+    assert first.results[ObjectKey("HTTPRoute", "shop", "r0")] == \
+        second.results[ObjectKey("HTTPRoute", "shop", "r0")]
+    # A new Gateway changes what every route attaches to: all are imported again.
+    imported.clear()
+    build_cached({**objects(*routes), "Gateway": [gateway(), gateway("second")]})
+    assert len(imported) == 5
