@@ -118,10 +118,11 @@ class KubeClient:
     """list / watch / get / replace / replace_status / create / patch_merge over dicts."""
 
     def __init__(self, api: ApiClient, token: TokenFile | None, *,
-                 request_timeout: float = 30.0):
+                 request_timeout: float = 30.0, namespace: str | None = None):
         self._api = api
         self._token = token
         self.request_timeout = request_timeout
+        self.namespace = namespace  # the kubeconfig context's namespace, if it names one
         if token is not None:
             configuration: Configuration = api.configuration
 
@@ -136,6 +137,7 @@ class KubeClient:
         """A client from a kubeconfig file, or (``kubeconfig=None``) from the pod's service
         account. ``token_file`` overrides where the bearer token is read from."""
         configuration = Configuration()
+        namespace = None
         try:
             if kubeconfig:
                 loader = await kube_config.load_kube_config(
@@ -143,6 +145,9 @@ class KubeClient:
                     persist_config=False)
                 if token_file is None:
                     token_file = _kubeconfig_token_file(loader, kubeconfig)
+                context = loader.current_context or {}
+                found = (context.get("context") or {}).get("namespace")
+                namespace = found if isinstance(found, str) and found else None
             else:
                 # Untyped upstream; our TokenFile does the refresh (see the module docstring).
                 kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
@@ -154,7 +159,8 @@ class KubeClient:
         token = TokenFile(token_file) if token_file else None
         if token is not None:
             configuration.api_key["BearerToken"] = f"Bearer {token.read()}"
-        return cls(ApiClient(configuration), token, request_timeout=request_timeout)
+        return cls(ApiClient(configuration), token, request_timeout=request_timeout,
+                   namespace=namespace)
 
     @property
     def host(self) -> str:

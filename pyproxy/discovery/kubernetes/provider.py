@@ -132,6 +132,10 @@ class KubernetesProvider:
         try:
             self.client = await self._with_retries("connect", lambda: self.connect(
                 self.settings))
+            if not self.settings.namespaces and pod_namespace() is None and \
+                    self.client.namespace:
+                # Outside a pod: the kubeconfig context's namespace, as kubectl would use.
+                self.namespaces = [self.client.namespace]
             kinds = await self._with_retries("discover", self._discover)
             self._start(kinds)
             while True:
