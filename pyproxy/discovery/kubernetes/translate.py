@@ -57,7 +57,6 @@ __all__ = [
     "native_service_name",
     "object_key",
     "object_source",
-    "services_of",
     "settings_documents",
     "with_kubernetes",
 ]
@@ -191,24 +190,6 @@ def endpoints_of(service: Object, slices: Iterable[Object]) -> tuple[Endpoint, .
                     chosen[key] = Endpoint(str(address), number, own)
     found = ready or fallback
     return tuple(found[key] for key in sorted(found))
-
-
-def services_of(services: Iterable[Object], slices: Iterable[Object], qualified: bool
-                ) -> dict[str, tuple[Endpoint, ...]]:
-    """Native service name → endpoints, for every Service."""
-    by_service: dict[tuple[str, str], list[Object]] = {}
-    for slice_ in slices:
-        metadata = _metadata(slice_)
-        owner = (metadata.get("labels") or {}).get("kubernetes.io/service-name")
-        if owner:
-            by_service.setdefault((str(metadata.get("namespace") or ""), str(owner)),
-                                  []).append(slice_)
-    found = {}
-    for service in services:
-        namespace, name = object_key(service).namespace, object_key(service).name
-        found[native_service_name(namespace, name, qualified)] = endpoints_of(
-            service, by_service.get((namespace, name), []))
-    return found
 
 
 # ---------------------------------------------------------------------------- ours

@@ -192,7 +192,6 @@ class Reflector:
         self.machine = ReflectorMachine(clock=clock, rng=rng)
         self.sleep = sleep
         self.synced = asyncio.Event()
-        self.last_error: KubeApiError | None = None
 
     @property
     def name(self) -> str:
@@ -209,11 +208,9 @@ class Reflector:
                     if not self.synced.is_set():
                         self.synced.set()
                         self.changed()  # synced, even when the list was empty
-                    self.last_error = None
                 else:
                     step = await self._watch(step.resource_version)
             except KubeApiError as error:
-                self.last_error = error
                 step = self.machine.failed(error)
                 log = logger.info if error.status in (0, 410) else logger.warning
                 log("kubernetes: %s: %s; %s in %.1fs", self.name, error,
@@ -223,8 +220,8 @@ class Reflector:
                 # A bug or an answer nobody foresaw must not stop this kind for good: it
                 # is logged, and the reflector backs off and goes on like after any failure.
                 logger.exception("kubernetes: %s: unexpected error", self.name)
-                self.last_error = KubeApiError(0, "Unexpected", message=repr(problem))
-                step = self.machine.failed(self.last_error)
+                step = self.machine.failed(KubeApiError(0, "Unexpected",
+                                                        message=repr(problem)))
 
     async def _list(self) -> str:
         """Every page; then the store holds exactly the list (deletes synthesised)."""

@@ -4,7 +4,7 @@ https://kubernetes.io/docs/concepts/services-networking/endpoint-slices/#conditi
 from __future__ import annotations
 
 from pyproxy.config.model import Endpoint
-from pyproxy.discovery.kubernetes.translate import endpoints_of, services_of
+from pyproxy.discovery.kubernetes.translate import endpoints_of, native_service_name
 from tests.unit.discovery.objects import endpoint, endpoint_slice, service
 
 
@@ -55,10 +55,5 @@ def test_labels_from_the_slice_and_the_pod() -> None:
 
 
 def test_services_are_named_by_namespace_when_several_are_watched() -> None:
-    slices = [endpoint_slice("a", "web", [endpoint("10.0.0.1")]),
-              endpoint_slice("b", "web", [endpoint("10.0.1.1")], namespace="other")]
-    web = [service("web"), service("web", namespace="other")]
-    assert set(services_of(web, slices, qualified=True)) == {"web.shop", "web.other"}
-    assert addresses(services_of(web, slices, qualified=True)["web.other"]) == [
-        "10.0.1.1:8080"]
-    assert set(services_of([service("web")], slices[:1], qualified=False)) == {"web"}
+    assert native_service_name("shop", "web", qualified=True) == "web.shop"
+    assert native_service_name("shop", "web", qualified=False) == "web"
