@@ -65,6 +65,10 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="where the access log (one line per request) goes: a file, appended "
                           "to, or 'off' (default: stdout; the proxy's own messages go to "
                           "stderr either way)")
+    run.add_argument("--kubernetes", action="store_true",
+                     help="in-cluster mode: routes and endpoints also from the Kubernetes API "
+                          "(the config's kubernetes: block, else every default; "
+                          "docs/kubernetes.md)")
     run.add_argument("--state-dir", metavar="DIR",
                      help="keep run-time state (weight overrides, faults, canary progress) in "
                           "DIR: shared by the workers and kept across restarts (default: none; "
@@ -164,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.command == "run":
-        paths = _config_paths(args.config)
+        # In-cluster mode needs no file: the API has the routes (its defaults do the rest).
+        paths = _config_paths(args.config) if not args.kubernetes or args.config or \
+            os.environ.get("PYPROXY_CONFIG") or DEFAULT_CONFIG.exists() else []
         if args.access_log and not _redirect_access_log(args.access_log):
             return 2
         if args.state_dir:
@@ -179,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             from pyproxy.workers.supervisor import run_workers
 
             return run_workers(paths, args.workers, listen=args.listen, admin=args.admin,
-                               state_dir=args.state_dir)
+                               state_dir=args.state_dir, kubernetes=args.kubernetes)
         from pyproxy.server import run_server
 
         return run_server(paths, listen=args.listen, admin=args.admin,
-                          state_dir=args.state_dir)
+                          state_dir=args.state_dir, kubernetes=args.kubernetes)
     if args.command == "validate":
         from pyproxy.cli_text.validate import validate_command
 

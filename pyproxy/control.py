@@ -15,12 +15,20 @@ import ipaddress
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import NotRequired, TypedDict
+from typing import NotRequired, Protocol, TypedDict
 
 from pyproxy.admin.views import ejection_times
 from pyproxy.canary.controller import CanaryController, CanaryNotFound
 from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
-from pyproxy.config.model import AbortFault, Address, AdminConfig, Config, DelayFault, Fault
+from pyproxy.config.model import (
+    AbortFault,
+    Address,
+    AdminConfig,
+    Config,
+    DelayFault,
+    Fault,
+    KubernetesConfig,
+)
 from pyproxy.discovery.dns import DnsWatcher
 from pyproxy.engine.server import Listener
 from pyproxy.errors import InvalidOverride
@@ -40,6 +48,7 @@ class ConfigOverrides(TypedDict, total=False):
 
     listen: Address
     admin: AdminConfig
+    kubernetes: KubernetesConfig  # pyproxy run --kubernetes
 
 
 class ReloadResult(TypedDict):
@@ -49,6 +58,17 @@ class ReloadResult(TypedDict):
     generation: int  # of the config serving afterwards
     errors: list[str]  # why a failed reload was rejected
     time: NotRequired[float]  # wall clock; not for "unchanged"
+
+
+class ConfigSource(Protocol):
+    """Where configs come from besides the files: in-cluster mode's provider, which builds
+    each config from the files and the Kubernetes API and applies it with
+    :meth:`ProxyControl.apply_built`."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def reload_files(self) -> ReloadResult: ...
 
 
 class ProxyControl:
@@ -69,9 +89,11 @@ class ProxyControl:
         self.canaries: CanaryController | None = None  # set by the server
         self.shared: StateSync | None = None  # set by the server with a state directory
         self.dns: DnsWatcher | None = None  # set by the server
+        self.source: ConfigSource | None = None  # set by the server in in-cluster mode
 
     def is_ready(self) -> bool:
-        return self.serving and not self.listener.draining
+        return self.serving and not self.listener.draining and (
+            self.source is None or self.source.ready)
 
     def effective(self, loaded: LoadedConfig) -> Config:
         return dataclasses.replace(loaded.config, **self.overrides) if self.overrides \
@@ -87,42 +109,59 @@ class ProxyControl:
         return view
 
     async def reload(self) -> ReloadResult:
-        """parse → validate → compile → swap; the last good config stays on any error."""
+        """parse → validate → compile → swap; the last good config stays on any error.
+        In in-cluster mode the files are combined with the API objects (``source``)."""
+        if self.source is not None:
+            return await self.source.reload_files()
         async with self._reload_lock:
             try:
                 # YAML parsing is the slow part: keep it off the event loop.
-                loaded = await asyncio.to_thread(load_config, self.paths)
+                loaded: LoadedConfig | ConfigInvalid = await asyncio.to_thread(
+                    load_config, self.paths)
             except ConfigInvalid as invalid:
-                errors = [str(issue) for issue in invalid.issues]
-                for line in errors:
-                    logger.error("config reload rejected: %s", line)
-                self.stats.record_reload(False, self.runtime.generation)
-                self.last_reload = {"result": "failure", "generation": self.runtime.generation,
-                                    "time": time.time(), "errors": errors}
-                return self.last_reload
-            if loaded.digest == self.loaded.digest:
-                return {"result": "unchanged", "generation": self.runtime.generation,
-                        "errors": []}
-            config = self.effective(loaded)
-            serving = self.runtime.current.config
-            if config.listen != serving.listen:
-                logger.warning("listen address changes need a restart; still on %s",
-                               serving.listen)
-                config = dataclasses.replace(config, listen=serving.listen)
-            self.runtime.swap(self.runtime.compile(config))
-            self.listener.timeouts = config.timeouts
-            self.listener.limits = config.limits
-            self.loaded = loaded
-            self.stats.record_reload(True, self.runtime.generation)
-            self.stats.linkerd_compat = config.metrics.linkerd_compat
-            if self.canaries is not None:
-                self.canaries.sync()  # added, changed and removed canaries: now, not next poll
-            for warning in loaded.warnings:
-                logger.warning("config: %s", warning)
-            logger.info("config reloaded: generation %d", self.runtime.generation)
-            self.last_reload = {"result": "success", "generation": self.runtime.generation,
-                                "time": time.time(), "errors": []}
+                loaded = invalid
+            return self._apply(loaded, force=False)
+
+    async def apply_built(self, built: LoadedConfig | ConfigInvalid) -> ReloadResult:
+        """Apply a config built elsewhere (in-cluster mode: the files and the Kubernetes
+        API) exactly as a reload would: validated already, then compiled and swapped in,
+        with the command line's overrides; a ConfigInvalid is rejected and the last good
+        config keeps serving."""
+        async with self._reload_lock:
+            return self._apply(built, force=True)
+
+    def _apply(self, loaded: LoadedConfig | ConfigInvalid, *, force: bool) -> ReloadResult:
+        if isinstance(loaded, ConfigInvalid):
+            errors = [str(issue) for issue in loaded.issues]
+            for line in errors:
+                logger.error("config reload rejected: %s", line)
+            self.stats.record_reload(False, self.runtime.generation)
+            self.last_reload = {"result": "failure", "generation": self.runtime.generation,
+                                "time": time.time(), "errors": errors}
             return self.last_reload
+        if loaded.digest == self.loaded.digest and not force:
+            return {"result": "unchanged", "generation": self.runtime.generation,
+                    "errors": []}
+        config = self.effective(loaded)
+        serving = self.runtime.current.config
+        if config.listen != serving.listen:
+            logger.warning("listen address changes need a restart; still on %s",
+                           serving.listen)
+            config = dataclasses.replace(config, listen=serving.listen)
+        self.runtime.swap(self.runtime.compile(config))
+        self.listener.timeouts = config.timeouts
+        self.listener.limits = config.limits
+        self.loaded = loaded
+        self.stats.record_reload(True, self.runtime.generation)
+        self.stats.linkerd_compat = config.metrics.linkerd_compat
+        if self.canaries is not None:
+            self.canaries.sync()  # added, changed and removed canaries: now, not next poll
+        for warning in loaded.warnings:
+            logger.warning("config: %s", warning)
+        logger.info("config reloaded: generation %d", self.runtime.generation)
+        self.last_reload = {"result": "success", "generation": self.runtime.generation,
+                            "time": time.time(), "errors": []}
+        return self.last_reload
 
     async def reload_all(self) -> ReloadResult:
         """``POST /api/v1/reload``: this process now; with ``--workers N`` the others too,

@@ -10,6 +10,10 @@ file (``workers/state_file.py``), through ``on_change`` and ``restore``.
 The runtime reads the table while compiling a snapshot and gives it the routes of each new
 config (``set_routes``); after each change the table asks the runtime to recompile
 (``refresh``).
+
+In-cluster mode (docs/kubernetes.md) adds ``shared``: each change made here is also written
+to the route's Kubernetes object, which every replica watches, and a route another
+controller manages is refused (``SharedOverrides.check``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pyproxy.config.model import Fault
 from pyproxy.errors import InvalidOverride
@@ -53,6 +58,18 @@ class ActiveFault:
         return max(0.0, self.expires - (time.time() if now is None else now))
 
 
+class SharedOverrides(Protocol):
+    """Where run-time changes go so that every replica follows them: the route objects in
+    the Kubernetes API (``discovery/kubernetes/writeback.py``)."""
+
+    def check(self, route: str) -> None:
+        """Raise InvalidOverride when ``route`` may not be changed here (another
+        controller manages it)."""
+
+    def changed(self, route: str) -> None:
+        """The route's weight override or fault changed in the table: write it out."""
+
+
 class Overrides:
     """Route name → weight override, and route name → active fault."""
 
@@ -66,6 +83,7 @@ class Overrides:
         # faults added or cleared); not when faults expire or a reload prunes overrides.
         # With a state file, the leader writes it from here (``workers/state_file.py``).
         self.on_change: Callable[[], None] | None = None
+        self.shared: SharedOverrides | None = None  # in-cluster mode: the route objects
 
     def set_routes(self, routes: Mapping[str, Sequence[str]]) -> bool:
         """The routes (→ backend names) of a new config. Overrides whose route or backends
@@ -84,10 +102,12 @@ class Overrides:
                 raise InvalidOverride("weights must be non-negative numbers")
         if not weights:
             raise InvalidOverride("give at least one BACKEND=WEIGHT")
+        if self.shared is not None:
+            self.shared.check(route)
         self.weights[route] = WeightOverride(dict(weights), source)
         logger.info("weights of route %s set by %s: %s", route, source, weights)
         self._refresh()
-        self._changed()
+        self._changed(route)
 
     def clear_weights(self, route: str | None = None) -> list[str]:
         """Clear one route's override, or every one (``route=None``); the routes cleared."""
@@ -97,7 +117,7 @@ class Overrides:
             logger.info("weight override of route %s cleared", r)
         if cleared:
             self._refresh()
-            self._changed()
+            self._changed(*cleared)
         return cleared
 
     def add_fault(self, route: str, fault: Fault, duration: float) -> ActiveFault:
@@ -107,11 +127,13 @@ class Overrides:
             raise InvalidOverride("a fault needs an abort or a delay")
         if not 0 < duration <= MAX_FAULT_DURATION:
             raise InvalidOverride("duration must be between 0 and 24h")
+        if self.shared is not None:
+            self.shared.check(route)
         active = ActiveFault(route, fault, time.time() + duration)
         self.faults[route] = active
         logger.info("fault on route %s for %.1fs: %s", route, duration, fault)
         self._refresh()
-        self._changed()
+        self._changed(route)
         return active
 
     def clear_faults(self, route: str | None = None) -> list[str]:
@@ -122,7 +144,7 @@ class Overrides:
             logger.info("fault on route %s cleared", r)
         if cleared:
             self._refresh()
-            self._changed()
+            self._changed(*cleared)
         return cleared
 
     def expire_faults(self, now: float | None = None) -> list[str]:
@@ -159,9 +181,12 @@ class Overrides:
             raise InvalidOverride(f"no such route; routes: {', '.join(self._routes)}")
         return backends
 
-    def _changed(self) -> None:
+    def _changed(self, *routes: str) -> None:
         if self.on_change is not None:
             self.on_change()
+        if self.shared is not None:
+            for route in routes:
+                self.shared.changed(route)
 
     def _prune(self) -> bool:
         pruned = False

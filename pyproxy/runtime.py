@@ -278,6 +278,9 @@ class Runtime:
         self._tls_contexts: dict[UpstreamTLS, ssl.SSLContext] = {}
         # The last good DNS answers, set by discovery/dns.py; applied by every compile.
         self.resolved: ResolvedNames = {}
+        # During one compile: the endpoint states of each (service, subset), built once and
+        # shared by every backend naming it (many routes over one big service stay linear).
+        self._compiling: dict[tuple[str, str | None], tuple[EndpointState, ...]] = {}
 
     def compile(self, config: Config) -> Snapshot:
         """Build a snapshot for ``config``. Service state (pools, breakers, detectors) is
@@ -288,12 +291,16 @@ class Runtime:
             if service.name not in self.services:
                 self.services[service.name] = ServiceRuntime(service)
             self.services[service.name].update(service)
-        routes = [self._compile_route(route, config) for route in config.routes]
-        implicit = {
-            name: self._compile_route(Route(name=name, backends=(Backend(service=name),)),
-                                      config, implicit=True)
-            for name in config.services
-        }
+        self._compiling = {}
+        try:
+            routes = [self._compile_route(route, config) for route in config.routes]
+            implicit = {
+                name: self._compile_route(Route(name=name, backends=(Backend(service=name),)),
+                                          config, implicit=True)
+                for name in config.services
+            }
+        finally:
+            self._compiling = {}
         table = RouteTable(routes, implicit)
         return Snapshot(self.generation + 1, config, table, {r.name: r for r in routes},
                         declared)
@@ -435,8 +442,11 @@ class Runtime:
             # It answers by itself: nothing reads the service or runtime of such a backend.
             return CompiledBackend(backend, None, (), index, None)  # type: ignore[arg-type]
         service = config.services[backend.service]
-        endpoints = tuple(self._endpoint_state(service, ep)
-                          for ep in service.subset_endpoints(backend.subset))
+        endpoints = self._compiling.get((service.name, backend.subset))
+        if endpoints is None:
+            endpoints = self._compiling[service.name, backend.subset] = tuple(
+                self._endpoint_state(service, ep)
+                for ep in service.subset_endpoints(backend.subset))
         return CompiledBackend(backend, service, endpoints, index, self.services[service.name])
 
     def _compile_route(self, route: Route, config: Config, implicit: bool = False) -> CompiledRoute:

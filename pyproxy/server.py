@@ -33,10 +33,13 @@ from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
 from pyproxy.canary.analysis import CanaryState
 from pyproxy.canary.controller import CanaryController
-from pyproxy.config.load import ConfigInvalid, LoadedConfig, load_config
+from pyproxy.config.assemble import assemble
+from pyproxy.config.document import Document
+from pyproxy.config.load import ConfigInvalid, LoadedConfig, read_documents
 from pyproxy.config.model import Address, Config, ListenerTLS
 from pyproxy.control import ConfigOverrides, ProxyControl
 from pyproxy.discovery.dns import RESOLVE_TIMEOUT, DnsWatcher
+from pyproxy.discovery.kubernetes.translate import settings_documents, with_kubernetes
 from pyproxy.engine.server import Listener
 from pyproxy.metrics.linkerd import backend_workloads
 from pyproxy.metrics.stats import Stats
@@ -79,17 +82,30 @@ class Startup:
 
     loaded: LoadedConfig
     config: Config
-    overrides: ConfigOverrides  # --listen / --admin: they outlive reloads
+    overrides: ConfigOverrides  # --listen / --admin / --kubernetes: they outlive reloads
     listener_tls: ListenerCertificate | None
+    documents: tuple[Document, ...] = ()  # the files' documents (in-cluster mode reuses them)
 
 
 def prepare(paths: Sequence[str], *, listen: str | None = None,
-            admin: str | None = None) -> Startup | int:
+            admin: str | None = None, kubernetes: bool = False) -> Startup | int:
     """Load and check the config (and the listener certificate); on a problem, print it and
     return the exit code (2). The supervisor of ``--workers N`` runs this before any worker
-    starts, each worker again."""
+    starts, each worker again.
+
+    In in-cluster mode (``kubernetes:`` in a file, or ``--kubernetes``) only the files'
+    settings are checked here: their routes and services may name Kubernetes Services,
+    known once the API has been read (docs/kubernetes-combining.md)."""
     try:
-        loaded = load_config(paths)
+        files, documents, digest = read_documents(paths)
+        in_cluster = kubernetes or any(
+            isinstance(d.value, dict) and d.value.get("kubernetes") is not None
+            and "apiVersion" not in d.value for d in documents)
+        config, warnings = assemble(settings_documents(documents) if in_cluster else documents,
+                                    os.environ)
+        if in_cluster:  # the routes and services come with the API's objects
+            warnings = tuple(w for w in warnings if "no routes and no services" not in w.message)
+        loaded = LoadedConfig(config, warnings, tuple(files), digest)
     except ConfigInvalid as invalid:
         print("pyproxy: invalid configuration:", file=sys.stderr)
         for issue in invalid.issues:
@@ -103,6 +119,9 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
         overrides["listen"] = _parse_address(listen)
     if admin:
         overrides["admin"] = dataclasses.replace(loaded.config.admin, listen=_parse_address(admin))
+    in_cluster_settings = with_kubernetes(loaded.config.kubernetes, kubernetes)
+    if kubernetes and in_cluster_settings is not None:
+        overrides["kubernetes"] = in_cluster_settings
     config = dataclasses.replace(loaded.config, **overrides) if overrides else loaded.config
     try:
         check_admin_binding(config.admin.listen.host, config.admin.token)
@@ -116,17 +135,19 @@ def prepare(paths: Sequence[str], *, listen: str | None = None,
         except (OSError, ssl.SSLError) as exc:
             print(f"pyproxy: cannot load the listener certificate: {exc}", file=sys.stderr)
             return 2
-    return Startup(loaded, config, overrides, listener_tls)
+    return Startup(loaded, config, overrides, listener_tls, tuple(documents))
 
 
 async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
                 started: asyncio.Future[tuple[SocketAddress, SocketAddress | None]] | None = None,
                 rng: random.Random | None = None,
-                state_dir: str | None = None, worker: Worker | None = None) -> int:
+                state_dir: str | None = None, worker: Worker | None = None,
+                kubernetes: bool = False) -> int:
     """Run until SIGTERM/SIGINT (or cancellation); returns the process exit code.
     ``state_dir``: keep run-time state in a state file there; ``worker``: run as one of
-    ``--workers N`` (its ``state_dir`` is the supervisor's)."""
-    startup = prepare(paths, listen=listen, admin=admin)
+    ``--workers N`` (its ``state_dir`` is the supervisor's); ``kubernetes``: in-cluster
+    mode even without a ``kubernetes:`` block."""
+    startup = prepare(paths, listen=listen, admin=admin, kubernetes=kubernetes)
     if isinstance(startup, int):
         return startup
     loaded, config, overrides = startup.loaded, startup.config, startup.overrides
@@ -204,10 +225,29 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
         loop.add_signal_handler(sig, request_stop, name)
     loop.add_signal_handler(signal.SIGHUP, lambda: tasks.spawn(_sighup(control), "sighup-reload"))
-    tasks.spawn(watch(paths, control.reload), "config-watch")
+    if config.kubernetes is not None:
+        # Routes and endpoints from the API; /readyz is 503 until every kind is synced.
+        # Imported here: kubernetes_asyncio is only loaded in in-cluster mode.
+        from pyproxy.discovery.kubernetes.provider import KubernetesProvider
+
+        provider = KubernetesProvider(config.kubernetes, control, paths=paths,
+                                      documents=startup.documents, digest=loaded.digest)
+        control.source = provider
+        stats.kubernetes_provider = provider.metrics
+        tasks.spawn(provider.run(), "kubernetes")
+        # Every replica follows the objects' run-time state; the Lease holder writes status
+        # and runs the canaries.
+        from pyproxy.discovery.kubernetes.leader import Leadership, identity
+
+        # With --workers N each process is a candidate of its own: one process leads.
+        who = identity() if worker is None else f"{identity()}-w{worker.index}"
+        tasks.spawn(Leadership(provider, control, name=who).run(), "kubernetes-leader")
+    if paths:
+        tasks.spawn(watch(paths, control.reload), "config-watch")
     tasks.spawn(_tick(runtime, listener_tls), "tick")
     tasks.spawn(control.dns.run(), "dns-discovery")
-    if control.canaries is not None:
+    if control.canaries is not None and config.kubernetes is None:
+        # In-cluster mode: only the Lease holder runs canaries (discovery/kubernetes/leader.py)
         tasks.spawn(control.canaries.run(), "canaries")
     if control.shared is not None:
         tasks.spawn(control.shared.run(), "state-sync")
@@ -336,14 +376,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def run_server(paths: Sequence[str], *, listen: str | None = None, admin: str | None = None,
-               state_dir: str | None = None) -> int:
+               state_dir: str | None = None, kubernetes: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
-    return uvloop.run(serve(paths, listen=listen, admin=admin, state_dir=state_dir))
+    return uvloop.run(serve(paths, listen=listen, admin=admin, state_dir=state_dir,
+                            kubernetes=kubernetes))
 
 
 def run_worker(paths: Sequence[str], worker: Worker, *, listen: str | None = None,
-               admin: str | None = None) -> int:
+               admin: str | None = None, kubernetes: bool = False) -> int:
     """One worker process of ``--workers N``; its log lines say which."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format=LOG_FORMAT.replace("%(name)s", f"%(name)s worker {worker.index}"))
-    return uvloop.run(serve(paths, listen=listen, admin=admin, worker=worker))
+    return uvloop.run(serve(paths, listen=listen, admin=admin, worker=worker,
+                            kubernetes=kubernetes))

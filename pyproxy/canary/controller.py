@@ -134,6 +134,14 @@ class CanaryController:
             await self._session.close()
             self._session = None
 
+    def stand_down(self) -> None:
+        """After ``run`` is cancelled: forget the running canaries but keep where each
+        stood, so the next ``run`` resumes them. In-cluster mode runs canaries on the
+        Lease holder only (docs/kubernetes.md); this is leadership lost."""
+        self._saved = self.export()
+        self._runners.clear()
+        self._canaries = None
+
     def sync(self) -> None:
         """Start, restart and stop canaries to match the config now serving."""
         snapshot = self.runtime.snapshot

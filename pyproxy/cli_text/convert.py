@@ -46,6 +46,7 @@ from pyproxy.config.model import (
     HeaderChanges,
     HeaderRules,
     HealthCheck,
+    KubernetesConfig,
     Limits,
     LoadBalancer,
     Match,
@@ -333,6 +334,13 @@ def _settings(config: Config) -> dict[str, Any]:
             out[key] = changed
     if config.trusted_proxies:
         out["trusted_proxies"] = [str(network) for network in config.trusted_proxies]
+    if config.kubernetes is not None:
+        kubernetes = _changed(config.kubernetes, KubernetesConfig(),
+                              ("watch_timeout", "idle_timeout", "batch_delay"))
+        if "gateways" in kubernetes:
+            kubernetes["gateway"] = kubernetes.pop("gateways")
+        out["kubernetes"] = {key: list(value) if isinstance(value, tuple) else value
+                             for key, value in kubernetes.items()}
     return out
 
 

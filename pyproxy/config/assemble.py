@@ -47,11 +47,17 @@ class RouteOrigin(NamedTuple):
 def assemble(
     documents: Sequence[Document], env: Mapping[str, str], *,
     origins: dict[str, RouteOrigin] | None = None,
+    services: Mapping[str, Service] | None = None,
+    route_cache: dict[object, object] | None = None,
 ) -> tuple[Config, tuple[ConfigIssue, ...]]:
     """Merge and check ``documents`` into one Config; returns it with its warnings.
 
     Raises ConfigInvalid with every error (and the warnings) when anything is wrong.
     ``origins``, when given, is filled with where each route came from (by route name).
+    ``services`` are services known besides the documents' (in-cluster mode: Kubernetes
+    Services with their pods); a native service of the same name replaces one.
+    ``route_cache`` (kept by the caller between calls) spares unchanged HTTPRoutes from
+    being imported again.
     """
     ctx = parse.Context(env)
     native: list[parse.At] = []
@@ -75,9 +81,13 @@ def assemble(
     # routes, canaries name routes (imported ones too).
     settings = parse.read_settings(ctx, native)
     parse.read_services(ctx, native)
+    for name, service in (services or {}).items():
+        if name not in ctx.declared_services:
+            ctx.services[name] = service
+            ctx.declared_services.add(name)
     native_routes = parse.read_routes(ctx, native)
     routes, services = _with_manifests(ctx, documents, native, native_routes, manifests,
-                                       origins)
+                                       origins, route_cache)
     canaries = parse.read_canaries(ctx, native)
     if native and not routes and not any(doc.doc.value.get("routes") or
                                          doc.doc.value.get("services") for doc in native):
@@ -100,6 +110,7 @@ def _is_manifest(value: dict[Any, Any]) -> bool:
 def _with_manifests(ctx: parse.Context, documents: Sequence[Document],
                     native: Sequence[parse.At], native_routes: tuple[Route, ...],
                     manifests: Sequence[parse.At], origins: dict[str, RouteOrigin] | None,
+                    route_cache: dict[object, object] | None = None,
                     ) -> tuple[tuple[Route, ...], dict[str, Service]]:
     """Every route in document order, and the services with DestinationRule changes.
 
@@ -131,7 +142,8 @@ def _with_manifests(ctx: parse.Context, documents: Sequence[Document],
     imported = compat.import_manifests(
         [at.doc for at in manifests], services=ctx.services,
         declared_services=ctx.declared_services,
-        taken_route_names=set(ctx.routes) | ctx.declared_routes, report=report)
+        taken_route_names=set(ctx.routes) | ctx.declared_routes, report=report,
+        route_cache=route_cache)
     for item in imported.routes:
         placed.append((position[id(item.position)], item.route))
         ctx.routes[item.route.name] = item.route

@@ -438,6 +438,24 @@ class MetricsConfig:
     linkerd_compat: bool = False
 
 
+DEFAULT_CONTROLLER_NAME = "pyproxy.dev/gateway-controller"
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """In-cluster mode (docs/kubernetes.md): routes and endpoints from the Kubernetes API."""
+
+    kubeconfig: str | None = None  # None: the pod's service account
+    token_file: str | None = None  # None: the service account's (or the kubeconfig's)
+    namespaces: tuple[str, ...] = ()  # (): the pod's own; ("*",): every namespace
+    controller_name: str = DEFAULT_CONTROLLER_NAME
+    kinds: tuple[str, ...] = ()  # (): every kind pyproxy reads whose CRD is installed
+    gateways: tuple[str, ...] = ()  # "NS/NAME" or "NAME"; (): every Gateway of our classes
+    watch_timeout: float = 300.0  # the server's timeoutSeconds for one watch request
+    idle_timeout: float | None = None  # a stream silent this long is stalled; None: +30s
+    batch_delay: float = 0.2  # changes within this window make one snapshot
+
+
 @dataclass(frozen=True)
 class Config:
     listen: Address = Address("0.0.0.0", 8080)
@@ -454,3 +472,4 @@ class Config:
     # Peers whose X-Forwarded-For (and -Proto, -Host) are believed: the load balancers in
     # front (docs/responses.md, "Behind a load balancer"). Empty: only the direct peer.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    kubernetes: KubernetesConfig | None = None  # in-cluster mode; None: files only

@@ -66,6 +66,7 @@ from pyproxy.config.model import (
     HeaderChanges,
     HeaderRules,
     HealthCheck,
+    KubernetesConfig,
     Limits,
     ListenerTLS,
     LoadBalancer,
@@ -1201,6 +1202,70 @@ def read_canaries(ctx: Context, documents: Sequence[At]) -> tuple[Canary, ...]:
 # ---------------------------------------------------------------------------- top level
 
 
+# The kinds ``kubernetes.kinds`` may name (docs/kubernetes-combining.md): the Gateway API's,
+# SMI's and Istio's routing kinds, and the Services and EndpointSlices behind them.
+KUBERNETES_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant", "TrafficSplit",
+                    "HTTPRouteGroup", "VirtualService", "DestinationRule", "Service",
+                    "EndpointSlice")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _kube_namespace(ctx: Context, value: Any, at: At) -> str:
+    """A namespace name, or ``*`` for every namespace."""
+    text = _text(ctx, value, at)
+    if text != "*" and (len(text) > 63 or not _DNS_LABEL.fullmatch(text)):
+        raise _Reject(f"must be a Kubernetes namespace name or '*', got {text!r}")
+    return text
+
+
+def _kube_object_name(ctx: Context, value: Any, at: At) -> str:
+    """``NAME`` or ``NAMESPACE/NAME`` of a Gateway."""
+    text = _text(ctx, value, at)
+    parts = text.split("/")
+    if len(parts) > 2 or not all(part and len(part) <= 253 and re.fullmatch(
+            r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", part) for part in parts):
+        raise _Reject(f"must be NAME or NAMESPACE/NAME, got {text!r}")
+    return text
+
+
+def _controller_name(ctx: Context, value: Any, at: At) -> str:
+    """A domain-prefixed path, as GatewayClass ``spec.controllerName`` requires."""
+    text = _text(ctx, value, at)
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+",
+                        text):
+        raise _Reject(f"must be a domain-prefixed path such as pyproxy.dev/gateway-controller, "
+                      f"got {text!r}")
+    return text
+
+
+_KUBERNETES = Schema({
+    "kubeconfig": _text,
+    "token_file": _text,
+    "namespaces": _list_of(_kube_namespace, non_empty=True),
+    "controller_name": _controller_name,
+    "kinds": _list_of(_choice(*KUBERNETES_KINDS), non_empty=True),
+    "gateway": _list_of(_kube_object_name, non_empty=True),
+    "watch_timeout": _timeout,
+    "idle_timeout": _timeout,
+    "batch_delay": _duration,
+})
+
+
+@_reads(_KUBERNETES)
+def _kubernetes(ctx: Context, value: Any, at: At) -> KubernetesConfig:
+    """``kubernetes: {}`` (or ``true``) turns in-cluster mode on with every default."""
+    if _resolved(ctx, value) is True:
+        return KubernetesConfig()
+    fields = ctx.fields(value, at, _KUBERNETES)
+    if "gateway" in fields:
+        fields["gateways"] = fields.pop("gateway")
+    namespaces = fields.get("namespaces", ())
+    if "*" in namespaces and len(namespaces) > 1:
+        ctx.error(at.key("namespaces"), "'*' (every namespace) cannot be listed with others")
+        raise _Reported
+    return KubernetesConfig(**fields)
+
+
 def _log_format(ctx: Context, value: Any, at: At) -> str:
     """json | text | off — YAML reads an unquoted ``off`` as false, which means off too."""
     if _resolved(ctx, value) is False:
@@ -1240,6 +1305,7 @@ _SETTINGS: dict[str, Reader] = {
     "access_log": _record(AccessLog, {"format": _log_format}),
     "metrics": _record(MetricsConfig, {"linkerd_compat": _bool}),
     "trusted_proxies": _list_of(_network),
+    "kubernetes": _kubernetes,
 }
 
 # The top level of a native document: the settings, then the sections that are merged

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from pyproxy.metrics.linkerd import latency_samples, response_samples
 from pyproxy.metrics.merge import FamilyLike
-from pyproxy.metrics.stats import DURATION_BUCKETS, CanaryMetrics, Stats
+from pyproxy.metrics.stats import DURATION_BUCKETS, CanaryMetrics, KubernetesMetrics, Stats
 
 # The ``le`` label values; repr() writes these bounds as Prometheus does ("0.0025", "1.0").
 _LE = (*(repr(b) for b in DURATION_BUCKETS), "+Inf")
@@ -102,6 +102,8 @@ class _StatsCollector(Collector):
                                 "Generation of the config now serving.", value=s.generation)
         if s.canaries_provider is not None:
             yield from _canary_families(list(s.canaries_provider()))
+        if s.kubernetes_provider is not None:
+            yield from _kubernetes_families(s.kubernetes_provider())
         if s.linkerd_compat:
             workloads = dict(s.workloads_provider()) if s.workloads_provider else {}
             total = Metric("response", "HTTP responses by classification and status code "
@@ -164,6 +166,34 @@ def _canary_families(canaries: list[CanaryMetrics]) -> Iterator[Metric]:
         for result, count in canary["checks"].items():
             checks.add_metric([name, result], count)
     return iter((weight, phase, failed, transitions, checks))
+
+
+def _kubernetes_families(k: KubernetesMetrics) -> Iterator[Metric]:
+    objects = GaugeMetricFamily("pyproxy_kubernetes_objects", "API objects pyproxy serves, "
+                                "by kind and import result (accepted, unresolved, rejected).",
+                                labels=["kind", "result"])
+    for (kind, result), count in sorted(k["objects"].items()):
+        objects.add_metric([kind, result], count)
+    conflicts = GaugeMetricFamily("pyproxy_kubernetes_conflicts", "Conflicts between the "
+                                  "config file and API objects, by kind (service, route).",
+                                  labels=["kind"])
+    for kind, count in sorted(k["conflicts"].items()):
+        conflicts.add_metric([kind], count)
+    synced = GaugeMetricFamily("pyproxy_kubernetes_synced", "1 once the kind has been listed "
+                               "(readiness waits for every kind).", labels=["kind"])
+    for kind, done in sorted(k["synced"].items()):
+        synced.add_metric([kind], 1.0 if done else 0.0)
+    relists = CounterMetricFamily("pyproxy_kubernetes_relists", "Lists after the first, "
+                                  "because a watch's resourceVersion expired (410 Gone).",
+                                  labels=["kind"])
+    for kind, count in sorted(k["relists"].items()):
+        relists.add_metric([kind], count)
+    snapshots = CounterMetricFamily("pyproxy_kubernetes_snapshots", "Configs built from API "
+                                    "changes, by result (success, failure, endpoints: only "
+                                    "endpoints changed).", labels=["result"])
+    for result, count in sorted(k["snapshots"].items()):
+        snapshots.add_metric([result], count)
+    return iter((objects, conflicts, synced, relists, snapshots))
 
 
 # ---------------------------------------------------------------------- --workers N

@@ -44,11 +44,22 @@ class CanaryMetrics(TypedDict):
     checks: dict[str, int]  # result → interval judgements
 
 
+class KubernetesMetrics(TypedDict):
+    """In-cluster mode's numbers for ``/metrics`` (``discovery.kubernetes.provider``)."""
+
+    objects: dict[tuple[str, str], int]  # (kind, result) → objects
+    conflicts: dict[str, int]  # "service" | "route" → conflicts between file and API
+    synced: dict[str, bool]  # kind → listed at least once
+    relists: dict[str, int]  # kind → lists after the first (410 Gone)
+    snapshots: dict[str, int]  # result → snapshot builds (success, failure, endpoints)
+
+
 # (route, backend, configured share 0..1)
 WeightsProvider = Callable[[], Iterable[tuple[str, str, float]]]
 # (service, endpoint, ejected)
 EjectionsProvider = Callable[[], Iterable[tuple[str, str, bool]]]
 CanariesProvider = Callable[[], Iterable[CanaryMetrics]]
+KubernetesProvider = Callable[[], KubernetesMetrics]
 
 
 def _code(status: int) -> str:
@@ -92,6 +103,7 @@ class Stats:
         self.ejections_provider: EjectionsProvider | None = None
         self.workloads_provider: WorkloadsProvider | None = None
         self.canaries_provider: CanariesProvider | None = None
+        self.kubernetes_provider: KubernetesProvider | None = None
         # metrics.linkerd_compat: also export Linkerd-named series (set from the config)
         self.linkerd_compat = False
         self.linkerd_latency: dict[str, LinkerdLatency] = {}

@@ -258,10 +258,11 @@ def check_listen_address(address: Address) -> Address:
 
 
 def run_workers(paths: Sequence[str], count: int, *, listen: str | None = None,
-                admin: str | None = None, state_dir: str | None = None) -> int:
+                admin: str | None = None, state_dir: str | None = None,
+                kubernetes: bool = False) -> int:
     """``pyproxy run --workers N`` (N ≥ 2); returns the exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
-    startup = prepare(paths, listen=listen, admin=admin)
+    startup = prepare(paths, listen=listen, admin=admin, kubernetes=kubernetes)
     if isinstance(startup, int):
         return startup
     try:
@@ -285,7 +286,7 @@ def run_workers(paths: Sequence[str], count: int, *, listen: str | None = None,
 
     def work(index: int) -> int:
         return run_worker(paths, Worker(index, count, directory, supervisor), listen=listen,
-                          admin=admin)
+                          admin=admin, kubernetes=kubernetes)
 
     try:
         return Supervisor(count, work).run()

@@ -79,8 +79,12 @@ class ImportResult:
 def import_manifests(
     documents: Sequence[Document], *, services: Mapping[str, Service],
     declared_services: set[str], taken_route_names: set[str], report: Report,
+    route_cache: dict[object, object] | None = None,
 ) -> ImportResult:
-    ctx = ImportContext(dict(services), set(declared_services), set(taken_route_names), report)
+    """``route_cache``: a dict kept between calls, so unchanged HTTPRoutes (the same
+    Documents) are not imported again (gateway_api)."""
+    ctx = ImportContext(dict(services), set(declared_services), set(taken_route_names), report,
+                        route_cache=route_cache)
     families: dict[str, list[Manifest]] = {"istio": [], "smi": [], "gateway_api": []}
     manifests = [m for m in (_manifest(ctx, document) for document in documents) if m]
     # One object per kind, namespace and name, as in Kubernetes: a later document replaces

@@ -83,6 +83,9 @@ class ImportContext:
     # of the service (where a subset must select something); backends naming one answer 503.
     empty_subsets: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     imported_names: set[str] = field(default_factory=set)  # route names the importers chose
+    # Imports kept from one build to the next (in-cluster mode): what gateway_api's route
+    # cache holds, by its own keys. None: import everything.
+    route_cache: dict[object, object] | None = None
 
     def error(self, m: Manifest, path: str, message: str) -> None:
         self.report("error", m.doc, path, f"{m.label}: {message}")

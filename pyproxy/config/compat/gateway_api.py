@@ -40,6 +40,7 @@ from pyproxy.config.compat.common import (
     intersect_hosts,
     qualified_names,
 )
+from pyproxy.config.document import Document, Severity
 from pyproxy.config.model import (
     Backend,
     Backoff,
@@ -107,11 +108,13 @@ def import_gateway_api(ctx: ImportContext, manifests: list[Manifest]) -> None:
     names = qualified_names(routes)
     entries: list[_Entry] = []
     ports: dict[int, Manifest] = {}
+    cache = _RouteCache(ctx, gateways, grants)
     for m in routes:
-        try:
-            entries += _http_route(ctx, m, names[m.key], gateways, grants, ports)
-        except Invalid:
-            pass
+        own: dict[int, Manifest] = {}
+        entries += cache.entries(m, names[m.key], own)
+        for port, manifest in own.items():
+            ports.setdefault(port, manifest)
+    cache.keep()
     if len(ports) > 1:
         listed = ", ".join(f"{port} ({m.label})" for port, m in sorted(ports.items()))
         ctx.warn(routes[0], "spec.parentRefs", f"routes are attached to listeners on ports "
@@ -120,6 +123,79 @@ def import_gateway_api(ctx: ImportContext, manifests: list[Manifest]) -> None:
                                                "overlap")
     entries.sort(key=lambda entry: entry.key)
     _emit(ctx, entries, routes[0])
+
+
+@dataclass(frozen=True)
+class _Imported:
+    """One HTTPRoute as imported last time, and what its import depended on."""
+
+    doc: Document  # the very document (an unchanged object keeps its Document)
+    context: tuple[object, ...]
+    entries: list[_Entry]
+    issues: list[tuple[Severity, Document, str, str]]
+    ports: dict[int, Manifest]
+
+
+class _RouteCache:
+    """HTTPRoutes whose import can be reused (``ImportContext.route_cache``, kept by
+    in-cluster mode between builds): the same Document, read against the same Gateways,
+    ReferenceGrants and service names, imports to the same entries and issues — so one
+    changed HTTPRoute among a thousand is the only one imported again. Without a cache
+    every route is imported."""
+
+    def __init__(self, ctx: ImportContext, gateways: dict[tuple[str, str], list[_Listener]],
+                 grants: list[tuple[Manifest, _Grant]]):
+        self.ctx, self.gateways, self.grants = ctx, gateways, grants
+        self.store = ctx.route_cache
+        self.used: dict[object, object] = {}
+        self.context: tuple[object, ...] = ()
+        if self.store is not None:
+            context = (tuple(sorted((key, tuple(listeners))
+                                    for key, listeners in gateways.items())),
+                       tuple((m.namespace, m.name, repr(grant)) for m, grant in grants),
+                       frozenset(ctx.services), frozenset(ctx.declared_services))
+            previous = self.store.get("context")
+            # The same context object from build to build makes each route's check cheap.
+            self.context = previous if previous == context else context
+            self.used["context"] = self.context
+
+    def entries(self, m: Manifest, base: str, ports: dict[int, Manifest]) -> list[_Entry]:
+        if self.store is None:
+            return self._import(m, base, ports)
+        context = (base, self.context)
+        found = self.store.get(id(m.doc))
+        if isinstance(found, _Imported) and found.doc is m.doc and found.context == context:
+            for issue in found.issues:
+                self.ctx.report(*issue)
+            ports.update(found.ports)
+            self.used[id(m.doc)] = found
+            return found.entries
+        issues: list[tuple[Severity, Document, str, str]] = []
+        report = self.ctx.report
+
+        def recording(severity: Severity, document: Document, path: str, message: str) -> None:
+            issues.append((severity, document, path, message))
+            report(severity, document, path, message)
+
+        self.ctx.report = recording
+        try:
+            entries = self._import(m, base, ports)
+        finally:
+            self.ctx.report = report
+        self.used[id(m.doc)] = _Imported(m.doc, context, entries, issues, dict(ports))
+        return entries
+
+    def _import(self, m: Manifest, base: str, ports: dict[int, Manifest]) -> list[_Entry]:
+        try:
+            return _http_route(self.ctx, m, base, self.gateways, self.grants, ports)
+        except Invalid:
+            return []
+
+    def keep(self) -> None:
+        """Forget the routes not seen in this import."""
+        if self.store is not None:
+            self.store.clear()
+            self.store.update(self.used)
 
 
 # ---------------------------------------------------------------------------- Gateway

@@ -53,11 +53,11 @@ HOMES = {
     "watchfiles": ["reload"],
     "uvloop": ["server", "demo"],
     "httptools": ["engine"],
-    "kubernetes_asyncio": ["discovery.kubernetes"],
+    "kubernetes_asyncio": ["discovery.kubernetes.client"],
     # The control plane only: health checks, canary webhooks, the leader's scrape of the
     # other workers, the demo. Never the request path (see the last test).
     "aiohttp": ["admin", "workers.peers", "demo", "resilience.health", "canary.controller",
-                "cli"],
+                "cli", "discovery.kubernetes.client"],
 }
 # Packages and modules a request passes through: aiohttp must not be imported there.
 REQUEST_PATH = ["proxy", "fast_path", "runtime", "engine", "routing", "traffic", "filters",
