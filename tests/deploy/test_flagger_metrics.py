@@ -34,7 +34,8 @@ TEMPLATES = DEPLOY / "kubernetes" / "flagger" / "metric-templates.yaml"
 NAMESPACE = "test"
 INTERVAL = "1m"  # the Canary's analysis.metrics[].interval
 
-# Flagger v1.44.0 pkg/metrics/observers/linkerd.go, linkerdQueries (whitespace as there).
+# Flagger v1.44.0 pkg/metrics/observers/linkerd.go, linkerdQueries (tabs as there; trailing
+# spaces dropped, which trimQuery makes no difference).
 LINKERD_SUCCESS_RATE = """
 	sum(
 		rate(
@@ -45,8 +46,8 @@ LINKERD_SUCCESS_RATE = """
 				direction="inbound"
 			}[{{ interval }}]
 		)
-	) 
-	/ 
+	)
+	/
 	sum(
 		rate(
 			response_total{
@@ -55,7 +56,7 @@ LINKERD_SUCCESS_RATE = """
 				direction="inbound"
 			}[{{ interval }}]
 		)
-	) 
+	)
 	* 100"""
 LINKERD_DURATION = """
 	histogram_quantile(
