@@ -35,7 +35,7 @@ NAMESPACE = "test"
 INTERVAL = "1m"  # the Canary's analysis.metrics[].interval
 
 # Flagger v1.44.0 pkg/metrics/observers/linkerd.go, linkerdQueries (tabs as there; trailing
-# spaces dropped, which trimQuery makes no difference).
+# spaces dropped: trimQuery folds every run of whitespace into one space anyway).
 LINKERD_SUCCESS_RATE = """
 	sum(
 		rate(
