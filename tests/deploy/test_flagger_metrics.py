@@ -5,9 +5,8 @@ known traffic, returns the value that traffic implies.
 - deploy/kubernetes/flagger/metric-templates.yaml: the canary's success rate and p99
   latency over pyproxy's own series;
 - Flagger's built-in ``linkerd`` queries (``provider: linkerd``) over the Linkerd-compatible
-  series (``metrics: {linkerd_compat: true}``), their text as data from fluxcd/flagger
-  v1.44.0 (commit 15bd6ad555e6c935da55f0ab95977be74c149bd6),
-  pkg/metrics/observers/linkerd.go.
+  series (``metrics: {linkerd_compat: true}``), their text as data in
+  tests/support/prometheus.py, with their source.
 
 The canary ``podinfo-canary`` fails half of its requests (fake-service ``--error-rate 0.5``);
 ``checkout-canary`` answers after 150 ms (``--latency 150ms``).
@@ -15,8 +14,6 @@ The canary ``podinfo-canary`` fails half of its requests (fake-service ``--error
 
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,76 +23,29 @@ import pytest
 import yaml
 
 from tests.deploy.support import DEPLOY
+from tests.stats_bounds import assert_binomial
 from tests.support.backends import free_port
 from tests.support.processes import Processes, http, wait_status
-from tests.support.prometheus import Prometheus
+from tests.support.prometheus import (
+    LINKERD_DURATION,
+    LINKERD_SUCCESS_RATE,
+    Prometheus,
+    render_flagger_query,
+)
 
 TEMPLATES = DEPLOY / "kubernetes" / "flagger" / "metric-templates.yaml"
 NAMESPACE = "test"
 INTERVAL = "1m"  # the Canary's analysis.metrics[].interval
 
-# Flagger v1.44.0 pkg/metrics/observers/linkerd.go, linkerdQueries (tabs as there; trailing
-# spaces dropped: trimQuery folds every run of whitespace into one space anyway).
-LINKERD_SUCCESS_RATE = """
-	sum(
-		rate(
-			response_total{
-				namespace="{{ namespace }}",
-				deployment=~"{{ target }}",
-				classification!="failure",
-				direction="inbound"
-			}[{{ interval }}]
-		)
-	)
-	/
-	sum(
-		rate(
-			response_total{
-				namespace="{{ namespace }}",
-				deployment=~"{{ target }}",
-				direction="inbound"
-			}[{{ interval }}]
-		)
-	)
-	* 100"""
-LINKERD_DURATION = """
-	histogram_quantile(
-		0.99,
-		sum(
-			rate(
-				response_latency_ms_bucket{
-					namespace="{{ namespace }}",
-					deployment=~"{{ target }}",
-					direction="inbound"
-				}[{{ interval }}]
-			)
-		) by (le)
-	)"""
-
 
 def render(query: str, target: str) -> str:
-    """The query as Flagger sends it: each ``{{ field }}`` of the MetricTemplateModel
-    (pkg/apis/flagger/v1beta1/metric.go; an unknown one is an error, ``missingkey=error``)
-    from a Canary named ``target`` in ``NAMESPACE`` without spec.service.name
-    (pkg/controller/scheduler_metrics.go toMetricModel), then runs of whitespace made one
-    space (pkg/metrics/providers/prometheus.go trimQuery)."""
-    model = {"name": target, "namespace": NAMESPACE, "target": target, "service": target,
-             "ingress": target, "route": target, "interval": INTERVAL}
-
-    def field(found: re.Match[str]) -> str:
-        return model[found.group(1)]  # KeyError: a field Flagger does not have
-
-    return re.sub(r"\s+", " ", re.sub(r"\{\{\s*(\w+)\s*\}\}", field, query))
+    """The query as Flagger sends it for a Canary named ``target`` in ``NAMESPACE``."""
+    return render_flagger_query(query, namespace=NAMESPACE, target=target, interval=INTERVAL)
 
 
 def templates() -> dict[str, str]:
     return {doc["metadata"]["name"]: doc["spec"]["query"]
             for doc in yaml.safe_load_all(TEMPLATES.read_text()) if doc}
-
-
-def binomial_bound(share: float, n: int, sigmas: float = 4.0) -> float:
-    """How far, in percent, an observed share of ``n`` draws may stray from ``share``."""
-    return 100 * sigmas * math.sqrt(share * (1 - share) / n)
 
 
 def test_templates_use_only_fields_flagger_renders() -> None:
@@ -174,7 +124,7 @@ def test_flagger_queries_report_what_the_traffic_did(proxy: tuple[str, str],
         prometheus.wait_for_scrapes()
 
         observed, n = success_percent(counts, "podinfo-canary")
-        assert abs(observed - 50) <= binomial_bound(0.5, n), (observed, n)
+        assert_binomial(round(observed * n / 100), n, 0.5)
         assert success_percent(counts, "podinfo-primary")[0] == 100
         # priming is at most 20 of the canary's ~400 requests counted here
         tolerance = 100 * 20 / n
@@ -193,9 +143,16 @@ def test_flagger_queries_report_what_the_traffic_did(proxy: tuple[str, str],
         assert latency is not None and 0.1 < latency <= 0.25, latency
         linkerd_latency = prometheus.query(render(LINKERD_DURATION, "checkout"))
         assert linkerd_latency is not None and 100 < linkerd_latency <= 200, linkerd_latency
-        # the fast canary (no --latency) stays well below
+        # the canary without --latency reads lower (not a bound: the machine may be busy)
         fast = prometheus.query(render(queries["pyproxy-latency"], "podinfo"))
-        assert fast is not None and fast < 0.1, fast
+        assert fast is not None and fast < latency, (fast, latency)
+
+        # the figures, for a run's record (pytest -s or -rP shows them)
+        print(f"podinfo-canary: {n} requests, {observed:.1f}% below 500; "
+              f"pyproxy-success-rate {success:.1f}, linkerd request-success-rate "
+              f"{linkerd_success:.1f}; checkout-canary (150 ms) pyproxy-latency "
+              f"{latency:.4f}s, linkerd request-duration {linkerd_latency:.1f}ms; "
+              f"podinfo-canary pyproxy-latency {fast:.4f}s")
 
         # a target with no traffic has no value: Flagger reports "no values found"
         assert prometheus.query(render(queries["pyproxy-success-rate"], "nothing")) is None
