@@ -1,12 +1,14 @@
-"""Flagger's view of pyproxy: every query it would run, rendered as Flagger renders it, sent
-to a real Prometheus (tests/support/prometheus.py) scraping a real ``pyproxy run`` carrying
-known traffic, returns the value that traffic implies.
+"""Flagger's and Argo Rollouts' view of pyproxy: every query they would run, rendered as they
+render it, sent to a real Prometheus (tests/support/prometheus.py) scraping a real
+``pyproxy run`` carrying known traffic, returns the value that traffic implies.
 
 - deploy/kubernetes/flagger/metric-templates.yaml: the canary's success rate and p99
   latency over pyproxy's own series;
 - Flagger's built-in ``linkerd`` queries (``provider: linkerd``) over the Linkerd-compatible
   series (``metrics: {linkerd_compat: true}``), their text as data in
-  tests/support/prometheus.py, with their source.
+  tests/support/prometheus.py, with their source;
+- deploy/kubernetes/argo/analysis-template.yaml: the same over pyproxy's series, with Argo's
+  ``{{args.NAME}}`` filled in.
 
 The canary ``podinfo-canary`` fails half of its requests (fake-service ``--error-rate 0.5``);
 ``checkout-canary`` answers after 150 ms (``--latency 150ms``).
@@ -34,6 +36,7 @@ from tests.support.prometheus import (
 )
 
 TEMPLATES = DEPLOY / "kubernetes" / "flagger" / "metric-templates.yaml"
+ANALYSIS = DEPLOY / "kubernetes" / "argo" / "analysis-template.yaml"
 NAMESPACE = "test"
 INTERVAL = "1m"  # the Canary's analysis.metrics[].interval
 
@@ -41,6 +44,21 @@ INTERVAL = "1m"  # the Canary's analysis.metrics[].interval
 def render(query: str, target: str) -> str:
     """The query as Flagger sends it for a Canary named ``target`` in ``NAMESPACE``."""
     return render_flagger_query(query, namespace=NAMESPACE, target=target, interval=INTERVAL)
+
+
+def argo_queries(**args: str) -> dict[str, str]:
+    """The AnalysisTemplate's queries by metric name, ``{{args.NAME}}`` replaced as Argo
+    Rollouts does (an argument not given is an error there too)."""
+    template = yaml.safe_load(ANALYSIS.read_text())
+    assert {a["name"] for a in template["spec"]["args"]} == set(args)
+    rendered = {}
+    for metric in template["spec"]["metrics"]:
+        query = metric["provider"]["prometheus"]["query"]
+        for name, value in args.items():
+            query = query.replace(f"{{{{args.{name}}}}}", value)
+        assert "{{" not in query
+        rendered[metric["name"]] = query
+    return rendered
 
 
 def templates() -> dict[str, str]:
@@ -134,6 +152,10 @@ def test_flagger_queries_report_what_the_traffic_did(proxy: tuple[str, str],
         assert success is not None and abs(success - observed) <= tolerance, (success, observed)
         linkerd_success = prometheus.query(render(LINKERD_SUCCESS_RATE, "podinfo"))
         assert linkerd_success is not None and abs(linkerd_success - observed) <= tolerance
+        argo = argo_queries(**{"canary-service": "podinfo-canary"})
+        argo_success = prometheus.query(argo["success-rate"])
+        assert argo_success is not None and abs(100 * argo_success - observed) <= tolerance
+
         # the healthy canary: every request below 500
         assert prometheus.query(render(queries["pyproxy-success-rate"], "checkout")) == 100
         assert prometheus.query(render(LINKERD_SUCCESS_RATE, "checkout")) == 100
@@ -141,6 +163,9 @@ def test_flagger_queries_report_what_the_traffic_did(proxy: tuple[str, str],
         # 150 ms answers: p99 inside pyproxy's (100 ms, 250 ms] bucket, Linkerd's (100, 200]
         latency = prometheus.query(render(queries["pyproxy-latency"], "checkout"))
         assert latency is not None and 0.1 < latency <= 0.25, latency
+        argo_latency = prometheus.query(
+            argo_queries(**{"canary-service": "checkout-canary"})["latency-p99"])
+        assert argo_latency is not None and 0.1 < argo_latency <= 0.25, argo_latency
         linkerd_latency = prometheus.query(render(LINKERD_DURATION, "checkout"))
         assert linkerd_latency is not None and 100 < linkerd_latency <= 200, linkerd_latency
         # the canary without --latency reads lower (not a bound: the machine may be busy)
@@ -151,7 +176,8 @@ def test_flagger_queries_report_what_the_traffic_did(proxy: tuple[str, str],
         print(f"podinfo-canary: {n} requests, {observed:.1f}% below 500; "
               f"pyproxy-success-rate {success:.1f}, linkerd request-success-rate "
               f"{linkerd_success:.1f}; checkout-canary (150 ms) pyproxy-latency "
-              f"{latency:.4f}s, linkerd request-duration {linkerd_latency:.1f}ms; "
+              f"{latency:.4f}s, linkerd request-duration {linkerd_latency:.1f}ms, Argo "
+              f"latency-p99 {argo_latency:.4f}s; Argo success-rate {argo_success:.3f}; "
               f"podinfo-canary pyproxy-latency {fast:.4f}s")
 
         # a target with no traffic has no value: Flagger reports "no values found"

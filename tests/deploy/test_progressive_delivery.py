@@ -77,7 +77,8 @@ def test_custom_resources_match_their_crd_schemas(docs: list[dict]) -> None:
     schemas = crd_schemas()
     custom = [d for d in docs if d["apiVersion"].startswith(CUSTOM_GROUPS)]
     assert sorted(d["kind"] for d in custom) == [
-        "Canary", "Canary", "HTTPRoute", "MetricTemplate", "MetricTemplate", "Rollout"]
+        "AnalysisTemplate", "Canary", "Canary", "HTTPRoute", "MetricTemplate",
+        "MetricTemplate", "Rollout"]
     for doc in custom:
         jsonschema.validate(doc, schemas[(doc["apiVersion"], doc["kind"])])
     rollout = find(docs, "Rollout")[0]
@@ -85,7 +86,8 @@ def test_custom_resources_match_their_crd_schemas(docs: list[dict]) -> None:
                         ["argoproj-labs/gatewayAPI"], ARGO_PLUGIN_SCHEMA)
     # Strict: a misspelt field fails, in each tool's schema.
     for kind, path in (("Canary", ("spec", "analysis")), ("MetricTemplate", ("spec",)),
-                       ("Rollout", ("spec", "strategy", "canary"))):
+                       ("Rollout", ("spec", "strategy", "canary")),
+                       ("AnalysisTemplate", ("spec", "metrics", 0, "provider", "prometheus"))):
         broken = copy.deepcopy(find(docs, kind)[0])
         node = broken
         for key in path:
@@ -160,6 +162,13 @@ def test_argo_example_fits_together(docs: list[dict]) -> None:
     header_steps = [s["setHeaderRoute"] for s in canary["steps"] if "setHeaderRoute" in s]
     assert header_steps and {s["name"] for s in header_steps} <= managed
     assert plugin["httpRoutes"][0]["useHeaderRoutes"] is True
+    # the background analysis: a template shipped here, given every argument it declares
+    templates = {d["metadata"]["name"]: d for d in find(docs, "AnalysisTemplate")}
+    for ref in canary["analysis"]["templates"]:
+        declared = {a["name"] for a in templates[ref["templateName"]]["spec"]["args"]}
+        assert declared == {a["name"] for a in canary["analysis"]["args"]}
+    assert canary["analysis"]["args"] == [{"name": "canary-service",
+                                           "value": canary["canaryService"]}]
     config = find(docs, "ConfigMap", "argo-rollouts-config")[0]
     plugins = yaml.safe_load(config["data"]["trafficRouterPlugins"])
     assert [p["name"] for p in plugins] == list(canary["trafficRouting"]["plugins"])

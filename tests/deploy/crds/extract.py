@@ -7,12 +7,14 @@
     python tests/deploy/crds/extract.py "Flagger v1.44.0 (commit 15bd6ad555e6)" \
         tests/deploy/crds/flagger.yaml crd.yaml
     python tests/deploy/crds/extract.py "Argo Rollouts (commit 9f8d111d8f8e)" \
-        tests/deploy/crds/argo-rollouts.yaml rollout-crd.yaml --prune Rollout:spec.template
+        tests/deploy/crds/argo-rollouts.yaml rollout-crd.yaml analysis-template-crd.yaml \
+        --prune Rollout:spec.template --prune AnalysisTemplate:spec.metrics[].provider.job
 
 Keeps the storage version's ``openAPIV3Schema``, without descriptions (size) and CEL rules
 (``x-kubernetes-validations``: jsonschema cannot evaluate them), keyed by kind and version.
-``--prune KIND:a.b`` keeps field ``a.b`` of KIND as a bare ``type: object`` (the Rollout's
-pod template: 350 kB of Kubernetes' own PodTemplateSpec, which kubernetes-validate checks).
+``--prune KIND:a.b`` keeps field ``a.b`` of KIND as a bare ``type: object``: the Rollout's
+pod template and the AnalysisTemplate's Job provider, Kubernetes' own PodTemplateSpec and
+JobSpec (350 and 440 kB), which kubernetes-validate checks where they are used.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ def _strip(node: object, *, names: bool = False) -> object:
 
 
 def _prune(schema: Any, path: str) -> None:
-    """Replace field ``path`` (``a.b``) of a schema tree (YAML data) with ``type: object``."""
+    """Replace field ``path`` of a schema tree (YAML data) with ``type: object``: dotted
+    field names, ``[]`` stepping into an array's items (``spec.metrics[].provider.job``)."""
     *parents, last = path.split(".")
     for name in parents:
-        schema = schema["properties"][name]
+        schema = schema["properties"][name.removesuffix("[]")]
+        if name.endswith("[]"):
+            schema = schema["items"]
     schema["properties"][last] = {"type": "object"}
 
 
