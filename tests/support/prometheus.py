@@ -8,8 +8,8 @@ as Flagger and Argo Rollouts query it.
     prom.stop()
 
 ``render_flagger_query`` and the linkerd provider's queries turn a query into what Flagger
-sends. Without the binary the calling test is skipped with the install line, unless ``CI`` is set:
-there a missing Prometheus is a broken CI machine, and the test fails saying so.
+sends. Without the binary the calling test is skipped with the install line, unless ``CI``
+is set: there a missing Prometheus is a broken CI machine, and the test fails saying so.
 """
 
 from __future__ import annotations
@@ -46,13 +46,15 @@ def prometheus_binary() -> str:
 
 
 def scrape_config(targets: list[str], scrape_interval: str, job: str = "pyproxy") -> str:
-    """prometheus.yml scraping ``targets`` (``host:port`` admin addresses) at /metrics.
+    """prometheus.yml scraping ``targets`` (``host:port`` admin addresses) at /metrics,
+    keeping the exposed labels as docs/metrics.md asks of a scrape (``honor_labels``).
     JSON is YAML, so no YAML writer is needed."""
     return json.dumps({
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [{
             "job_name": job,
             "metrics_path": "/metrics",
+            "honor_labels": True,
             "scrape_interval": scrape_interval,
             "scrape_timeout": scrape_interval,
             "static_configs": [{"targets": list(targets)}],
