@@ -16,6 +16,8 @@ whole value. Several matches are ORed; conditions inside one match are ANDed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pyproxy.config.compat.common import (
     ImportContext,
     Invalid,
@@ -24,6 +26,7 @@ from pyproxy.config.compat.common import (
     qualified_names,
 )
 from pyproxy.config.model import (
+    NO_ENDPOINTS_STATUS,
     Backend,
     Match,
     PathMatch,
@@ -150,24 +153,30 @@ def _backends(ctx: ImportContext, node: Node) -> tuple[Backend, ...]:
             if "service" not in fields:
                 raise item.error("needs a service")
             name = fields["service"].text()
+            weight = _weight(fields["weight"]) if "weight" in fields else 0.0
             service = ctx.resolve(name, item.m.namespace)
             if service is None:
                 if ctx.declared(name):
                     raise Invalid
-                raise fields["service"].error(f"backend service {name!r} is unknown: "
-                                              f"{ctx.missing_service(name)}")
-            weight = _weight(fields["weight"]) if "weight" in fields else 0.0
+                # Flagger writes the split before the canary has a pod (weight 0): the rest
+                # of the split must keep serving, and this share answers 503 UH as a
+                # Service without endpoints would.
+                fields["service"].warn(f"backend service {name!r} has no endpoints: its share "
+                                       f"of the traffic gets 503 (UH) until it has some; "
+                                       f"{ctx.missing_service(name)}")
         except Invalid:
             failed = True
             continue
+        backend = Backend(service, weight=weight) if service is not None else Backend(
+            name.lower(), weight=weight, direct_status=NO_ENDPOINTS_STATUS)
         for index, known in enumerate(backends):
-            if known.service == service:
-                item.warn(f"backend {service} is listed twice: pyproxy sends it the sum of "
-                          "the weights")
-                backends[index] = Backend(service, weight=known.weight + weight)
+            if known.service == backend.service:
+                item.warn(f"backend {backend.service} is listed twice: pyproxy sends it the "
+                          "sum of the weights")
+                backends[index] = replace(known, weight=known.weight + weight)
                 break
         else:
-            backends.append(Backend(service, weight=weight))
+            backends.append(backend)
     if failed:
         raise Invalid
     if all(backend.weight == 0 for backend in backends):
