@@ -378,6 +378,9 @@ class Proxy:
             self.mirroring.send_copies(route.name, route.mirrors, head, body,
                                        partial(self._shadow, head, route, outcome.request_id))
         max_attempts = 1 + policy.attempts if policy is not None and replayable else 1
+        # A policy that retries resets counts every try, a keep-alive race included: the
+        # backend sees exactly the tries the policy allows (Gateway API retry conformance).
+        replay_stale = policy is None or max_attempts == 1 or "reset" not in policy.retry_on
         per_try = policy.per_try_timeout if policy is not None else None
         attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
             else None
@@ -419,7 +422,7 @@ class Proxy:
                     try:
                         conn, response, pump = await upstream.attempt(
                             exchange, endpoint, admission, self.stats, request_head, body,
-                            attempt_deadline, is_head, sent)
+                            attempt_deadline, is_head, sent, replay_stale=replay_stale)
                     except UpstreamConnectFailure as exc:
                         error, failure = exc, "connect-failure"
                     except UpstreamReset as exc:

@@ -547,6 +547,25 @@ async def test_httproute_retry_with_timeouts(mesh):
         assert status == want, (path, after, delay, status)
 
 
+async def test_httproute_retry_connection_error_counts_every_try(mesh):
+    # conformance/tests/httproute-retry-connection-error.go (HTTPRouteRetryConnectionError):
+    # attempts: 3 are retries after the first try (GEP-1731, "in addition to the initial
+    # request"): 2 failed tries then success → 200; 4 failed tries → 500 or 503. A try on
+    # a kept-alive connection counts like any other: the backend counts exactly 4 tries.
+    await mesh.load(INFRA, GATEWAYS, gw("httproute-retry-connection-error"))
+    path = "/retry/no-status-code-attempts-3"
+    for after, want in ((2, {200}), (4, {500, 503}), (0, {200}), (4, {500, 503}),
+                        (3, {200})):
+        key = str(uuid.uuid4())
+        # A request first, so the next one's first try goes out on a pooled connection.
+        assert (await mesh.request(f"{path}?warm=1"))[0] == 200
+        status, headers, _ = await mesh.request(f"{path}?succeedAfter={after}&uuid={key}")
+        assert status in want, (after, status)
+        tries = mesh.backends["infra-backend-v3"].attempts[key]
+        assert tries == min(after + 1, 4), (after, tries)
+        assert headers["x-pyproxy-attempts"] == str(tries)
+
+
 # ---------------------------------------------------------------------------- GAMMA (mesh)
 
 
