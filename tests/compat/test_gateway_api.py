@@ -307,6 +307,31 @@ async def test_httproute_rewrite_path(mesh):
     ])
 
 
+async def test_httproute_backend_url_rewrite(mesh):
+    # conformance/tests/httproute-backend-url-rewrite.go (HTTPRouteBackendURLRewrite): a
+    # URLRewrite on the backendRef rewrites what that backend sees.
+    await mesh.load(INFRA, GATEWAYS, gw("httproute-backend-url-rewrite"))
+    await expect(mesh, [
+        {"path": "/full/original", "backend": "infra-backend-v1",
+         "backend_path": "/rewritten-full"},
+        {"path": "/prefix/original", "backend": "infra-backend-v1",
+         "backend_path": "/rewritten-prefix/original"},
+    ])
+
+
+async def test_httproute_backend_request_redirect(mesh):
+    # conformance/tests/httproute-backend-request-redirect.go (HTTPRouteBackendPathRedirect):
+    # each backendRef's RequestRedirect answers the share of the traffic that backend draws.
+    result = await mesh.load(INFRA, GATEWAYS, gw("httproute-backend-request-redirect"))
+    assert not [w for w in result.get("warnings", []) if "backend-request-redirect" in str(w)]
+    seen = set()
+    for _ in range(60):  # equal weights: both shares show up (miss chance 2 × 2^-60)
+        status, headers, _ = await mesh.request("/")
+        seen.add((status, headers["Location"]))
+    assert seen == {(302, "https://redirect-example.com/"),  # infra-backend-v1's filter
+                    (301, "http://redirect-example.com/")}  # infra-backend-v2's
+
+
 async def test_httproute_rewrite_host(mesh):
     await mesh.load(INFRA, GATEWAYS, gw("httproute-rewrite-host"))
     await expect(mesh, [
