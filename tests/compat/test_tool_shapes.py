@@ -7,9 +7,19 @@ test_smi.py and the replays of tests/integration/kubernetes/).
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from pyproxy.config.document import Document
 from pyproxy.config.load import load_config
-from pyproxy.config.model import NO_ENDPOINTS_STATUS, Backend, HeaderChanges, StringMatch
+from pyproxy.config.model import (
+    NO_ENDPOINTS_STATUS,
+    Backend,
+    Endpoint,
+    HeaderChanges,
+    StringMatch,
+)
+from pyproxy.discovery.kubernetes import translate
+from pyproxy.discovery.kubernetes.report import ObjectKey
 from tests.compat.support import manifest
 
 FLAGGER_SERVICES = """\
@@ -106,3 +116,28 @@ def test_argo_header_route_is_named_and_matched_first(tmp_path):
     assert header_route.matches[0].headers == (
         ("end-user", StringMatch("exact", "tester")),
         ("user-agent", StringMatch("regex", "Mozilla.*")))
+
+
+@pytest.mark.parametrize("canary_pods", [(), None], ids=["empty-endpointslices", "no-service"])
+def test_flagger_smi_split_in_cluster_before_the_canary_has_pods(canary_pods):
+    # In-cluster: the canary Service exists with empty EndpointSlices (an empty native
+    # service: 503 UH), or does not exist yet (a backend answering 503 UH). Either way the
+    # TrafficSplit is accepted and the primary keeps serving.
+    split = yaml.safe_load(manifest("flagger", "smi-trafficsplit.yaml").read_text())
+    split["metadata"]["resourceVersion"] = "1"
+    pods: dict[str, tuple[Endpoint, ...]] = {"podinfo-primary": (Endpoint("10.0.0.2", 9898),)}
+    if canary_pods is not None:
+        pods["podinfo-canary"] = canary_pods
+    selection = translate.Selection("pyproxy.dev/gateway-controller")
+    manifests = translate.manifest_documents({"TrafficSplit": [split]}, selection)
+    built = translate.build([Document("pyproxy.yaml", {})], {}, manifests, pods)
+    assert built.config is not None
+    (route,) = built.config.routes
+    canary = route.backends[0]
+    assert canary.name == "podinfo-canary"
+    if canary_pods is None:
+        assert canary.direct_status == NO_ENDPOINTS_STATUS
+    else:
+        assert canary.direct_status is None
+        assert built.config.services["podinfo-canary"].endpoints == ()
+    assert built.results[ObjectKey("TrafficSplit", "test", "podinfo")][None].accepted
