@@ -9,7 +9,8 @@ The backends answer like the Gateway API conformance echo server where the upstr
 rely on it: ``?delay=1s`` waits; ``responseCode``/``succeedAfter``/``delayRetry`` with a
 ``uuid`` simulate a failing backend for retry tests (without ``responseCode``, the failing
 tries are connection errors: the connection closes with no answer);
-``X-Echo-Set-Header: name:value,...`` sets response headers. The JSON body names the backend and echoes method, path and headers.
+``X-Echo-Set-Header: name:value,...`` sets response headers. The JSON body names the
+backend and echoes method, path and headers.
 """
 
 from __future__ import annotations
