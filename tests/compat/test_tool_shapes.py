@@ -141,3 +141,34 @@ def test_flagger_smi_split_in_cluster_before_the_canary_has_pods(canary_pods):
         assert canary.direct_status is None
         assert built.config.services["podinfo-canary"].endpoints == ()
     assert built.results[ObjectKey("TrafficSplit", "test", "podinfo")][None].accepted
+
+
+def _api_object(*parts: str) -> dict:
+    obj = yaml.safe_load(manifest(*parts).read_text())
+    obj["metadata"].update(resourceVersion="1", generation=1)
+    return obj
+
+
+def test_flagger_httproute_in_cluster_before_the_canary_has_pods():
+    # Flagger's first HTTPRoute (primary 100, canary 0) while podinfo-canary's EndpointSlices
+    # are empty: the route is accepted with resolved refs; the canary is an empty service.
+    selection = translate.Selection("pyproxy.dev/gateway-controller")
+    gateway_class = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                     "metadata": {"name": "pyproxy", "resourceVersion": "1"},
+                     "spec": {"controllerName": "pyproxy.dev/gateway-controller"}}
+    route = _api_object("flagger", "gatewayapi-weighted.yaml")
+    primary, canary = route["spec"]["rules"][0]["backendRefs"]
+    primary["weight"], canary["weight"] = 100, 0
+    objects = {"GatewayClass": [gateway_class],
+               "Gateway": [_api_object("flagger", "gateway.yaml")], "HTTPRoute": [route]}
+    pods: dict[str, tuple[Endpoint, ...]] = {
+        "podinfo-primary": (Endpoint("10.0.0.2", 9898),), "podinfo-canary": ()}
+    built = translate.build([Document("pyproxy.yaml", {})], {},
+                            translate.manifest_documents(objects, selection), pods)
+    assert built.config is not None and built.warnings == ()
+    (served,) = built.config.routes
+    assert [(b.name, b.weight, b.direct_status) for b in served.backends] == [
+        ("podinfo-primary", 100.0, None), ("podinfo-canary", 0.0, None)]
+    assert built.config.services["podinfo-canary"].endpoints == ()
+    (result,) = built.results[ObjectKey("HTTPRoute", "test", "podinfo")].values()
+    assert (result.accepted, result.resolved_refs) == (True, True)
