@@ -93,7 +93,8 @@ class Match:
 
 
 # A backend share with nothing to serve it yet (an SMI backend whose Service has no
-# pods): answered like an empty service, "no healthy upstream" with flag UH.
+# pods): answered "no healthy upstream" with flag UH, as Envoy answers a weighted cluster
+# without endpoints.
 NO_ENDPOINTS_STATUS = 503
 
 
@@ -115,7 +116,7 @@ class Backend:
     redirect: Redirect | None = None
     # Answer this status instead of forwarding: Gateway API requires 500 for the share of
     # an invalid or unresolvable backendRef. ``service`` then only names it. 503
-    # (NO_ENDPOINTS_STATUS) answers as a service without endpoints does: flag UH.
+    # (NO_ENDPOINTS_STATUS) answers "no healthy upstream", flag UH.
     direct_status: int | None = None
 
     @property

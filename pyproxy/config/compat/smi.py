@@ -159,8 +159,7 @@ def _backends(ctx: ImportContext, node: Node) -> tuple[Backend, ...]:
                 if ctx.declared(name):
                     raise Invalid
                 # Flagger writes the split before the canary has a pod (weight 0): the rest
-                # of the split must keep serving, and this share answers 503 UH as a
-                # Service without endpoints would.
+                # of the split must keep serving, and this share answers 503 UH.
                 fields["service"].warn(f"backend service {name!r} has no endpoints: its share "
                                        f"of the traffic gets 503 (UH) until it has some; "
                                        f"{ctx.missing_service(name)}")
