@@ -24,7 +24,9 @@ Hostnames are intersected with the listener hostnames of the Gateways in ``paren
 ``parentRef`` to a ``Service`` (GAMMA, as Linkerd uses) routes requests for that service's
 host. Invalid or unknown ``backendRefs`` (unknown kind, no such service, cross-namespace
 without a ReferenceGrant) get 500 for their share of the traffic, as the spec requires; a
-rule with no backendRefs and no redirect answers 500.
+rule with no backendRefs and no redirect answers 500. A backendRef's own filters (header
+modifiers, ``URLRewrite``, ``RequestRedirect``) apply only to the requests that backend
+draws: they are set on the native backend.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ backends are the leaf services with their weights (v1alpha1 milli-quantities suc
 ``500m`` included; weights are relative). With ``matches`` (v1alpha3+), only requests
 matching one of the referenced HTTPRouteGroups' matches are split; a second route,
 ``<name>-apex``, sends every other request for the apex host to the apex service itself,
-"the Kubernetes service with the same name as spec.service" (traffic-split v1alpha4).
+"the Kubernetes service with the same name as spec.service" (traffic-split v1alpha4). A
+backend service without endpoints (Flagger's canary before its first pod) is a warning,
+and its share answers 503 UH.
 
 HTTPRouteGroup matches (``smi-spec`` traffic-specs): ``pathRegex`` is anchored at the
 start of the path only (``/api`` also matches ``/api/v1``), ``methods`` lists methods or
