@@ -74,15 +74,11 @@ EXPECTED = {
         ("kind", "ServiceEntry external-svc-wikipedia: is not imported")],
     "virtual_service.proto-L511-bookinfo.yaml": [("spec.gateways[0]",
                                                   "'mygateway' is not among the manifests")],
-    "virtual_service.proto-L583-reviews-route.yaml": [
-        ("spec.http[0].route", "per-destination response headers are not honoured")],
     "virtual_service.proto-L635-bookinfo-sni.yaml": [
         ("spec", "has no http rules"), ("spec.gateways[0]", "is not among the manifests"),
         ("spec.tls", "routes HTTP only")],
     "virtual_service.proto-L676-bookinfo-mongo.yaml": [("spec", "has no http rules"),
                                                        ("spec.tcp", "routes HTTP only")],
-    "virtual_service.proto-L1196-ratings-route.yaml": [
-        ("spec.http[0].headers", "not added to pyproxy's own responses")],
     "base-gateways.yaml": [("spec.listeners[0]", "TLS settings are not honoured"),
                            ("spec.listeners[1]", "TLS settings are not honoured"),
                            ("spec.listeners[2]", "TLS settings are not honoured"),

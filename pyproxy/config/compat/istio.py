@@ -619,9 +619,6 @@ def _rule(ctx: ImportContext, m: Manifest, rule: Node, name: str, hosts: tuple[s
         values["fault"] = _fault(fields["fault"])
     values["mirrors"] = _mirrors(ctx, fields)
     headers = _headers(fields["headers"]) if "headers" in fields else HeaderRules()
-    if headers.response != HeaderChanges() and "route" not in fields:
-        fields["headers"].warn("response headers are not added to pyproxy's own responses "
-                               "(redirects, direct responses), only to forwarded ones")
     if response_headers != HeaderChanges():
         headers = HeaderRules(headers.request, _join(headers.response, response_headers))
     if headers != HeaderRules():
@@ -799,8 +796,10 @@ def _backends(ctx: ImportContext, node: Node) -> tuple[tuple[Backend, ...], Head
         if len(backends) == 1:
             joined = response[0]  # the only destination: the route's response is its response
         else:
-            node.warn("per-destination response headers are not honoured with several "
-                      "destinations: pyproxy changes response headers per route")
+            # Each destination's response headers go with the responses it gives.
+            backends = [replace(backend, response_headers=changes)
+                        if changes != HeaderChanges() else backend
+                        for backend, changes in zip(backends, response, strict=True)]
     return tuple(backends), joined
 
 
