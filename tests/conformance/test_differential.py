@@ -104,8 +104,8 @@ _CLTE = ("HAProxy drops Content-Length, forwards the chunked body and closes aft
          "(RFC 9112 §6.1 allows it). pyproxy refuses with 400 + close, as nginx does (FR-1): "
          "a message that carries both framings is never interpreted, so no hop can read it "
          "the other way.")
-_DOT = ("HAProxy 2.6 forwards the path as received (`normalize-uri` is opt-in). pyproxy does "
-        "not normalise paths and refuses dot-segments (HD-16), so a route decision is always "
+_DOT = ("HAProxy 2.6 forwards the path as received (`normalize-uri` is opt-in). pyproxy "
+        "refuses dot-segments (HD-16) rather than resolve them, so a route decision is always "
         "made on the path the upstream resolves.")
 
 DECISIONS: dict[str, Decision] = {
@@ -185,6 +185,15 @@ DECISIONS: dict[str, Decision] = {
                                   "routes on the target's authority and forwards origin-form "
                                   "`GET /x` with `Host: b.example`, so Host and target can never "
                                   "disagree upstream. The reference allows either."),
+    # -- both forward, differently.
+    "TARGET_ENCODED": Decision(_BF, "pyproxy normalises the path before matching and forwards "
+                               "it normalised (docs/responses.md, \"The path routes see\"): a "
+                               "percent-encoded unreserved character is decoded (RFC 3986 "
+                               "§6.2.2.2), so `/%7e` and `/~` meet the same route and reach the "
+                               "upstream alike; the query is passed on as received. HAProxy "
+                               "2.6 forwards the path as received (`normalize-uri` is opt-in).",
+                               "request line `GET /a%20b/%7e;p=1?x=%2F&y=/?z HTTP/1.1` vs "
+                               "`GET /a%20b/~;p=1?x=%2F&y=/?z HTTP/1.1`"),
     # -- both refuse, with a different status.
     "TE_GZIP_CHUNKED": Decision(_BR, "A coding pyproxy does not implement, in a well-framed "
                                 "message: 501, as RFC 9112 §6.1 suggests (SHOULD). HAProxy's "
