@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from pyproxy.metrics.linkerd import latency_samples, response_samples
+from pyproxy.metrics.linkerd import latency_samples, response_samples, source_labels
 from pyproxy.metrics.merge import FamilyLike
 from pyproxy.metrics.stats import DURATION_BUCKETS, CanaryMetrics, KubernetesMetrics, Stats
 
@@ -106,14 +106,15 @@ class _StatsCollector(Collector):
             yield from _kubernetes_families(s.kubernetes_provider())
         if s.linkerd_compat:
             workloads = dict(s.workloads_provider()) if s.workloads_provider else {}
+            source = source_labels()
             total = Metric("response", "HTTP responses by classification and status code "
                            "(Linkerd-compatible).", "counter")
-            for name, labels, value in response_samples(s.requests, workloads):
+            for name, labels, value in response_samples(s.requests, workloads, source):
                 total.add_sample(name, labels, value)
             yield total
             latency = Metric("response_latency_ms", "Response latency in milliseconds "
                              "(Linkerd-compatible buckets).", "histogram")
-            for name, labels, value in latency_samples(s.linkerd_latency, workloads):
+            for name, labels, value in latency_samples(s.linkerd_latency, workloads, source):
                 latency.add_sample(name, labels, value)
             yield latency
 

@@ -8,17 +8,24 @@
 pyproxy stands for both of a meshed call's proxies, so each response is exported twice,
 from the same counts: ``direction="inbound"`` with the destination's ``namespace`` and
 ``deployment`` (what Flagger queries), and ``direction="outbound"`` with ``dst_namespace``,
-``dst_deployment`` and ``dst_service`` (what ``linkerd viz stat --from`` shows). Filter on
-``direction`` when summing. ``classification`` is ``failure`` for 5xx or no response;
-``status_code`` is empty when no response was sent. Latency is the whole request
-(Linkerd's is time to first byte). Counts come from ``pyproxy_requests_total``, so the
-request path pays nothing extra for them; latency is counted while enabled.
+``dst_deployment`` and ``dst_service`` (what ``linkerd viz stat --from`` shows) plus, as a
+Linkerd proxy labels its outbound series with its own pod, pyproxy's own ``namespace``,
+``deployment`` and ``pod`` from the downward API. Filter on ``direction`` when summing.
+``classification`` is ``failure`` for 5xx or no response; ``status_code`` is empty when no
+response was sent. Latency is the whole request (Linkerd's is time to first byte). Counts
+come from ``pyproxy_requests_total``, so the request path pays nothing extra for them;
+latency is counted while enabled.
+
+A destination's workload (docs/metrics.md, "Linkerd-compatible series"): the ``namespace``
+and ``deployment`` labels its endpoints share; in in-cluster mode, else the Service's
+namespace and the Deployment its pods' names belong to (EndpointSlices name each pod).
 
 This module computes the samples as plain values; ``exposition`` wraps them in families.
 """
-
 from __future__ import annotations
 
+import os
+import re
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -60,10 +67,53 @@ def default_workload(backend: str) -> Workload:
     return "default", f"{service}-{subset}" if subset else service, service
 
 
-def backend_workloads(config: Config) -> dict[str, Workload]:
-    """backend name → (namespace, deployment, service) for the Linkerd-compatible series,
-    from the labels the backend's endpoints share: ``namespace`` and ``deployment`` (else
-    ``default_workload``). Label endpoints ``deployment: podinfo`` to match a Flagger target."""
+# A Deployment's pod is named DEPLOYMENT-HASH-SUFFIX: the ReplicaSet's pod-template-hash
+# and a random suffix, both from the alphabet Kubernetes uses for generated names
+# (no vowels, no 0, 1, 3: k8s.io/apimachinery/pkg/util/rand).
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_DEPLOYMENT_POD = re.compile(
+    rf"(?P<deployment>[a-z0-9][a-z0-9.-]*?)-[{_NAME_ALPHABET}]{{1,10}}-[{_NAME_ALPHABET}]{{5}}")
+
+
+def deployment_of_pod(pod: str | None) -> str | None:
+    """The Deployment a pod belongs to, read from its name; None when the name is not a
+    Deployment pod's (a StatefulSet's ``web-0``, a bare pod)."""
+    found = _DEPLOYMENT_POD.fullmatch(pod or "")
+    return found.group("deployment") if found else None
+
+
+def source_labels(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """pyproxy's own ``namespace``, ``deployment`` and ``pod`` for the outbound series, from
+    the downward API: ``POD_NAMESPACE``, ``POD_NAME``, and ``POD_DEPLOYMENT`` (else the
+    Deployment the pod's name says). Outside a pod: none of them."""
+    labels = {"namespace": env.get("POD_NAMESPACE", ""), "pod": env.get("POD_NAME", ""),
+              "deployment": env.get("POD_DEPLOYMENT") or deployment_of_pod(
+                  env.get("POD_NAME")) or ""}
+    return {key: value for key, value in labels.items() if value}
+
+
+def _home_namespace(config: Config, env: Mapping[str, str]) -> str | None:
+    """In in-cluster mode, the namespace of a Service named without one: the one namespace
+    watched (``kubernetes.namespaces``, else the pod's own)."""
+    if config.kubernetes is None:
+        return None
+    watched = config.kubernetes.namespaces
+    if len(watched) == 1 and watched[0] != "*":
+        return watched[0]
+    return env.get("POD_NAMESPACE") if not watched else None
+
+
+def backend_workloads(config: Config, env: Mapping[str, str] = os.environ
+                      ) -> dict[str, Workload]:
+    """backend name → (namespace, deployment, service) for the Linkerd-compatible series.
+
+    From the labels the backend's endpoints share, ``namespace`` and ``deployment``. In
+    in-cluster mode, else: the Service's namespace (``NAME.NS`` when several are watched,
+    else the one watched) and the Deployment all its pods belong to (their names, from the
+    EndpointSlices), so Flagger's ``NAME-canary`` Service reports as Deployment ``NAME``.
+    Else ``default_workload``."""
+    home = _home_namespace(config, env)
+    several = config.kubernetes is not None and home is None
     workloads: dict[str, Workload] = {}
     for route in config.routes:
         for backend in route.backends:
@@ -72,6 +122,14 @@ def backend_workloads(config: Config) -> dict[str, Workload]:
                 continue
             namespace, deployment, name = default_workload(backend.name)
             labels = [ep.labels for ep in service.subset_endpoints(backend.subset)]
+            if home is not None:
+                namespace = home
+            elif several and "." in backend.service:
+                namespace = backend.service.rsplit(".", 1)[1]
+            if config.kubernetes is not None:
+                pods = {deployment_of_pod(lab.get("pod")) for lab in labels}
+                if len(pods) == 1 and None not in pods:
+                    deployment = pods.pop() or deployment
             for key in ("namespace", "deployment"):
                 values = {lab.get(key) for lab in labels}
                 if len(values) == 1 and None not in values:
@@ -84,9 +142,10 @@ def backend_workloads(config: Config) -> dict[str, Workload]:
 
 
 def response_samples(requests: Mapping[tuple[str, str, str, str], int],
-                     workloads: Mapping[str, Workload]) -> list[Sample]:
+                     workloads: Mapping[str, Workload],
+                     source: Mapping[str, str] | None = None) -> list[Sample]:
     """``response_total`` from ``pyproxy_requests_total``'s counts, keyed (route, backend,
-    code, flag)."""
+    code, flag); ``source`` labels the outbound series (``source_labels``)."""
     responses: defaultdict[tuple[str, str, str, str, str], int] = defaultdict(int)
     for (_route, backend, code, _flag), count in list(requests.items()):
         if not backend:
@@ -101,15 +160,18 @@ def response_samples(requests: Mapping[tuple[str, str, str, str], int],
         common = {"classification": classification, "status_code": status}
         samples.append(("response_total", {"direction": "inbound", "namespace": namespace,
                                            "deployment": deployment, **common}, count))
-        samples.append(("response_total", {"direction": "outbound", "dst_namespace": namespace,
+        samples.append(("response_total", {**(source or {}), "direction": "outbound",
+                                           "dst_namespace": namespace,
                                            "dst_deployment": deployment, "dst_service": service,
                                            **common}, count))
     return samples
 
 
 def latency_samples(latency: Mapping[str, LinkerdLatency],
-                    workloads: Mapping[str, Workload]) -> list[Sample]:
-    """``response_latency_ms`` histogram samples, backends of one workload added up."""
+                    workloads: Mapping[str, Workload],
+                    source: Mapping[str, str] | None = None) -> list[Sample]:
+    """``response_latency_ms`` histogram samples, backends of one workload added up;
+    ``source`` labels the outbound series."""
     merged: dict[Workload, tuple[list[int], float]] = {}
     for backend, histogram in list(latency.items()):
         key = workloads.get(backend) or default_workload(backend)
@@ -119,7 +181,7 @@ def latency_samples(latency: Mapping[str, LinkerdLatency],
     samples: list[Sample] = []
     for (namespace, deployment, service), (counts, total_ms) in merged.items():
         for labels in ({"direction": "inbound", "namespace": namespace, "deployment": deployment},
-                       {"direction": "outbound", "dst_namespace": namespace,
+                       {**(source or {}), "direction": "outbound", "dst_namespace": namespace,
                         "dst_deployment": deployment, "dst_service": service}):
             cumulative = 0
             for le, count in zip(LINKERD_LE, counts, strict=True):
