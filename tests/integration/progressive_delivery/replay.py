@@ -43,6 +43,7 @@ from tests.integration.kubernetes.cluster import (
     Tally,
     burst,
     eventually,
+    SteadyLoad,
     served_weights,
     start_proxy,
     stop_proxy,
@@ -57,6 +58,9 @@ from tests.support.prometheus import Prometheus
 NS = "test"  # the namespace of Flagger's tutorials
 FLAGGER = "fluxcd/flagger v1.44.0"
 ARGO_PLUGIN = "argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi v0.15.0"
+LOAD_RATE = 40  # requests per second of the load tester, throughout a replay
+SCRAPE_INTERVAL = "500ms"
+SCRAPES_PER_INTERVAL = 4  # scrapes between a step's burst and the next analysis
 REPO = Path(__file__).resolve().parents[3]
 METRIC_TEMPLATES = REPO / "deploy" / "kubernetes" / "flagger"
 
@@ -494,8 +498,10 @@ class Rig:
         return tally, on_canary
 
     async def scraped(self) -> None:
-        """Two more scrapes of pyproxy, so the counters of the last burst are in the TSDB."""
-        await asyncio.to_thread(self.prom.wait_for_scrapes, 2)
+        """The rest of the interval: a few more scrapes of pyproxy, so the last burst and
+        some of the steady load after it are in the TSDB (a rate() needs two samples
+        apart, and a series that first appears holds everything counted so far)."""
+        await asyncio.to_thread(self.prom.wait_for_scrapes, SCRAPES_PER_INTERVAL)
 
 
 async def analyse(flagger: Flagger, rig: Rig, metrics: list[Metric]) -> tuple[bool, str]:
@@ -508,7 +514,7 @@ async def analyse(flagger: Flagger, rig: Rig, metrics: list[Metric]) -> tuple[bo
         query = render(metric.query, flagger.model(metric.interval))
         value = await asyncio.to_thread(rig.prom.query, query)
         values[metric.name] = value
-        shown.append(f"{metric.name}={'none' if value is None else f'{value:.2f}'}")
+        shown.append(f"{metric.name}={'none' if value is None else f'{value:.4g}'}")
         if value is None or (metric.min is not None and value < metric.min) or (
                 metric.max is not None and value > metric.max):
             ok = False
@@ -517,6 +523,7 @@ async def analyse(flagger: Flagger, rig: Rig, metrics: list[Metric]) -> tuple[bo
 
 
 async def drive(flagger: Flagger, rig: Rig, metrics: list[Metric], *,
+                new_revision: Callable[[], Awaitable[None]],
                 promote: Callable[[], Awaitable[None]],
                 scale_canary_to_zero: Callable[[], Awaitable[None]],
                 canary_pods: Callable[[], set[str]]) -> dict[str, float]:
@@ -526,6 +533,14 @@ async def drive(flagger: Flagger, rig: Rig, metrics: list[Metric], *,
     or rollback. After each write: traffic once pyproxy serves it, and two scrapes.
     Returns figures: the rollback's time to serve 100/0, its watch events."""
     figures: dict[str, float] = {}
+    # Initialized: the route Flagger created serves the primary only, the canary
+    # Deployment scaled to zero (its Service without endpoints)
+    await flagger.get_routes()
+    await rig.serving({flagger.primary: 100, flagger.canary_svc: 0})
+    tally, on_canary = await rig.traffic(set(), 0.0)
+    rig.log.add(Step(0, flagger.phase, "100/0", f"{on_canary}/{tally.total} (0%)",
+                     note="route created; canary scaled to zero, no endpoints"))
+    await new_revision()
     flagger.phase = "Progressing"  # checkCanaryStatus: a new revision was detected
     threshold = flagger.analysis["threshold"]
     iterations = 0
@@ -602,10 +617,15 @@ async def running(kube: FakeKube, pods: Pods, directory: Path, host: str, title:
     proxy = await start_proxy(config)
     prom: Prometheus | None = None
     try:
-        prom = await asyncio.to_thread(Prometheus, [f"127.0.0.1:{proxy.admin_port}"], "1s")
+        prom = await asyncio.to_thread(Prometheus, [f"127.0.0.1:{proxy.admin_port}"],
+                                       SCRAPE_INTERVAL)
         await asyncio.to_thread(prom.wait_for_targets_up)
         print(f"\n[{title}]", flush=True)
-        yield Rig(kube, pods, proxy, prom, host, Log(title))
+        # Flagger's load tester: steady traffic all along, as its tutorials run it (`hey`
+        # from the loadtester webhook), so every rate() window has requests in it.
+        async with SteadyLoad(proxy.url + "/", LOAD_RATE, headers={"Host": host}) as load:
+            yield Rig(kube, pods, proxy, prom, host, Log(title))
+        print(f"  load tester: {dict(load.tally.statuses)} {load.tally.errors[:3]}")
     finally:
         if prom is not None:
             await asyncio.to_thread(prom.stop)

@@ -19,6 +19,7 @@ from tests.integration.progressive_delivery.replay import (
     Api,
     Flagger,
     Metric,
+    Pod,
     Pods,
     drive,
     running,
@@ -62,10 +63,15 @@ async def test_linkerd_queries_roll_back_a_failing_canary(kube, tmp_path):
     pods.sync()
     async with running(kube, pods, tmp_path, "podinfo", "flagger linkerd, failing canary",
                        "metrics:\n  linkerd_compat: true\n") as rig:
-        # the new revision: the Deployment podinfo scaled up with the bad version
-        canary = await pods.run("podinfo", {"app": "podinfo"}, "6.0.1", 2, failing=True)
+        canary: list[Pod] = []
+
+        async def new_revision() -> None:
+            """The Deployment podinfo updated to a bad version: Flagger scales it up."""
+            canary.extend(await pods.run("podinfo", {"app": "podinfo"}, "6.0.1", 2,
+                                         failing=True))
+
         figures = await drive(
-            flagger, rig, builtin_metrics(),
+            flagger, rig, builtin_metrics(), new_revision=new_revision,
             promote=_never, scale_canary_to_zero=lambda: pods.stop(canary),
             canary_pods=lambda: {p.name for p in canary})
         assert flagger.phase == "Failed"
