@@ -40,10 +40,10 @@ from aiohttp import web
 from tests.integration.kubernetes.cluster import (
     CONTROLLER,
     SERVICE_NAME_LABEL,
+    SteadyLoad,
     Tally,
     burst,
     eventually,
-    SteadyLoad,
     served_weights,
     start_proxy,
     stop_proxy,
@@ -151,9 +151,14 @@ class Pods:
         self.ns = namespace
         self.pods: dict[str, Pod] = {}
 
+    @staticmethod
+    def template_hash(owner: str, version: str) -> str:
+        """The pod-template-hash of ``owner``'s pods at ``version``."""
+        return _suffix(f"{owner}/{version}", 10)
+
     async def run(self, owner: str, labels: dict[str, str], version: str, count: int, *,
                   failing: bool = False) -> list[Pod]:
-        template_hash = _suffix(f"{owner}/{version}", 10)
+        template_hash = self.template_hash(owner, version)
         started = []
         for i in range(count):
             name = f"{owner}-{template_hash}-{_suffix(f'{owner}/{version}/{i}', 5)}"
@@ -202,8 +207,10 @@ class Pods:
                             "endpointslice.kubernetes.io/managed-by":
                                 "endpointslice-controller.k8s.io"}},
                         "addressType": "IPv4",
-                        "ports": [{"name": "http", "port": pod.backend.port,
-                                   "protocol": "TCP"}],
+                        # named as the Service's port ("" when it has no name), the
+                        # number the pod's targetPort resolves to
+                        "ports": [{"name": port.get("name", ""), "port": pod.backend.port,
+                                   "protocol": "TCP"} for port in service["spec"]["ports"]],
                         "endpoints": [{"addresses": ["127.0.0.1"],
                                        "conditions": {"ready": True, "serving": True,
                                                       "terminating": False},
@@ -214,6 +221,19 @@ class Pods:
                 self.kube.delete("EndpointSlice", self.ns, existing["metadata"]["name"])
         for obj in wanted.values():
             self.kube.apply(obj)
+
+
+# The Accepted message pyproxy writes when an import raised no issue; otherwise the
+# message lists the warnings (fields ignored, references unresolved).
+CLEAN_IMPORT = "served by pyproxy"
+
+
+def assert_imported_cleanly(route: Obj) -> None:
+    """Every Accepted condition of ``route`` says the import raised no warning."""
+    for parent in (route.get("status") or {}).get("parents") or []:
+        for cond in parent["conditions"]:
+            if cond["type"] == "Accepted":
+                assert cond["message"] == CLEAN_IMPORT, cond
 
 
 def gateway(kube: FakeKube, name: str = "public", namespace: str = NS) -> None:
@@ -420,6 +440,7 @@ class Flagger:
                         assert cond["observedGeneration"] >= generation, (
                             f"observedGeneration {cond['observedGeneration']} behind "
                             f"generation {generation} when Flagger reads it")
+        assert_imported_cleanly(route)
         weights = {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
         return weights[self.primary], weights[self.canary_svc]
 
@@ -450,7 +471,7 @@ class Flagger:
     def next_weight(self, canary_weight: int) -> int:
         """nextStepWeight with stepWeight: the step, capped by maxWeight."""
         analysis = self.analysis
-        return min(canary_weight + analysis["stepWeight"], analysis["maxWeight"])
+        return min(canary_weight + int(analysis["stepWeight"]), int(analysis["maxWeight"]))
 
 
 async def timed(coro: Any) -> tuple[Any, float]:
@@ -464,7 +485,7 @@ async def timed(coro: Any) -> tuple[Any, float]:
 class Rig:
     """What a replay runs against: the fake API server, the pods, pyproxy, Prometheus."""
 
-    def __init__(self, kube: FakeKube, pods: Pods, proxy: ProxyProcess, prom: Prometheus,
+    def __init__(self, kube: FakeKube, pods: Pods, proxy: ProxyProcess, prom: Prometheus | None,
                  host: str, log: Log, requests: int = 400):
         self.kube = kube
         self.pods = pods
@@ -501,6 +522,7 @@ class Rig:
         """The rest of the interval: a few more scrapes of pyproxy, so the last burst and
         some of the steady load after it are in the TSDB (a rate() needs two samples
         apart, and a series that first appears holds everything counted so far)."""
+        assert self.prom is not None
         await asyncio.to_thread(self.prom.wait_for_scrapes, SCRAPES_PER_INTERVAL)
 
 
@@ -510,6 +532,7 @@ async def analyse(flagger: Flagger, rig: Rig, metrics: list[Metric]) -> tuple[bo
     ok = True
     shown = []
     values: dict[str, float | None] = {}
+    assert rig.prom is not None
     for metric in metrics:
         query = render(metric.query, flagger.model(metric.interval))
         value = await asyncio.to_thread(rig.prom.query, query)
@@ -610,16 +633,17 @@ async def write_and_observe(flagger: Flagger, rig: Rig, iteration: int, primary:
 
 @contextlib.asynccontextmanager
 async def running(kube: FakeKube, pods: Pods, directory: Path, host: str, title: str,
-                  extra_config: str = "") -> AsyncIterator[Rig]:
+                  extra_config: str = "", prometheus: bool = True) -> AsyncIterator[Rig]:
     """pyproxy against the fake API server (namespace ``test``), a Prometheus scraping its
-    admin port every second, and the log printed at the end."""
+    admin port (unless ``prometheus`` is false: nothing queries it), and a steady load."""
     config = write_config(directory, kube, namespaces=(NS,), extra=extra_config)
     proxy = await start_proxy(config)
     prom: Prometheus | None = None
     try:
-        prom = await asyncio.to_thread(Prometheus, [f"127.0.0.1:{proxy.admin_port}"],
-                                       SCRAPE_INTERVAL)
-        await asyncio.to_thread(prom.wait_for_targets_up)
+        if prometheus:
+            prom = await asyncio.to_thread(Prometheus, [f"127.0.0.1:{proxy.admin_port}"],
+                                           SCRAPE_INTERVAL)
+            await asyncio.to_thread(prom.wait_for_targets_up)
         print(f"\n[{title}]", flush=True)
         # Flagger's load tester: steady traffic all along, as its tutorials run it (`hey`
         # from the loadtester webhook), so every rate() window has requests in it.

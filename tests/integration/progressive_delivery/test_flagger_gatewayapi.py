@@ -107,7 +107,7 @@ async def test_healthy_canary_stepped_to_50_and_promoted(kube, tmp_path):
             assert values["latency"] is not None and values["latency"] <= 0.5, values
         # every read of the route found its status current (GetRoutes asserts it)
         assert flagger.status_reads and all(o >= g for o, g in flagger.status_reads)
-        tally, on_canary = await rig.traffic(set(), 0.0)
+        tally, _ = await rig.traffic(set(), 0.0)
         assert {pods.version_of(name) for name in tally.names} == {"6.0.1"}
         print(f"  status reads (observedGeneration, generation): {flagger.status_reads}")
 

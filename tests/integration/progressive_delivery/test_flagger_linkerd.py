@@ -13,6 +13,8 @@ pyproxy must load.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.integration.progressive_delivery.replay import (
     LINKERD_QUERIES,
     NS,
@@ -27,7 +29,7 @@ from tests.integration.progressive_delivery.replay import (
 
 # Flagger's linkerd tutorial (docs/gitbook/tutorials/linkerd-progressive-delivery.md), with
 # the threshold, step and intervals shortened for a test run.
-CANARY = {
+CANARY: dict[str, Any] = {
     "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
     "metadata": {"name": "podinfo", "namespace": NS},
     "spec": {
@@ -47,7 +49,7 @@ def builtin_metrics() -> list[Metric]:
     """The Canary's metrics, by name the built-in linkerd queries (scheduler_metrics.go:
     a metric without templateRef named request-success-rate / request-duration)."""
     metrics = []
-    for entry in CANARY["spec"]["analysis"]["metrics"]:  # type: ignore[index]
+    for entry in CANARY["spec"]["analysis"]["metrics"]:
         bounds = entry["thresholdRange"]
         metrics.append(Metric(entry["name"], LINKERD_QUERIES[entry["name"]],
                               entry["interval"], bounds.get("min"), bounds.get("max")))
