@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from pyproxy.config.model import Timeouts
+from pyproxy.config.model import NO_ENDPOINTS_STATUS, Timeouts
 from pyproxy.engine import wire
 from pyproxy.errors import (
     ClientDisconnected,
@@ -165,8 +165,8 @@ class Proxy:
         backend = request.backend
         upstream.attempt_ended(self.stats, backend.runtime.name, backend.runtime.detector,
                                request.endpoint.address, response.status)
-        self._relay_whole(request.exchange, request.route, conn, response, request.cookie,
-                          request.debug, outcome)
+        self._relay_whole(request.exchange, request.route, backend, conn, response,
+                          request.cookie, request.debug, outcome)
         backend.runtime.admission.release_request()
         self.account(request.exchange, request.route, outcome, request.started)
 
@@ -248,6 +248,13 @@ class Proxy:
             await self._inject(route, fault_decision, outcome)
         backend, cookie = self._pick_backend(head, route)
         outcome.backend = backend.name
+        if backend.redirect is not None:
+            location = redirect_location(backend.redirect, head, route.matched_prefix(head.path))
+            self._respond_local(exchange, backend.redirect.status, header_filter.apply(
+                [("location", location)], response_rules), b"", outcome)
+            return
+        if backend.direct_status == NO_ENDPOINTS_STATUS:
+            raise NoHealthyUpstream(f"backend {backend.name} has no endpoints")
         if backend.direct_status is not None:
             self._respond_local(exchange, backend.direct_status,
                                 [("content-type", "text/plain")], b"", outcome)
@@ -371,6 +378,9 @@ class Proxy:
             self.mirroring.send_copies(route.name, route.mirrors, head, body,
                                        partial(self._shadow, head, route, outcome.request_id))
         max_attempts = 1 + policy.attempts if policy is not None and replayable else 1
+        # A policy that retries resets counts every try, a keep-alive race included: the
+        # backend sees exactly the tries the policy allows (Gateway API retry conformance).
+        replay_stale = policy is None or max_attempts == 1 or "reset" not in policy.retry_on
         per_try = policy.per_try_timeout if policy is not None else None
         attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
             else None
@@ -412,7 +422,7 @@ class Proxy:
                     try:
                         conn, response, pump = await upstream.attempt(
                             exchange, endpoint, admission, self.stats, request_head, body,
-                            attempt_deadline, is_head, sent)
+                            attempt_deadline, is_head, sent, replay_stale=replay_stale)
                     except UpstreamConnectFailure as exc:
                         error, failure = exc, "connect-failure"
                     except UpstreamReset as exc:
@@ -449,7 +459,8 @@ class Proxy:
                     _add_flag(outcome, "URX")
                 assert conn is not None and response is not None
                 try:
-                    await self._relay(exchange, route, conn, response, cookie, debug, outcome,
+                    await self._relay(exchange, route, backend, conn, response, cookie, debug,
+                                      outcome,
                                       websocket)
                 finally:
                     # An early response: the rest of the request body is not wanted.
@@ -477,10 +488,13 @@ class Proxy:
         """Request line and headers for the upstream, without framing (added per attempt)."""
         host = head.header("host") or head.host
         path = head.path
-        rewrite = route.rewrite
+        # A backend's own rewrite takes the place of the route's (Gateway API backendRef
+        # URLRewrite).
+        rewrite, regex = (backend.rewrite, backend.rewrite_regex) if backend.rewrite else (
+            route.rewrite, route.rewrite_regex)
         if rewrite is not None:
             host = rewrite.host or host
-            path = rewrite_path(rewrite, path, route.matched_prefix(path), route.rewrite_regex)
+            path = rewrite_path(rewrite, path, route.matched_prefix(path), regex)
         if shadow:
             # As Envoy and Istio do: the shadow can tell mirrored traffic from real traffic.
             name, sep, port = host.partition(":")
@@ -502,15 +516,15 @@ class Proxy:
 
     # ------------------------------------------------------------------ response
 
-    async def _relay(self, exchange: Exchange, route: CompiledRoute, conn: UpstreamExchange,
-                     response: ResponseHead, cookie: Cookie, debug: bool,
+    async def _relay(self, exchange: Exchange, route: CompiledRoute, backend: CompiledBackend,
+                     conn: UpstreamExchange, response: ResponseHead, cookie: Cookie, debug: bool,
                      outcome: RequestOutcome, websocket: bool) -> None:
         status = response.status
         if status != 101 and conn.response_received:
-            self._relay_whole(exchange, route, conn, response, cookie, debug, outcome)
+            self._relay_whole(exchange, route, backend, conn, response, cookie, debug, outcome)
             return
         outcome.status = status
-        headers = self._response_headers(route, response, cookie, debug, outcome)
+        headers = self._response_headers(route, backend, response, cookie, debug, outcome)
         try:
             if status == 101:
                 if not websocket:
@@ -532,13 +546,14 @@ class Proxy:
             raise
         conn.release()
 
-    def _relay_whole(self, exchange: Exchange, route: CompiledRoute, conn: UpstreamExchange,
-                     response: ResponseHead, cookie: Cookie, debug: bool,
-                     outcome: RequestOutcome) -> None:
+    def _relay_whole(self, exchange: Exchange, route: CompiledRoute, backend: CompiledBackend,
+                     conn: UpstreamExchange, response: ResponseHead, cookie: Cookie,
+                     debug: bool, outcome: RequestOutcome) -> None:
         """A response already received in full: one write, no waiting (the common case)."""
         outcome.status = response.status
         exchange.start_response(response.status,
-                                self._response_headers(route, response, cookie, debug, outcome),
+                                self._response_headers(route, backend, response, cookie, debug,
+                                                       outcome),
                                 None if response.chunked else response.content_length,
                                 reason=response.reason)
         exchange.write(conn.take_buffered())
@@ -546,11 +561,14 @@ class Proxy:
         conn.release()
 
     @staticmethod
-    def _response_headers(route: CompiledRoute, response: ResponseHead, cookie: Cookie,
-                          debug: bool, outcome: RequestOutcome) -> list[tuple[str, str]]:
+    def _response_headers(route: CompiledRoute, backend: CompiledBackend, response: ResponseHead,
+                          cookie: Cookie, debug: bool, outcome: RequestOutcome
+                          ) -> list[tuple[str, str]]:
         headers = forwarding.response_headers(response.headers)
         if route.headers is not None:
             headers = header_filter.apply(headers, route.headers.response)
+        if backend.response_headers is not None:
+            headers = header_filter.apply(headers, backend.response_headers)
         if cookie is not None:
             headers.append(cookie)
         if debug:

@@ -164,6 +164,10 @@ class CompiledBackend:
         "index",
         "name",
         "panic",
+        "redirect",
+        "response_headers",
+        "rewrite",
+        "rewrite_regex",
         "runtime",
         "service",
         "subset",
@@ -179,6 +183,11 @@ class CompiledBackend:
         self.balancer = make_balancer(service.load_balancer.kind) if service else None
         self.hash_on = service.load_balancer.hash_on if service else None
         self.headers = backend.headers
+        self.response_headers = backend.response_headers
+        self.rewrite = backend.rewrite
+        self.rewrite_regex = re.compile(backend.rewrite.path_regex[0]) if (
+            backend.rewrite is not None and backend.rewrite.path_regex is not None) else None
+        self.redirect = backend.redirect
         self.index = index
         self.direct_status = backend.direct_status
         # Its route's when_backend_unavailable is "panic": with no endpoint available, send
@@ -188,7 +197,8 @@ class CompiledBackend:
     def has_available_endpoints(self) -> bool:
         """Whether it can take a request: an endpoint neither ejected nor failing its
         health check (or all of them in the service's panic mode), or a fixed answer."""
-        return self.direct_status is not None or bool(self.runtime.available(self.endpoints))
+        return (self.direct_status is not None or self.redirect is not None
+                or bool(self.runtime.available(self.endpoints)))
 
     def __repr__(self) -> str:
         return f"<CompiledBackend {self.name} endpoints={len(self.endpoints)}>"
@@ -228,7 +238,8 @@ class CompiledRoute:
         self.forward_only = (
             self.direct_response is None and self.redirect is None and not self.mirrors
             and (self.fault is None or self.fault.scope == "request")
-            and all(backend.direct_status is None for backend in self.backends))
+            and all(backend.direct_status is None and backend.redirect is None
+                    for backend in self.backends))
 
     def matches(self, head: RequestHead) -> bool:
         return self._predicate(head)
@@ -438,7 +449,7 @@ class Runtime:
         return context
 
     def _compile_backend(self, backend: Backend, config: Config, index: int) -> CompiledBackend:
-        if backend.direct_status is not None:
+        if backend.direct_status is not None or backend.redirect is not None:
             # It answers by itself: nothing reads the service or runtime of such a backend.
             return CompiledBackend(backend, None, (), index, None)  # type: ignore[arg-type]
         service = config.services[backend.service]

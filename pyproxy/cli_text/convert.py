@@ -53,7 +53,9 @@ from pyproxy.config.model import (
     MetricsConfig,
     Mirror,
     OutlierDetection,
+    Redirect,
     Retries,
+    Rewrite,
     Route,
     Service,
     StringMatch,
@@ -430,8 +432,30 @@ def _backend(backend: Backend) -> dict[str, Any]:
     out["weight"] = backend.weight
     if backend.headers is not None:
         out["headers"] = _header_changes(backend.headers)
+    if backend.response_headers is not None:
+        out["response_headers"] = _header_changes(backend.response_headers)
+    if backend.rewrite is not None:
+        out["rewrite"] = _rewrite(backend.rewrite)
+    if backend.redirect is not None:
+        out["redirect"] = _redirect(backend.redirect)
     if backend.direct_status is not None:
         out["status"] = backend.direct_status
+    return out
+
+
+def _redirect(redirect: Redirect) -> dict[str, Any]:
+    return {key: value for key, value in dataclasses.asdict(redirect).items()
+            if value is not None}
+
+
+def _rewrite(rewrite: Rewrite) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("path_prefix", "path_full", "host"):
+        if getattr(rewrite, key) is not None:
+            out[key] = getattr(rewrite, key)
+    if rewrite.path_regex is not None:
+        out["path_regex"] = {"pattern": rewrite.path_regex[0],
+                             "substitution": rewrite.path_regex[1]}
     return out
 
 
@@ -482,8 +506,7 @@ def _route(route: Route) -> dict[str, Any]:
     if route.backends:
         out["backends"] = [_backend(backend) for backend in route.backends]
     if route.redirect is not None:
-        out["redirect"] = {key: value for key, value in dataclasses.asdict(
-            route.redirect).items() if value is not None}
+        out["redirect"] = _redirect(route.redirect)
     if route.direct_response is not None:
         out["direct_response"] = {"status": route.direct_response.status}
         if route.direct_response.body:
@@ -509,14 +532,7 @@ def _route(route: Route) -> dict[str, Any]:
     elif route.headers is not None:
         out["headers"] = {"request": {}}
     if route.rewrite is not None:
-        rewrite = route.rewrite
-        out["rewrite"] = {}
-        for key in ("path_prefix", "path_full", "host"):
-            if getattr(rewrite, key) is not None:
-                out["rewrite"][key] = getattr(rewrite, key)
-        if rewrite.path_regex is not None:
-            out["rewrite"]["path_regex"] = {"pattern": rewrite.path_regex[0],
-                                            "substitution": rewrite.path_regex[1]}
+        out["rewrite"] = _rewrite(route.rewrite)
     if not route.websocket:
         out["websocket"] = False
     return out

@@ -353,7 +353,10 @@ def _backend_lines(route: Route) -> list[str]:
     if not route.backends:
         return []
     return _table([[backend.name, f"{share:.1f}%", f"(weight {backend.weight:g})"
-                    + (f", answers {backend.direct_status}" if backend.direct_status else "")]
+                    + (f", answers {backend.direct_status}" if backend.direct_status else "")
+                    + (f", redirects: {_redirect(backend.redirect)}" if backend.redirect
+                       else "")
+                    + (", own rewrite" if backend.rewrite else "")]
                    for backend, share in zip(route.backends, _shares(route), strict=True)])
 
 

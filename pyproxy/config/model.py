@@ -92,6 +92,12 @@ class Match:
 # ---------------------------------------------------------------------------- routes
 
 
+# A backend share with nothing to serve it yet (an SMI backend whose Service has no
+# pods): answered "no healthy upstream" with flag UH, as Envoy answers a weighted cluster
+# without endpoints.
+NO_ENDPOINTS_STATUS = 503
+
+
 @dataclass(frozen=True)
 class Backend:
     """A weighted entry of a route's split: a service, or one subset of it."""
@@ -99,10 +105,18 @@ class Backend:
     service: str
     subset: str | None = None
     weight: float = 1.0
-    # Per-backend header changes (Istio destination headers, Gateway API backendRef filters).
+    # Per-backend header changes (Istio destination headers, Gateway API backendRef filters):
+    # applied only to the requests this backend draws, and to their responses.
     headers: HeaderChanges | None = None
+    response_headers: HeaderChanges | None = None
+    # The upstream URL for this backend's share (taking the place of the route's rewrite).
+    rewrite: Rewrite | None = None
+    # Answer this backend's share with a redirect instead of forwarding (``service`` then
+    # only names it): a Gateway API backendRef's RequestRedirect filter.
+    redirect: Redirect | None = None
     # Answer this status instead of forwarding: Gateway API requires 500 for the share of
-    # an invalid or unresolvable backendRef. ``service`` then only names it.
+    # an invalid or unresolvable backendRef. ``service`` then only names it. 503
+    # (NO_ENDPOINTS_STATUS) answers "no healthy upstream", flag UH.
     direct_status: int | None = None
 
     @property

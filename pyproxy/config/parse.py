@@ -892,42 +892,6 @@ _header_changes = _record(HeaderChanges, {
 })
 
 
-_BACKEND = Schema({"service": _text, "subset": _name, "weight": _weight,
-                   "headers": _header_changes, "status": _status}, required=("service",))
-
-
-@_reads(_BACKEND)
-def _backend(ctx: Context, value: Any, at: At) -> Backend:
-    """``{service, subset, weight}``; ``headers`` changes the request for this backend only;
-    ``status`` answers that status for the backend's share instead of forwarding (the
-    service then only names it: Gateway API's 500 for an invalid backendRef)."""
-    fields = ctx.fields(value, at, _BACKEND)
-    if "status" in fields:
-        service, subset = ctx.read(_name, fields["service"], at.key("service")), fields.get(
-            "subset")
-    else:
-        service, subset = _destination(ctx, fields, at)
-    return Backend(service, subset, fields.get("weight", 1.0), headers=fields.get("headers"),
-                   direct_status=fields.get("status"))
-
-
-_backend_list = _list_of(_backend, non_empty=True)
-
-
-@_reads(_ListShape(_backend))
-def _backends(ctx: Context, value: Any, at: At) -> tuple[Backend, ...]:
-    backends: tuple[Backend, ...] = _backend_list(ctx, value, at)
-    names = [backend.name for backend in backends]
-    for index, name in enumerate(names):
-        if name in names[:index]:
-            # Metrics, stickiness and set-weight address a backend by name: it must be unique.
-            ctx.error(at.item(index), f"backend {name!r} is listed twice; give it one weight")
-            raise _Reported
-    if all(backend.weight == 0 for backend in backends):
-        ctx.warn(at, "every backend has weight 0: the route answers 503 until a weight is raised")
-    return backends
-
-
 _MIRROR = Schema({"service": _text, "subset": _name, "percent": _percent},
                   required=("service",))
 
@@ -1038,6 +1002,47 @@ def _redirect(ctx: Context, value: Any, at: At) -> Redirect:
     if "status" not in fields:  # a status alone redirects to the same URL (303: POST → GET)
         _any_of(fields, ("scheme", "host", "port", "path", "path_prefix"))
     return Redirect(**fields)
+
+
+_BACKEND = Schema({"service": _text, "subset": _name, "weight": _weight,
+                   "headers": _header_changes, "response_headers": _header_changes,
+                   "rewrite": _rewrite, "redirect": _redirect, "status": _status},
+                  required=("service",), exclusive=(("rewrite", "redirect", "status"),))
+
+
+@_reads(_BACKEND)
+def _backend(ctx: Context, value: Any, at: At) -> Backend:
+    """``{service, subset, weight}``; ``headers`` / ``response_headers`` change the request
+    / response of this backend's share only, ``rewrite`` its upstream URL; ``redirect`` and
+    ``status`` answer the share themselves instead of forwarding (the service then only
+    names it: Gateway API's 500 for an invalid backendRef, a backendRef's RequestRedirect)."""
+    fields = ctx.fields(value, at, _BACKEND)
+    if "status" in fields or "redirect" in fields:
+        service, subset = ctx.read(_name, fields["service"], at.key("service")), fields.get(
+            "subset")
+    else:
+        service, subset = _destination(ctx, fields, at)
+    return Backend(service, subset, fields.get("weight", 1.0), headers=fields.get("headers"),
+                   response_headers=fields.get("response_headers"),
+                   rewrite=fields.get("rewrite"), redirect=fields.get("redirect"),
+                   direct_status=fields.get("status"))
+
+
+_backend_list = _list_of(_backend, non_empty=True)
+
+
+@_reads(_ListShape(_backend))
+def _backends(ctx: Context, value: Any, at: At) -> tuple[Backend, ...]:
+    backends: tuple[Backend, ...] = _backend_list(ctx, value, at)
+    names = [backend.name for backend in backends]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            # Metrics, stickiness and set-weight address a backend by name: it must be unique.
+            ctx.error(at.item(index), f"backend {name!r} is listed twice; give it one weight")
+            raise _Reported
+    if all(backend.weight == 0 for backend in backends):
+        ctx.warn(at, "every backend has weight 0: the route answers 503 until a weight is raised")
+    return backends
 
 
 _ROUTE = Schema({

@@ -176,11 +176,14 @@ class Admission:
 async def attempt(exchange: Exchange, endpoint: Target, admission: Admission,
                   stats: Accounting, request_head: bytes, body: bytes | None,
                   deadline: float | None, is_head: bool,
-                  sent: UpstreamExchange | None = None
+                  sent: UpstreamExchange | None = None, *, replay_stale: bool = True
                   ) -> tuple[UpstreamExchange, ResponseHead, asyncio.Task[None] | None]:
     """Send the request to one endpoint and wait for its response head.
 
     ``sent``: the pooled connection the fast path already sent a bodiless request on.
+    ``replay_stale``: a pooled connection closed with no answer is tried once more on a
+    fresh one, uncounted (keep-alive race). False when the route's retry policy retries
+    resets itself: each try must then count against its attempts (GEP-1731).
     Returns the connection, the response head and the body pump (for a streamed body,
     still running while the response is relayed)."""
     endpoint.active += 1
@@ -203,7 +206,8 @@ async def attempt(exchange: Exchange, endpoint: Target, admission: Admission,
         try:
             response = await conn.response_head()
         except UpstreamReset:
-            if not reused or pump is not None or not admission.may_reconnect():
+            if (not replay_stale or not reused or pump is not None
+                    or not admission.may_reconnect()):
                 raise
             # The pooled connection was closed by the upstream as we picked it up
             # (keep-alive race): one fresh connection, not counted as a retry.

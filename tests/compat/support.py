@@ -7,8 +7,10 @@ API, which answers once the new snapshot serves.
 
 The backends answer like the Gateway API conformance echo server where the upstream tests
 rely on it: ``?delay=1s`` waits; ``responseCode``/``succeedAfter``/``delayRetry`` with a
-``uuid`` simulate a failing backend for retry tests; ``X-Echo-Set-Header: name:value,...``
-sets response headers. The JSON body names the backend and echoes method, path and headers.
+``uuid`` simulate a failing backend for retry tests (without ``responseCode``, the failing
+tries are connection errors: the connection closes with no answer);
+``X-Echo-Set-Header: name:value,...`` sets response headers. The JSON body names the
+backend and echoes method, path and headers.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class ConformanceEcho(EchoBackend):
         query = request.query
         if "delay" in query:
             await asyncio.sleep(_seconds(query["delay"]))
+        if "responseCode" not in query and "succeedAfter" in query and "uuid" in query:
+            # No responseCode: a connection error (HTTPRouteRetryConnectionError): the
+            # backend read the request and closes the connection without an answer.
+            count = self.attempts[query["uuid"]] = self.attempts.get(query["uuid"], 0) + 1
+            if count <= int(query["succeedAfter"]):
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response()  # never written: the connection is closed
         if "responseCode" in query and "uuid" in query:
             count = self.attempts[query["uuid"]] = self.attempts.get(query["uuid"], 0) + 1
             if count <= int(query.get("succeedAfter", "0")):

@@ -97,9 +97,15 @@ def test_convert_to_stdout_and_errors(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "  - name: canary\n    hosts: [website]\n" in out
     assert "{service: website-v1, weight: 90}" in out
-    assert main(["convert", str(SMI / "traffic-split-v1alpha4-canary.yaml")]) == 2
+    # Backends without endpoints load (their share answers 503 UH, a warning each); an
+    # apex without endpoints that unmatched requests would go to is an error.
+    assert main(["convert", str(SMI / "traffic-split-v1alpha4-canary.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "{service: website-v1, weight: 90, status: 503}" in captured.out
+    assert "backend service 'website-v1' has no endpoints" in captured.err
+    assert main(["convert", str(SMI / "traffic-split-v1alpha4-ab-test.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "backend service 'website-v1' is unknown" in err and "not converted: 2 errors" in err
+    assert "apex service 'website' has no endpoints" in err and "not converted: 1 error" in err
 
 
 def test_explain_an_imported_route(capsys):

@@ -307,6 +307,31 @@ async def test_httproute_rewrite_path(mesh):
     ])
 
 
+async def test_httproute_backend_url_rewrite(mesh):
+    # conformance/tests/httproute-backend-url-rewrite.go (HTTPRouteBackendURLRewrite): a
+    # URLRewrite on the backendRef rewrites what that backend sees.
+    await mesh.load(INFRA, GATEWAYS, gw("httproute-backend-url-rewrite"))
+    await expect(mesh, [
+        {"path": "/full/original", "backend": "infra-backend-v1",
+         "backend_path": "/rewritten-full"},
+        {"path": "/prefix/original", "backend": "infra-backend-v1",
+         "backend_path": "/rewritten-prefix/original"},
+    ])
+
+
+async def test_httproute_backend_request_redirect(mesh):
+    # conformance/tests/httproute-backend-request-redirect.go (HTTPRouteBackendPathRedirect):
+    # each backendRef's RequestRedirect answers the share of the traffic that backend draws.
+    result = await mesh.load(INFRA, GATEWAYS, gw("httproute-backend-request-redirect"))
+    assert not [w for w in result.get("warnings", []) if "backend-request-redirect" in str(w)]
+    seen = set()
+    for _ in range(60):  # equal weights: both shares show up (miss chance 2 × 2^-60)
+        status, headers, _ = await mesh.request("/")
+        seen.add((status, headers["Location"]))
+    assert seen == {(302, "https://redirect-example.com/"),  # infra-backend-v1's filter
+                    (301, "http://redirect-example.com/")}  # infra-backend-v2's
+
+
 async def test_httproute_rewrite_host(mesh):
     await mesh.load(INFRA, GATEWAYS, gw("httproute-rewrite-host"))
     await expect(mesh, [
@@ -545,6 +570,25 @@ async def test_httproute_retry_with_timeouts(mesh):
     for path, after, delay, want in cases:
         status, _, _ = await mesh.request(_retry_path(path, 500, after, delay))
         assert status == want, (path, after, delay, status)
+
+
+async def test_httproute_retry_connection_error_counts_every_try(mesh):
+    # conformance/tests/httproute-retry-connection-error.go (HTTPRouteRetryConnectionError):
+    # attempts: 3 are retries after the first try (GEP-1731, "in addition to the initial
+    # request"): 2 failed tries then success → 200; 4 failed tries → 500 or 503. A try on
+    # a kept-alive connection counts like any other: the backend counts exactly 4 tries.
+    await mesh.load(INFRA, GATEWAYS, gw("httproute-retry-connection-error"))
+    path = "/retry/no-status-code-attempts-3"
+    for after, want in ((2, {200}), (4, {500, 503}), (0, {200}), (4, {500, 503}),
+                        (3, {200})):
+        key = str(uuid.uuid4())
+        # A request first, so the next one's first try goes out on a pooled connection.
+        assert (await mesh.request(f"{path}?warm=1"))[0] == 200
+        status, headers, _ = await mesh.request(f"{path}?succeedAfter={after}&uuid={key}")
+        assert status in want, (after, status)
+        tries = mesh.backends["infra-backend-v3"].attempts[key]
+        assert tries == min(after + 1, 4), (after, tries)
+        assert headers["x-pyproxy-attempts"] == str(tries)
 
 
 # ---------------------------------------------------------------------------- GAMMA (mesh)

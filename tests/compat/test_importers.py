@@ -342,7 +342,9 @@ def test_gateway_api_filters_and_policies(tmp_path):
                                     status_codes=(500, 502, 503, 504),
                                     backoff=Backoff(0.1, 1.0))
     assert login.timeout == 10.0
-    assert login.headers.response.set == (("x-backend", "web"),)
+    # A backendRef's filters apply to that backend's share only (per-backend in the model).
+    assert login.headers is None
+    assert login.backends[0].response_headers == HeaderChanges(set=(("x-backend", "web"),))
     assert warnings(loaded) == [
         "spec.rules[0].filters[1]: HTTPRoute web: filter ExtensionRef is not honoured: pyproxy "
         "cannot run it, so (as the spec requires for a filter that cannot be resolved) the rule "

@@ -233,8 +233,12 @@ async def test_api_headers_per_route_and_destination(mesh):
                     api("virtual_service.proto-L583-reviews-route"))
     seen = {}
     for _ in range(40):
-        _, _, body = await mesh.request("/", host="reviews")
+        # Every backend answers with "foo"; the v1 destination's headers.response removes it
+        # from v1's responses only.
+        _, headers, body = await mesh.request("/", host="reviews",
+                                              headers={"X-Echo-Set-Header": "foo:bar"})
         assert dict(body["headers"])["test"] == "true"
+        assert ("foo" in headers) == (body["name"] == "reviews-v2"), (body["name"], headers)
         seen[body["name"]] = seen.get(body["name"], 0) + 1
     assert set(seen) == {"reviews-v1", "reviews-v2"}
 

@@ -179,3 +179,23 @@ async def test_lab_fault_injector_half_the_traffic(mesh, tmp_path):
     await mesh.load({"zipkin": ["zipkin"], "fault-injector-zipkin": ["fault-injector"]}, path)
     await mesh.check_weights({"zipkin": 0.5, "fault-injector": 0.5}, "/api/v2/spans",
                              host="zipkin")
+
+
+async def test_flagger_split_to_a_canary_without_pods_answers_503_uh_for_its_share(mesh,
+                                                                                 tmp_path):
+    # fluxcd/flagger pkg/router/smi.go (v1.42) writes the TrafficSplit named after the apex,
+    # NAME-canary / NAME-primary, weights as quantities. Here at 50/50 while the canary
+    # Service has no endpoints: the config loads; the canary's share is 503 with flag UH.
+    text = manifest("flagger", "smi-trafficsplit.yaml").read_text()
+    path = tmp_path / "split.yaml"
+    path.write_text(text.replace('weight: "0"', 'weight: "50"').replace('weight: "100"',
+                                                                        'weight: "50"'))
+    await mesh.load({"podinfo-primary": ["podinfo-primary"]}, path)
+    codes = {200: 0, 503: 0}
+    for _ in range(200):
+        status, headers, _ = await mesh.request("/", host="podinfo")
+        codes[status] += 1
+        if status == 503:
+            assert headers["x-pyproxy-flags"] == "UH"
+            assert headers["x-pyproxy-backend"] == "podinfo-canary"
+    assert_binomial(codes[503], 200, 0.5)

@@ -74,8 +74,6 @@ EXPECTED = {
         ("kind", "ServiceEntry external-svc-wikipedia: is not imported")],
     "virtual_service.proto-L511-bookinfo.yaml": [("spec.gateways[0]",
                                                   "'mygateway' is not among the manifests")],
-    "virtual_service.proto-L583-reviews-route.yaml": [
-        ("spec.http[0].route", "per-destination response headers are not honoured")],
     "virtual_service.proto-L635-bookinfo-sni.yaml": [
         ("spec", "has no http rules"), ("spec.gateways[0]", "is not among the manifests"),
         ("spec.tls", "routes HTTP only")],

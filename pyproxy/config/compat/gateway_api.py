@@ -24,7 +24,9 @@ Hostnames are intersected with the listener hostnames of the Gateways in ``paren
 ``parentRef`` to a ``Service`` (GAMMA, as Linkerd uses) routes requests for that service's
 host. Invalid or unknown ``backendRefs`` (unknown kind, no such service, cross-namespace
 without a ReferenceGrant) get 500 for their share of the traffic, as the spec requires; a
-rule with no backendRefs and no redirect answers 500.
+rule with no backendRefs and no redirect answers 500. A backendRef's own filters (header
+modifiers, ``URLRewrite``, ``RequestRedirect``) apply only to the requests that backend
+draws: they are set on the native backend.
 """
 
 from __future__ import annotations
@@ -578,13 +580,8 @@ def _action(ctx: ImportContext, m: Manifest, fields: dict[str, Node],
     elif not refs:
         action["direct_response"] = DirectResponse(500)  # the spec: no backend → 500
     else:
-        backends, backend_response = _backends(ctx, m, fields["backendRefs"], grants)
-        action["backends"] = backends
-        if backend_response != HeaderChanges():
-            rules = action.get("headers", HeaderRules())
-            action["headers"] = HeaderRules(rules.request, HeaderChanges(
-                rules.response.set + backend_response.set, rules.response.add +
-                backend_response.add, rules.response.remove + backend_response.remove))
+        action["backends"] = _backends(ctx, m, fields["backendRefs"], grants, matches, port,
+                                       rule_rewrite="rewrite" in action)
     if "timeouts" in fields:
         action.update(_timeouts(fields["timeouts"]))
     if "retry" in fields:
@@ -693,35 +690,21 @@ def _reference(ctx: ImportContext, m: Manifest, node: Node,
     return service, service, None
 
 
-def _backends(ctx: ImportContext, m: Manifest, node: Node, grants: list[tuple[Manifest, _Grant]]
-              ) -> tuple[tuple[Backend, ...], HeaderChanges]:
+def _backends(ctx: ImportContext, m: Manifest, node: Node, grants: list[tuple[Manifest, _Grant]],
+              matches: list[tuple[Match, str]], port: int | None, rule_rewrite: bool
+              ) -> tuple[Backend, ...]:
     backends: list[Backend] = []
-    responses: list[HeaderChanges] = []
     for item in node.items():
         _, name, problem = _reference(ctx, m, item, grants)
         weight = float(item.key("weight").integer(0, 1_000_000)) if item.key(
             "weight").value is not None else 1.0
-        request = response = HeaderChanges()
-        for filter_node in item.key("filters").items():
-            spec = filter_node.fields(["type", "requestHeaderModifier", "responseHeaderModifier"],
-                                      {key: "pyproxy applies this filter per rule, not per "
-                                            "backend" for key in ("requestRedirect", "urlRewrite",
-                                                                  "requestMirror", "cors",
-                                                                  "extensionRef")})
-            kind = spec["type"].text() if "type" in spec else ""
-            if kind == "RequestHeaderModifier" and "requestHeaderModifier" in spec:
-                request = _header_filter(spec["requestHeaderModifier"])
-            elif kind == "ResponseHeaderModifier" and "responseHeaderModifier" in spec:
-                response = _header_filter(spec["responseHeaderModifier"])
-            else:
-                filter_node.warn(f"backend filter {kind or '(no type)'} is not honoured: "
-                                 "pyproxy applies header modifiers per backend, other filters "
-                                 "per rule")
+        backend = Backend(name, weight=weight, direct_status=500 if problem is not None
+                          else None)
         if problem is not None:
             item.warn(f"backendRef {name!r} is invalid, so its share of the traffic gets 500: "
                       f"{problem}")
-        backend = Backend(name, weight=weight, headers=request if request != HeaderChanges()
-                          else None, direct_status=500 if problem is not None else None)
+        else:
+            backend = _backend_filters(item, backend, matches, port, rule_rewrite)
         for index, known in enumerate(backends):
             if known.name == backend.name:
                 item.warn(f"backend {name} is listed twice: pyproxy sends it the sum of the "
@@ -730,18 +713,42 @@ def _backends(ctx: ImportContext, m: Manifest, node: Node, grants: list[tuple[Ma
                 break
         else:
             backends.append(backend)
-            responses.append(response)
-    joined = HeaderChanges()
-    if any(r != HeaderChanges() for r in responses):
-        if len(backends) == 1:
-            joined = responses[0]
-        else:
-            node.warn("backend ResponseHeaderModifier filters are not honoured with several "
-                      "backends: pyproxy changes response headers per rule")
     if all(b.weight == 0 for b in backends):
         node.warn("every backendRef has weight 0: the rule answers 503 until a weight is "
                   "raised")
-    return tuple(backends), joined
+    return tuple(backends)
+
+
+def _backend_filters(item: Node, backend: Backend, matches: list[tuple[Match, str]],
+                     port: int | None, rule_rewrite: bool) -> Backend:
+    """A backendRef's ``filters``: the spec applies them only to requests forwarded to that
+    backend, so they live on the native backend (its share of the traffic)."""
+    values: dict[str, Any] = {}
+    for filter_node in item.key("filters").items():
+        spec = filter_node.fields(["type", "requestHeaderModifier", "responseHeaderModifier",
+                                   "requestRedirect", "urlRewrite"],
+                                  {key: "pyproxy runs this filter per rule, not per backend"
+                                   for key in ("requestMirror", "cors", "extensionRef",
+                                               "externalAuth")})
+        kind = spec["type"].text() if "type" in spec else ""
+        if kind == "RequestHeaderModifier" and "requestHeaderModifier" in spec:
+            values["headers"] = _header_filter(spec["requestHeaderModifier"])
+        elif kind == "ResponseHeaderModifier" and "responseHeaderModifier" in spec:
+            values["response_headers"] = _header_filter(spec["responseHeaderModifier"])
+        elif kind == "RequestRedirect" and "requestRedirect" in spec:
+            values["redirect"] = _redirect(spec["requestRedirect"], matches, port)
+        elif kind == "URLRewrite" and "urlRewrite" in spec:
+            if rule_rewrite:
+                filter_node.warn("the backend's URLRewrite takes the place of the rule's for "
+                                 "this backend (pyproxy applies one rewrite)")
+            values["rewrite"] = _rewrite(spec["urlRewrite"], matches)
+        else:
+            filter_node.warn(f"backend filter {kind or '(no type)'} is not honoured: pyproxy "
+                             "applies header modifiers, RequestRedirect and URLRewrite per "
+                             "backend, other filters per rule")
+    if "redirect" in values and "rewrite" in values:
+        raise item.key("filters").error("RequestRedirect and URLRewrite cannot be combined")
+    return replace(backend, **values)
 
 
 def _mirror(ctx: ImportContext, m: Manifest, node: Node,

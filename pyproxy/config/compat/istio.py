@@ -799,8 +799,10 @@ def _backends(ctx: ImportContext, node: Node) -> tuple[tuple[Backend, ...], Head
         if len(backends) == 1:
             joined = response[0]  # the only destination: the route's response is its response
         else:
-            node.warn("per-destination response headers are not honoured with several "
-                      "destinations: pyproxy changes response headers per route")
+            # Each destination's response headers go with the responses it gives.
+            backends = [replace(backend, response_headers=changes)
+                        if changes != HeaderChanges() else backend
+                        for backend, changes in zip(backends, response, strict=True)]
     return tuple(backends), joined
 
 

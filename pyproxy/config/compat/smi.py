@@ -6,7 +6,9 @@ backends are the leaf services with their weights (v1alpha1 milli-quantities suc
 ``500m`` included; weights are relative). With ``matches`` (v1alpha3+), only requests
 matching one of the referenced HTTPRouteGroups' matches are split; a second route,
 ``<name>-apex``, sends every other request for the apex host to the apex service itself,
-"the Kubernetes service with the same name as spec.service" (traffic-split v1alpha4).
+"the Kubernetes service with the same name as spec.service" (traffic-split v1alpha4). A
+backend service without endpoints (Flagger's canary before its first pod) is a warning,
+and its share answers 503 UH.
 
 HTTPRouteGroup matches (``smi-spec`` traffic-specs): ``pathRegex`` is anchored at the
 start of the path only (``/api`` also matches ``/api/v1``), ``methods`` lists methods or
@@ -16,6 +18,8 @@ whole value. Several matches are ORed; conditions inside one match are ANDed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pyproxy.config.compat.common import (
     ImportContext,
     Invalid,
@@ -24,6 +28,7 @@ from pyproxy.config.compat.common import (
     qualified_names,
 )
 from pyproxy.config.model import (
+    NO_ENDPOINTS_STATUS,
     Backend,
     Match,
     PathMatch,
@@ -150,24 +155,29 @@ def _backends(ctx: ImportContext, node: Node) -> tuple[Backend, ...]:
             if "service" not in fields:
                 raise item.error("needs a service")
             name = fields["service"].text()
+            weight = _weight(fields["weight"]) if "weight" in fields else 0.0
             service = ctx.resolve(name, item.m.namespace)
             if service is None:
                 if ctx.declared(name):
                     raise Invalid
-                raise fields["service"].error(f"backend service {name!r} is unknown: "
-                                              f"{ctx.missing_service(name)}")
-            weight = _weight(fields["weight"]) if "weight" in fields else 0.0
+                # Flagger writes the split before the canary has a pod (weight 0): the rest
+                # of the split must keep serving, and this share answers 503 UH.
+                fields["service"].warn(f"backend service {name!r} has no endpoints: its share "
+                                       f"of the traffic gets 503 (UH) until it has some; "
+                                       f"{ctx.missing_service(name)}")
         except Invalid:
             failed = True
             continue
+        backend = Backend(service, weight=weight) if service is not None else Backend(
+            name.lower(), weight=weight, direct_status=NO_ENDPOINTS_STATUS)
         for index, known in enumerate(backends):
-            if known.service == service:
-                item.warn(f"backend {service} is listed twice: pyproxy sends it the sum of "
-                          "the weights")
-                backends[index] = Backend(service, weight=known.weight + weight)
+            if known.service == backend.service:
+                item.warn(f"backend {backend.service} is listed twice: pyproxy sends it the "
+                          "sum of the weights")
+                backends[index] = replace(known, weight=known.weight + weight)
                 break
         else:
-            backends.append(Backend(service, weight=weight))
+            backends.append(backend)
     if failed:
         raise Invalid
     if all(backend.weight == 0 for backend in backends):
