@@ -61,6 +61,8 @@ ARGO_PLUGIN = "argoproj-labs/rollouts-plugin-trafficrouter-gatewayapi v0.15.0"
 LOAD_RATE = 40  # requests per second of the load tester, throughout a replay
 SCRAPE_INTERVAL = "500ms"
 SCRAPES_PER_INTERVAL = 4  # scrapes between a step's burst and the next analysis
+MAX_INTERVALS = 20  # Flagger's advanceCanary calls a replay may take
+REPLAY_TIMEOUT = 60.0  # seconds a whole replay may take
 REPO = Path(__file__).resolve().parents[3]
 METRIC_TEMPLATES = REPO / "deploy" / "kubernetes" / "flagger"
 
@@ -555,6 +557,17 @@ async def drive(flagger: Flagger, rig: Rig, metrics: list[Metric], *,
     then runCanary (a step, or Promote at maxWeight), runPromotionTrafficShift, Finalising,
     or rollback. After each write: traffic once pyproxy serves it, and two scrapes.
     Returns figures: the rollback's time to serve 100/0, its watch events."""
+    async with asyncio.timeout(REPLAY_TIMEOUT):
+        return await _drive(flagger, rig, metrics, new_revision=new_revision,
+                            promote=promote, scale_canary_to_zero=scale_canary_to_zero,
+                            canary_pods=canary_pods)
+
+
+async def _drive(flagger: Flagger, rig: Rig, metrics: list[Metric], *,
+                 new_revision: Callable[[], Awaitable[None]],
+                 promote: Callable[[], Awaitable[None]],
+                 scale_canary_to_zero: Callable[[], Awaitable[None]],
+                 canary_pods: Callable[[], set[str]]) -> dict[str, float]:
     figures: dict[str, float] = {}
     # Initialized: the route Flagger created serves the primary only, the canary
     # Deployment scaled to zero (its Service without endpoints)
@@ -567,7 +580,7 @@ async def drive(flagger: Flagger, rig: Rig, metrics: list[Metric], *,
     flagger.phase = "Progressing"  # checkCanaryStatus: a new revision was detected
     threshold = flagger.analysis["threshold"]
     iterations = 0
-    for iteration in range(1, 30):
+    for iteration in range(1, MAX_INTERVALS + 1):
         primary, canary = await flagger.get_routes()
         if flagger.phase == "Promoting":
             await write_and_observe(flagger, rig, iteration, 100, 0, canary_pods(),
@@ -616,7 +629,8 @@ async def drive(flagger: Flagger, rig: Rig, metrics: list[Metric], *,
             flagger.phase = "Promoting"
             rig.log.add(Step(iteration, "Promoting", "", queries=queries,
                              note="primary's pods replaced by the canary's version"))
-    raise AssertionError("the canary neither succeeded nor failed in 30 intervals")
+    raise AssertionError(f"the canary neither succeeded nor failed in {MAX_INTERVALS} "
+                         "intervals")
 
 
 async def write_and_observe(flagger: Flagger, rig: Rig, iteration: int, primary: int,

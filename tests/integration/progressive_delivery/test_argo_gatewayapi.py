@@ -15,11 +15,13 @@ a full update, retried on conflict. The user's objects are the plugin's examples
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.integration.kubernetes.cluster import admin_json, eventually
 from tests.integration.progressive_delivery.replay import (
     NS,
+    REPLAY_TIMEOUT,
     Api,
     Conflict,
     Log,
@@ -147,7 +149,8 @@ async def test_argo_weights_header_route_and_removal(kube, tmp_path):
     # ...and the plugin sets the weight to 0 on the first reconcile
     await plugin.set_weight(0)
     log = Log("argo gatewayapi plugin")
-    async with running(kube, pods, tmp_path, HOST, log.title, prometheus=False) as rig:
+    async with running(kube, pods, tmp_path, HOST, log.title, prometheus=False) as rig, \
+            asyncio.timeout(REPLAY_TIMEOUT):
         rig.log = log
 
         async def step(n: int, what: str, weight: int, header_rule: bool) -> None:
