@@ -113,7 +113,9 @@ def backend_workloads(config: Config, env: Mapping[str, str] = os.environ
     EndpointSlices), so Flagger's ``NAME-canary`` Service reports as Deployment ``NAME``.
     Else ``default_workload``."""
     home = _home_namespace(config, env)
-    several = config.kubernetes is not None and home is None
+    # several namespaces watched: in-cluster mode names each Service NAME.NS
+    watched = config.kubernetes.namespaces if config.kubernetes is not None else ()
+    several = watched == ("*",) or len(watched) > 1
     workloads: dict[str, Workload] = {}
     for route in config.routes:
         for backend in route.backends:

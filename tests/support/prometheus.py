@@ -7,8 +7,9 @@ as Flagger and Argo Rollouts query it.
     prom.query('sum(rate(pyproxy_requests_total[30s]))')   # a float, or None for no data
     prom.stop()
 
-Without the binary the calling test is skipped with the install line, unless ``CI`` is set:
-there a missing Prometheus is a broken CI machine, and the test fails saying so.
+``render_flagger_query`` and the linkerd provider's queries turn a query into what Flagger
+sends. Without the binary the calling test is skipped with the install line, unless ``CI``
+is set: there a missing Prometheus is a broken CI machine, and the test fails saying so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -44,13 +46,15 @@ def prometheus_binary() -> str:
 
 
 def scrape_config(targets: list[str], scrape_interval: str, job: str = "pyproxy") -> str:
-    """prometheus.yml scraping ``targets`` (``host:port`` admin addresses) at /metrics.
+    """prometheus.yml scraping ``targets`` (``host:port`` admin addresses) at /metrics,
+    keeping the exposed labels as docs/metrics.md asks of a scrape (``honor_labels``).
     JSON is YAML, so no YAML writer is needed."""
     return json.dumps({
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [{
             "job_name": job,
             "metrics_path": "/metrics",
+            "honor_labels": True,
             "scrape_interval": scrape_interval,
             "scrape_timeout": scrape_interval,
             "static_configs": [{"targets": list(targets)}],
@@ -168,3 +172,68 @@ class Prometheus:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+
+# ---------------------------------------------------------------------------- Flagger's view
+
+# fluxcd/flagger v1.44.0 (commit 15bd6ad555e6c935da55f0ab95977be74c149bd6)
+# pkg/metrics/observers/linkerd.go, linkerdQueries (tabs as there; trailing
+# spaces dropped: trimQuery folds every run of whitespace into one space anyway).
+LINKERD_SUCCESS_RATE = """
+	sum(
+		rate(
+			response_total{
+				namespace="{{ namespace }}",
+				deployment=~"{{ target }}",
+				classification!="failure",
+				direction="inbound"
+			}[{{ interval }}]
+		)
+	)
+	/
+	sum(
+		rate(
+			response_total{
+				namespace="{{ namespace }}",
+				deployment=~"{{ target }}",
+				direction="inbound"
+			}[{{ interval }}]
+		)
+	)
+	* 100"""
+LINKERD_DURATION = """
+	histogram_quantile(
+		0.99,
+		sum(
+			rate(
+				response_latency_ms_bucket{
+					namespace="{{ namespace }}",
+					deployment=~"{{ target }}",
+					direction="inbound"
+				}[{{ interval }}]
+			)
+		) by (le)
+	)"""
+
+
+
+
+def render_flagger_query(query: str, *, namespace: str, target: str, interval: str,
+                         service: str | None = None) -> str:
+    """A query (a MetricTemplate's, or a built-in one) as Flagger sends it to Prometheus:
+    each ``{{ field }}`` of the MetricTemplateModel (pkg/apis/flagger/v1beta1/metric.go; an
+    unknown field is an error, as with Flagger's ``missingkey=error``) filled in for a
+    Canary named ``target`` in ``namespace`` (pkg/controller/scheduler_metrics.go
+    toMetricModel: ``service`` is spec.service.name, else the target; ``ingress`` and
+    ``route`` are the target without an ingressRef/routeRef), then every run of whitespace
+    made one space (pkg/metrics/providers/prometheus.go trimQuery)."""
+    model = {"name": target, "namespace": namespace, "target": target,
+             "service": service or target, "ingress": target, "route": target,
+             "interval": interval}
+
+    def field(found: re.Match[str]) -> str:
+        if found.group(1) not in model:
+            raise KeyError(f"Flagger has no template field {found.group(1)!r}")
+        return model[found.group(1)]
+
+    return re.sub(r"\s+", " ", re.sub(r"\{\{\s*(\w+)\s*\}\}", field, query))
