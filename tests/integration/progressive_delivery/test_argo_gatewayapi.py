@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import yaml
+
 from tests.integration.kubernetes.cluster import admin_json, eventually
 from tests.integration.progressive_delivery.replay import (
     NS,
     REPLAY_TIMEOUT,
+    REPO,
     Api,
     Conflict,
     Log,
@@ -42,6 +45,7 @@ IN_PROGRESS = ("rollouts.argoproj.io/gatewayapi-canary", "in-progress")  # defau
 HASH_LABEL = "rollouts-pod-template-hash"
 HOST = "rollouts-demo.example.com"
 TESTER = {"end-user": "tester"}
+ANALYSIS = yaml.safe_load((REPO / "deploy/kubernetes/argo/analysis-template.yaml").read_text())
 
 
 class Plugin:
@@ -149,7 +153,7 @@ async def test_argo_weights_header_route_and_removal(kube, tmp_path):
     # ...and the plugin sets the weight to 0 on the first reconcile
     await plugin.set_weight(0)
     log = Log("argo gatewayapi plugin")
-    async with running(kube, pods, tmp_path, HOST, log.title, prometheus=False) as rig, \
+    async with running(kube, pods, tmp_path, HOST, log.title) as rig, \
             asyncio.timeout(REPLAY_TIMEOUT):
         rig.log = log
 
@@ -166,15 +170,21 @@ async def test_argo_weights_header_route_and_removal(kube, tmp_path):
                             if p.labels[HASH_LABEL] == v2_hash} if weight else set()
             tally, on_canary = await rig.traffic(canary_names, weight / 100)
             share = f"{on_canary}/{tally.total} ({on_canary / tally.total:.1%})"
-            tester = "-"
+            tester = ""
             if header_rule:
                 tally, on_canary = await rig.traffic(canary_names, 1.0, headers=TESTER)
-                tester = f"testers {on_canary}/{tally.total} on canary"
+                tester = f"; testers {on_canary}/{tally.total} on the canary"
             elif weight:
                 tally, on_canary = await rig.traffic(canary_names, weight / 100,
                                                      headers=TESTER)
-                tester = f"testers {on_canary}/{tally.total} on the split"
-            rig.log.add(Step(n, what, f"{100 - weight}/{weight}", share, tester,
+                tester = f"; testers {on_canary}/{tally.total} on the split"
+            queries = ""
+            if weight:
+                await rig.scraped()
+                values = await analysis(rig)
+                queries = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+                assert values["success-rate"] >= 0.99 and values["latency-p99"] <= 0.5, values
+            rig.log.add(Step(n, what, f"{100 - weight}/{weight}", share + tester, queries,
                              f"generation {route['metadata']['generation']}, "
                              f"label {labelled}"))
             await eventually(lambda: status_current(kube), "status current")
@@ -201,6 +211,20 @@ async def test_argo_weights_header_route_and_removal(kube, tmp_path):
         await step(5, "promoted", 0, False)
         tally, _ = await rig.traffic(set(), 0.0)
         assert {pods.version_of(name) for name in tally.names} == {"v2"}
+
+
+async def analysis(rig: Rig) -> dict[str, float]:
+    """The shipped AnalysisTemplate's measurements (deploy/kubernetes/argo/), its args
+    rendered as Argo renders ``{{args.NAME}}``, against the real Prometheus."""
+    assert rig.prom is not None
+    values = {}
+    for metric in ANALYSIS["spec"]["metrics"]:
+        query = metric["provider"]["prometheus"]["query"].replace(
+            "{{args.canary-service}}", CANARY)
+        value = await asyncio.to_thread(rig.prom.query, query)
+        assert value is not None, (metric["name"], query)
+        values[metric["name"]] = value
+    return values
 
 
 async def select(api: Api, pods: Pods, service: str, template_hash: str) -> None:
