@@ -62,7 +62,7 @@ LOAD_RATE = 40  # requests per second of the load tester, throughout a replay
 SCRAPE_INTERVAL = "500ms"
 SCRAPES_PER_INTERVAL = 4  # scrapes between a step's burst and the next analysis
 MAX_INTERVALS = 20  # Flagger's advanceCanary calls a replay may take
-REPLAY_TIMEOUT = 60.0  # seconds a whole replay may take
+REPLAY_TIMEOUT = 90.0  # seconds a whole replay may take (they take 10-25 s)
 REPO = Path(__file__).resolve().parents[3]
 METRIC_TEMPLATES = REPO / "deploy" / "kubernetes" / "flagger"
 
