@@ -250,8 +250,10 @@ class Proxy:
         outcome.backend = backend.name
         if backend.redirect is not None:
             location = redirect_location(backend.redirect, head, route.matched_prefix(head.path))
-            self._respond_local(exchange, backend.redirect.status, header_filter.apply(
-                [("location", location)], response_rules), b"", outcome)
+            headers = header_filter.apply([("location", location)], response_rules)
+            if backend.response_headers is not None:
+                headers = header_filter.apply(headers, backend.response_headers)
+            self._respond_local(exchange, backend.redirect.status, headers, b"", outcome)
             return
         if backend.direct_status == NO_ENDPOINTS_STATUS:
             raise NoHealthyUpstream(f"backend {backend.name} has no endpoints")

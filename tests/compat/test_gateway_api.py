@@ -332,6 +332,33 @@ async def test_httproute_backend_request_redirect(mesh):
                     (301, "http://redirect-example.com/")}  # infra-backend-v2's
 
 
+REDIRECT_WITH_RESPONSE_HEADERS = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: moved, namespace: gateway-conformance-infra}
+spec:
+  parentRefs: [{name: same-namespace}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}
+"""
+
+
+async def test_response_header_modifier_applies_to_a_redirect(mesh, tmp_path):
+    # Not a conformance case: the rule's ResponseHeaderModifier also changes the redirect
+    # pyproxy answers itself (filters apply to the rule's response, whoever gives it).
+    path = tmp_path / "moved.yaml"
+    path.write_text(REDIRECT_WITH_RESPONSE_HEADERS)
+    await mesh.load(INFRA, GATEWAYS, path)
+    status, headers, _ = await mesh.request("/old/page", host="gateway.example")
+    assert (status, headers["Location"], headers["Cache-Control"]) == (
+        302, "http://gateway.example/new/page", "no-store")
+
+
 async def test_httproute_rewrite_host(mesh):
     await mesh.load(INFRA, GATEWAYS, gw("httproute-rewrite-host"))
     await expect(mesh, [

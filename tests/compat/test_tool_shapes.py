@@ -75,6 +75,13 @@ def test_flagger_session_affinity_sets_the_cookie_on_canary_responses_only(tmp_p
     assert [r.name for r in loaded.config.routes] == ["podinfo-0", "podinfo-1"]
 
 
+def test_flagger_smi_v1alpha3_split_imports_without_warnings(tmp_path):
+    loaded = load(tmp_path, FLAGGER_SERVICES, manifest("flagger", "smi-v1alpha3-trafficsplit.yaml"))
+    assert warnings(loaded) == []
+    assert [(b.name, b.weight) for b in routes(loaded)["podinfo"].backends] == [
+        ("podinfo-canary", 10.0), ("podinfo-primary", 90.0)]
+
+
 def test_flagger_smi_split_before_the_canary_has_pods(tmp_path):
     # The canary Service has no endpoints yet (no native service): the config loads, the
     # canary's share (0 here) answers 503 UH, and the warning says so.

@@ -79,8 +79,6 @@ EXPECTED = {
         ("spec.tls", "routes HTTP only")],
     "virtual_service.proto-L676-bookinfo-mongo.yaml": [("spec", "has no http rules"),
                                                        ("spec.tcp", "routes HTTP only")],
-    "virtual_service.proto-L1196-ratings-route.yaml": [
-        ("spec.http[0].headers", "not added to pyproxy's own responses")],
     "base-gateways.yaml": [("spec.listeners[0]", "TLS settings are not honoured"),
                            ("spec.listeners[1]", "TLS settings are not honoured"),
                            ("spec.listeners[2]", "TLS settings are not honoured"),

@@ -77,6 +77,27 @@ async def test_keep_alive_race_on_pooled_connection_is_resent_on_a_fresh_one(pro
     await backend.close()
 
 
+async def test_keep_alive_race_counts_as_a_try_when_the_route_retries_resets(proxy_factory):
+    # A route whose retries include resets counts every try (Gateway API retry conformance,
+    # GEP-1731): the resend after the race is its retry, not an uncounted extra try.
+    scripts = iter([_script(OK, "close"), _script(OK, OK)])
+
+    async def next_script(reader, writer):
+        await next(scripts)(reader, writer)
+
+    backend = await RawBackend(next_script).start()
+    retries = Retries(attempts=1, retry_on=("reset",))
+    proxy = await proxy_factory(_config(backend, {"retries": retries}))
+    async with aiohttp.ClientSession() as session:
+        for attempts in ("1", "2"):
+            async with session.get(proxy.url + "/") as r:
+                assert r.status == 200 and await r.read() == b"ok"
+                assert r.headers["x-pyproxy-attempts"] == attempts
+    assert backend.connections == 2
+    assert proxy.stats_value("pyproxy_retries_total", route="main") == 1
+    await backend.close()
+
+
 async def test_large_response_on_pooled_connection_is_streamed_intact(proxy_factory):
     big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(BIG), BIG)
     backend = await RawBackend(_script(OK, big, big)).start()

@@ -560,9 +560,6 @@ def _action(ctx: ImportContext, m: Manifest, fields: dict[str, Node],
             item.warn(f"filter {kind} is not honoured: pyproxy cannot run it, so (as the spec "
                       "requires for a filter that cannot be resolved) the rule answers 500")
             failed_filter = True
-    if response != HeaderChanges() and ("redirect" in action or failed_filter):
-        fields["filters"].warn("ResponseHeaderModifier is not applied to pyproxy's own "
-                               "responses (redirects, 500s), only to forwarded ones")
     if "redirect" in action and "rewrite" in action:
         raise fields["filters"].error("RequestRedirect and URLRewrite cannot be combined")
     if request != HeaderChanges() or response != HeaderChanges():

@@ -619,9 +619,6 @@ def _rule(ctx: ImportContext, m: Manifest, rule: Node, name: str, hosts: tuple[s
         values["fault"] = _fault(fields["fault"])
     values["mirrors"] = _mirrors(ctx, fields)
     headers = _headers(fields["headers"]) if "headers" in fields else HeaderRules()
-    if headers.response != HeaderChanges() and "route" not in fields:
-        fields["headers"].warn("response headers are not added to pyproxy's own responses "
-                               "(redirects, direct responses), only to forwarded ones")
     if response_headers != HeaderChanges():
         headers = HeaderRules(headers.request, _join(headers.response, response_headers))
     if headers != HeaderRules():

@@ -14,9 +14,11 @@ from pyproxy.config.model import (
     Backend,
     ConsistentHash,
     Endpoint,
+    HeaderChanges,
     Mirror,
     PathMatch,
     Redirect,
+    Rewrite,
     StringMatch,
 )
 
@@ -843,3 +845,30 @@ def only_error_in(paths: list[str]) -> ConfigIssue:
     found = errors_in(paths)
     assert len(found) == 1, "\n".join(map(str, found))
     return found[0]
+
+
+def test_backend_own_response_headers_rewrite_and_redirect(tmp_path: Path) -> None:
+    loaded = load(tmp_path, """\
+        services:
+          a: {endpoints: ["10.0.0.1:80"]}
+        routes:
+          - name: main
+            backends:
+              - service: a
+                response_headers: {add: {set-cookie: "c=1"}}
+                rewrite: {path_full: /v2}
+              - {service: moved, redirect: {host: example.com, status: 301}}
+        """)
+    own, moved = loaded.config.routes[0].backends
+    assert own.response_headers == HeaderChanges(add=(("set-cookie", "c=1"),))
+    assert own.rewrite == Rewrite(path_full="/v2")
+    # A redirecting backend answers by itself: its service only names it.
+    assert moved.redirect == Redirect(host="example.com", status=301)
+    issue = only_error(tmp_path, """\
+        services:
+          a: {endpoints: ["10.0.0.1:80"]}
+        routes:
+          - name: main
+            backends: [{service: a, status: 503, redirect: {host: example.com}}]
+        """)
+    assert issue.path == "routes[0].backends[0].status" and "redirect" in issue.message
