@@ -520,6 +520,16 @@ class Rig:
             assert_binomial(on_canary, tally.total, canary_share)
         return tally, on_canary
 
+    async def series_started(self) -> None:
+        """Let the load tester reach the new split and Prometheus scrape it before a burst.
+        A series' first sample holds everything counted so far and rate() sees only what
+        comes after it: a canary series first scraped after the burst would leave the
+        burst out of the next analysis (one failing answer more or less swings a success
+        rate computed from the load tester's few requests)."""
+        if self.prom is not None:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(self.prom.wait_for_scrapes, 1)
+
     async def scraped(self) -> None:
         """The rest of the interval: a few more scrapes of pyproxy, so the last burst and
         some of the steady load after it are in the TSDB (a rate() needs two samples
@@ -638,6 +648,7 @@ async def write_and_observe(flagger: Flagger, rig: Rig, iteration: int, primary:
                             note: str = "") -> None:
     await flagger.set_routes(primary, canary)
     seconds = await rig.serving({flagger.primary: primary, flagger.canary_svc: canary})
+    await rig.series_started()
     tally, on_canary = await rig.traffic(canary_pods, canary / (primary + canary))
     rig.log.add(Step(iteration, flagger.phase, f"{primary}/{canary}",
                      f"{on_canary}/{tally.total} ({on_canary / tally.total:.1%})",
