@@ -520,15 +520,18 @@ class Rig:
             assert_binomial(on_canary, tally.total, canary_share)
         return tally, on_canary
 
-    async def series_started(self) -> None:
-        """Let the load tester reach the new split and Prometheus scrape it before a burst.
+    async def series_started(self, canary_pods: set[str]) -> None:
+        """Before a burst: every canary pod has answered the load tester twice (so each
+        kind of answer it gives, a failing pod's 500 too, has its series), then one scrape.
         A series' first sample holds everything counted so far and rate() sees only what
-        comes after it: a canary series first scraped after the burst would leave the
-        burst out of the next analysis (one failing answer more or less swings a success
-        rate computed from the load tester's few requests)."""
-        if self.prom is not None:
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(self.prom.wait_for_scrapes, 1)
+        comes after it: a series first scraped after the burst would leave the burst out
+        of the next analysis."""
+        if self.prom is None:
+            return
+        pods = [self.pods.pods[name].backend for name in canary_pods]
+        await eventually(lambda: all(pod.requests >= 2 for pod in pods),
+                         "the load tester reached every canary pod twice")
+        await asyncio.to_thread(self.prom.wait_for_scrapes, 1)
 
     async def scraped(self) -> None:
         """The rest of the interval: a few more scrapes of pyproxy, so the last burst and
@@ -648,7 +651,7 @@ async def write_and_observe(flagger: Flagger, rig: Rig, iteration: int, primary:
                             note: str = "") -> None:
     await flagger.set_routes(primary, canary)
     seconds = await rig.serving({flagger.primary: primary, flagger.canary_svc: canary})
-    await rig.series_started()
+    await rig.series_started(canary_pods if canary else set())
     tally, on_canary = await rig.traffic(canary_pods, canary / (primary + canary))
     rig.log.add(Step(iteration, flagger.phase, f"{primary}/{canary}",
                      f"{on_canary}/{tally.total} ({on_canary / tally.total:.1%})",

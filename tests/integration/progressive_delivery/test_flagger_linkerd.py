@@ -82,7 +82,7 @@ async def test_linkerd_queries_roll_back_a_failing_canary(kube, tmp_path):
         assert len(flagger.analyses) == CANARY["spec"]["analysis"]["threshold"]
         for values in flagger.analyses:
             rate, duration = values["request-success-rate"], values["request-duration"]
-            assert rate is not None and 30 <= rate <= 70, values
+            assert rate is not None and 40 <= rate <= 60, values
             assert duration is not None and duration <= 100, values
         assert figures["rollback_spec_events"] == 1
         print(f"  figures: {figures}; primary pods {[p.name for p in primary]}")
