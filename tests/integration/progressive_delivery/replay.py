@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import copy
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -474,12 +473,6 @@ class Flagger:
         """nextStepWeight with stepWeight: the step, capped by maxWeight."""
         analysis = self.analysis
         return min(canary_weight + int(analysis["stepWeight"]), int(analysis["maxWeight"]))
-
-
-async def timed(coro: Any) -> tuple[Any, float]:
-    started = time.monotonic()
-    result = await coro
-    return result, time.monotonic() - started
 
 
 # --- the loop: Flagger's advanceCanary, once per interval ------------------------------------
