@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.integration.kubernetes.cluster import metric
 from tests.integration.progressive_delivery.replay import (
     LINKERD_QUERIES,
     NS,
@@ -85,6 +86,9 @@ async def test_linkerd_queries_roll_back_a_failing_canary(kube, tmp_path):
             assert rate is not None and 40 <= rate <= 60, values
             assert duration is not None and duration <= 100, values
         assert figures["rollback_spec_events"] == 1
+        # the TrafficSplit (no status subresource) imported as accepted all along
+        assert await metric(rig.proxy, "pyproxy_kubernetes_objects", kind="TrafficSplit",
+                            result="accepted") == 1
         print(f"  figures: {figures}; primary pods {[p.name for p in primary]}")
 
 
