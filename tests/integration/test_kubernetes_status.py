@@ -175,6 +175,29 @@ async def test_two_replicas_elect_one_leader_and_hand_over(kube, tmp_path):
             await c.close()
 
 
+async def test_a_leader_whose_client_closed_first_stops_cleanly(kube, tmp_path):
+    """On shutdown the provider may close the shared client before the election's task is
+    cancelled: releasing the Lease then fails with a KubeApiError the election handles (it
+    used to be aiohttp's RuntimeError, logged as a failed background task)."""
+    client = await KubeClient.connect(str(kube.kubeconfig_path(tmp_path)))
+    election = LeaderElection("pyproxy-a", NS, duration=1.5, renew_deadline=1.0, renew=0.1)
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    task = asyncio.create_task(run_election(client, LEASE, election))
+    try:
+        for _ in range(50):
+            if election.is_leader():
+                break
+            await asyncio.sleep(0.05)
+        assert election.is_leader()
+    finally:
+        await client.close()
+        task.cancel()
+        results = await asyncio.gather(task, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+    # Not released (the client was gone): the Lease expires by itself.
+    assert kube.get("Lease", NS, "pyproxy-leader")["spec"]["holderIdentity"] == "pyproxy-a"
+
+
 async def test_set_weight_is_written_to_the_httproute_and_followed_by_another_replica(
         kube, client):
     gateway_objects(kube)

@@ -120,6 +120,7 @@ class KubeClient:
     def __init__(self, api: ApiClient, token: TokenFile | None, *,
                  request_timeout: float = 30.0, namespace: str | None = None):
         self._api = api
+        self._closed = False
         self._token = token
         self.request_timeout = request_timeout
         self.namespace = namespace  # the kubeconfig context's namespace, if it names one
@@ -168,6 +169,9 @@ class KubeClient:
         return host or ""
 
     async def close(self) -> None:
+        # Tasks still holding the client (the Lease's release on shutdown) then get a
+        # KubeApiError they handle, not aiohttp's RuntimeError("Session is closed").
+        self._closed = True
         await self._api.close()
 
     # ------------------------------------------------------------------ reads
@@ -307,6 +311,8 @@ class KubeClient:
                     limits: aiohttp.ClientTimeout | None = None) -> aiohttp.ClientResponse:
         """The raw response; a 401 re-reads the token file once and retries (a rotation the
         file's timestamps did not show)."""
+        if self._closed:
+            raise KubeApiError(0, "Closed", message=f"{method} {path}: the client is closed")
         for attempt in (1, 2):
             try:
                 response = await self._call(method, path, query, body, content_type,
