@@ -52,7 +52,7 @@ from tests.stats_bounds import assert_binomial
 from tests.support.backends import EchoBackend
 from tests.support.fake_kube import GATEWAY_GROUP, FakeKube, Obj
 from tests.support.harness import ProxyProcess
-from tests.support.prometheus import Prometheus
+from tests.support.prometheus import LINKERD_DURATION, LINKERD_SUCCESS_RATE, Prometheus
 
 NS = "test"  # the namespace of Flagger's tutorials
 FLAGGER = "fluxcd/flagger v1.44.0"
@@ -270,43 +270,11 @@ def load_metric_templates(directory: Path = METRIC_TEMPLATES) -> dict[str, str]:
     return found
 
 
-# pkg/metrics/observers/linkerd.go, linkerdQueries (v1.44.0): the exact text.
+# pkg/metrics/observers/linkerd.go, linkerdQueries (v1.44.0): the built-in linkerd
+# provider's queries, by the names a Canary's analysis uses.
 LINKERD_QUERIES = {
-    "request-success-rate": """
-	sum(
-		rate(
-			response_total{
-				namespace="{{ namespace }}",
-				deployment=~"{{ target }}",
-				classification!="failure",
-				direction="inbound"
-			}[{{ interval }}]
-		)
-	) 
-	/ 
-	sum(
-		rate(
-			response_total{
-				namespace="{{ namespace }}",
-				deployment=~"{{ target }}",
-				direction="inbound"
-			}[{{ interval }}]
-		)
-	) 
-	* 100""",  # noqa: W291 (trailing spaces are Flagger's)
-    "request-duration": """
-	histogram_quantile(
-		0.99,
-		sum(
-			rate(
-				response_latency_ms_bucket{
-					namespace="{{ namespace }}",
-					deployment=~"{{ target }}",
-					direction="inbound"
-				}[{{ interval }}]
-			)
-		) by (le)
-	)""",
+    "request-success-rate": LINKERD_SUCCESS_RATE,
+    "request-duration": LINKERD_DURATION,
 }
 
 _ACTION = re.compile(r"{{\s*([a-z]+)(?:\.([A-Za-z0-9_]+))?\s*}}")
