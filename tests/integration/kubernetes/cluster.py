@@ -105,6 +105,15 @@ class Cluster:
                                 "metadata": {"name": name, "namespace": self.ns},
                                 "spec": spec})
 
+    def shop_canary(self, v1: EchoBackend, v2: EchoBackend) -> None:
+        """The scene most tests start from: the gateway, Services shop-v1 and shop-v2 with
+        one pod each, and HTTPRoute shop sending everything to shop-v1 (100/0)."""
+        self.gateway()
+        for service, pod in (("shop-v1", v1), ("shop-v2", v2)):
+            self.service(service)
+            self.add_pod(service, pod.name, pod)
+        self.httproute("shop", [("shop-v1", 100), ("shop-v2", 0)])
+
     def set_weights(self, route: str, weights: Iterable[int]) -> Obj:
         """What a progressive-delivery tool does: rewrite the backendRefs' weights."""
         obj = self.kube.get("HTTPRoute", self.ns, route)

@@ -20,11 +20,7 @@ from tests.integration.kubernetes.cluster import (
 
 async def _canary_setup(cluster, backends) -> None:
     v1, v2 = await backends("v1", "v2")
-    cluster.gateway()
-    for svc, pod in (("shop-v1", v1), ("shop-v2", v2)):
-        cluster.service(svc)
-        cluster.add_pod(svc, pod.name, pod)
-    cluster.httproute("shop", [("shop-v1", 100), ("shop-v2", 0)])
+    cluster.shop_canary(v1, v2)
 
 
 def _weights_are(proxy, w1: int, w2: int):

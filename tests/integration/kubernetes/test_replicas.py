@@ -48,11 +48,7 @@ async def _both_serve(replicas, expected: dict[str, float], what: str,
 
 async def test_one_leader_and_set_weight_seen_by_both(kube, cluster, backends, tmp_path):
     v1, v2 = await backends("v1", "v2")
-    cluster.gateway()
-    for svc, pod in (("shop-v1", v1), ("shop-v2", v2)):
-        cluster.service(svc)
-        cluster.add_pod(svc, pod.name, pod)
-    cluster.httproute("shop", [("shop-v1", 100), ("shop-v2", 0)])
+    cluster.shop_canary(v1, v2)
     replicas = await _two_replicas(kube, tmp_path)
     try:
         await eventually(lambda: _holder(kube) in ("pyproxy-a", "pyproxy-b"), "a leader")
@@ -106,11 +102,7 @@ async def test_a_canary_rollback_is_seen_by_both(kube, cluster, backends, tmp_pa
     [v1] = await backends("v1")
     v2 = await FailingPod("v2", status=500).start()
     try:
-        cluster.gateway()
-        for svc, pod in (("shop-v1", v1), ("shop-v2", v2)):
-            cluster.service(svc)
-            cluster.add_pod(svc, pod.name, pod)
-        cluster.httproute("shop", [("shop-v1", 100), ("shop-v2", 0)])
+        cluster.shop_canary(v1, v2)
         replicas = await _two_replicas(kube, tmp_path, extra=CANARY)
         try:
             def candidate_weight() -> int:

@@ -19,11 +19,7 @@ N = 1000
 
 async def test_weights_step_through_the_route_object(kube, cluster, backends, tmp_path):
     v1, v2 = await backends("v1", "v2")
-    cluster.gateway()
-    for svc, pod in (("shop-v1", v1), ("shop-v2", v2)):
-        cluster.service(svc)
-        cluster.add_pod(svc, pod.name, pod)
-    cluster.httproute("shop", [("shop-v1", 100), ("shop-v2", 0)])
+    cluster.shop_canary(v1, v2)
     proxy = await start_proxy(write_config(tmp_path, kube))
     try:
         for w1, w2 in ((100, 0), (50, 50), (0, 100)):
