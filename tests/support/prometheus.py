@@ -219,15 +219,16 @@ LINKERD_DURATION = """
 
 
 def render_flagger_query(query: str, *, namespace: str, target: str, interval: str,
-                         service: str | None = None) -> str:
+                         service: str | None = None, name: str | None = None) -> str:
     """A query (a MetricTemplate's, or a built-in one) as Flagger sends it to Prometheus:
     each ``{{ field }}`` of the MetricTemplateModel (pkg/apis/flagger/v1beta1/metric.go; an
     unknown field is an error, as with Flagger's ``missingkey=error``) filled in for a
-    Canary named ``target`` in ``namespace`` (pkg/controller/scheduler_metrics.go
-    toMetricModel: ``service`` is spec.service.name, else the target; ``ingress`` and
-    ``route`` are the target without an ingressRef/routeRef), then every run of whitespace
-    made one space (pkg/metrics/providers/prometheus.go trimQuery)."""
-    model = {"name": target, "namespace": namespace, "target": target,
+    Canary named ``name`` (default: ``target``) in ``namespace``
+    (pkg/controller/scheduler_metrics.go toMetricModel: ``service`` is spec.service.name,
+    else the target; ``ingress`` and ``route`` are the target without an
+    ingressRef/routeRef), then every run of whitespace made one space
+    (pkg/metrics/providers/prometheus.go trimQuery)."""
+    model = {"name": name or target, "namespace": namespace, "target": target,
              "service": service or target, "ingress": target, "route": target,
              "interval": interval}
 

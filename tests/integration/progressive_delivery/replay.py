@@ -26,11 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -52,7 +50,12 @@ from tests.stats_bounds import assert_binomial
 from tests.support.backends import EchoBackend
 from tests.support.fake_kube import GATEWAY_GROUP, FakeKube, Obj
 from tests.support.harness import ProxyProcess
-from tests.support.prometheus import LINKERD_DURATION, LINKERD_SUCCESS_RATE, Prometheus
+from tests.support.prometheus import (
+    LINKERD_DURATION,
+    LINKERD_SUCCESS_RATE,
+    Prometheus,
+    render_flagger_query,
+)
 
 NS = "test"  # the namespace of Flagger's tutorials
 FLAGGER = "fluxcd/flagger v1.44.0"
@@ -277,20 +280,6 @@ LINKERD_QUERIES = {
     "request-duration": LINKERD_DURATION,
 }
 
-_ACTION = re.compile(r"{{\s*([a-z]+)(?:\.([A-Za-z0-9_]+))?\s*}}")
-
-
-def render(template: str, model: dict[str, Any]) -> str:
-    """A query as Flagger renders it (``observers/render.go``: text/template with one
-    function per model field — ``{{ namespace }}``, ``{{ target }}``, ``{{ interval }}``,
-    ``{{ variables.x }}`` — and missing keys an error)."""
-    def value(match: re.Match[str]) -> str:
-        field_name, key = match.group(1), match.group(2)
-        found = model[field_name]
-        return str(found[key] if key else found)
-    return _ACTION.sub(value, template)
-
-
 @dataclass
 class Step:
     """One line of the printed replay."""
@@ -430,13 +419,6 @@ class Flagger:
                 continue
         raise AssertionError("five conflicts in a row")
 
-    def model(self, interval: str) -> dict[str, Any]:
-        """scheduler_metrics.go, the MetricTemplateModel: name, namespace, target (the
-        targetRef's name), service (the apex), interval, variables."""
-        return {"name": self.canary["metadata"]["name"], "namespace": self.api.ns,
-                "target": self.target, "service": self.apex, "ingress": "", "route": "",
-                "interval": interval, "variables": {}}
-
     def next_weight(self, canary_weight: int) -> int:
         """nextStepWeight with stepWeight: the step, capped by maxWeight."""
         analysis = self.analysis
@@ -510,7 +492,9 @@ async def analyse(flagger: Flagger, rig: Rig, metrics: list[Metric]) -> tuple[bo
     values: dict[str, float | None] = {}
     assert rig.prom is not None
     for metric in metrics:
-        query = render(metric.query, flagger.model(metric.interval))
+        query = render_flagger_query(metric.query, namespace=flagger.api.ns,
+                                     target=flagger.target, interval=metric.interval,
+                                     service=flagger.apex, name=flagger.canary["metadata"]["name"])
         value = await asyncio.to_thread(rig.prom.query, query)
         values[metric.name] = value
         shown.append(f"{metric.name}={'none' if value is None else f'{value:.4g}'}")
