@@ -49,8 +49,21 @@ def _worker_count(text: str) -> int:
     return count
 
 
+class _PrintVersion(argparse.Action):
+    """``--version`` on one line, unwrapped (argparse's own action wraps it to the terminal)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from pyproxy import __version__, compiled
+
+        print(f"pyproxy {__version__}: {compiled.describe()}")
+        parser.exit()
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyproxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_PrintVersion, nargs=0,
+                        help="print the version and whether the hot path is compiled, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="serve traffic with a config")

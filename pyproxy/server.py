@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import uvloop
 
+from pyproxy import compiled
 from pyproxy.access_log import AccessLog
 from pyproxy.admin.api import build_admin_app, check_admin_binding, start_admin
 from pyproxy.canary.analysis import CanaryState
@@ -261,6 +262,10 @@ async def serve(paths: Sequence[str], *, listen: str | None = None, admin: str |
     logger.info("pyproxy listening on %s:%s, admin on %s%s", bound[0], bound[1],
                 Address(*admin_bound[:2]) if admin_bound else admin_address,
                 "" if leader else " (private, read-only)")
+    if compiled.is_compiled():
+        logger.info("hot path: %s", compiled.describe())
+    else:
+        logger.warning("pyproxy runs %s", compiled.describe())
     if started is not None and not started.done():
         started.set_result((bound, admin_bound))
     try:

@@ -268,8 +268,13 @@ class UpstreamConnection(asyncio.Protocol):
                 await self._head_waiter
             finally:
                 self._head_waiter = None
-            if self._head is None:
-                raise self._error or UpstreamReset("upstream closed before the response")
+        return self._arrived_head()
+
+    def _arrived_head(self) -> ResponseHead:
+        # A method of its own: after the await above, the attribute is read afresh (a type
+        # checker, and so a compiler that trusts it, would still see the None tested before).
+        if self._head is None:
+            raise self._error or UpstreamReset("upstream closed before the response")
         return self._head
 
     @property

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[3] / "pyproxy"
 
 # Module prefixes per layer, lowest first; the longest matching prefix decides.
 LAYERS = [
-    ("foundation", ["errors", "outcome", "messages", "tasks", "config.model"]),
+    ("foundation", ["errors", "outcome", "messages", "tasks", "config.model", "compiled"]),
     ("logic", ["config", "routing", "traffic", "resilience", "filters", "upstream.forwarding",
                "canary.analysis"]),
     ("effects", ["engine", "upstream", "metrics", "access_log",
