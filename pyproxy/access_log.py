@@ -21,12 +21,12 @@ there (``shared=True``) each write() carries whole lines and at most ``PIPE_BUF`
 from __future__ import annotations
 
 import asyncio
-import json
 import select
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _json_string
 from threading import Event, Thread
 from typing import TextIO
 
@@ -45,21 +45,28 @@ BATCH_LINES = 1000
 
 
 class _Timestamps:
-    """RFC 3339 UTC timestamps with milliseconds; the seconds part is formatted once per second."""
+    """RFC 3339 UTC timestamps with milliseconds. The seconds part is formatted once per
+    second, and the whole stamp once per millisecond: under load many lines share one."""
 
-    __slots__ = ("_prefix", "_second")
+    __slots__ = ("_last", "_millis", "_prefix", "_second")
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._millis = -1
+        self._last = ""
 
     def __call__(self, t: float) -> str:
         millis = int(t * 1000)
+        if millis == self._millis:
+            return self._last
         second, ms = divmod(millis, 1000)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{ms:03d}Z"
+        self._millis = millis
+        self._last = f"{self._prefix}.{ms:03d}Z"
+        return self._last
 
 
 class AccessLog:
@@ -178,24 +185,20 @@ class AccessLog:
                 self._dropped_write += len(chunk)
 
     def _json_line(self, o: RequestOutcome) -> str:
-        # ensure_ascii (the default) escapes any non-ASCII a client put in host or path.
-        return json.dumps({
-            "time": self._time(o.start),
-            "request_id": o.request_id,
-            "client": o.client,
-            "method": o.method,
-            "host": o.host,
-            "path": o.path,
-            "route": o.route,
-            "backend": o.backend,
-            "endpoint": o.endpoint,
-            "status": o.status,
-            "flags": o.flags,
-            "attempts": o.attempts,
-            "duration_ms": round(o.duration * 1000, 3),
-            "bytes_in": o.bytes_in,
-            "bytes_out": o.bytes_out,
-        }, separators=(",", ":"))
+        """What ``json.dumps(record, separators=(",", ":"))`` gives, byte for byte (a test
+        compares them), at a quarter of its cost: dumps() builds a new encoder per call when
+        given separators. Strings go through the function dumps uses for them, which escapes
+        quotes, control characters and any non-ASCII a client put in host or path; numbers
+        are written as dumps writes them (``repr`` of the rounded float)."""
+        q = _json_string
+        return (
+            f'{{"time":"{self._time(o.start)}","request_id":{q(o.request_id)},'
+            f'"client":{q(o.client)},"method":{q(o.method)},"host":{q(o.host)},'
+            f'"path":{q(o.path)},"route":{q(o.route)},"backend":{q(o.backend)},'
+            f'"endpoint":{q(o.endpoint)},"status":{o.status:d},"flags":{q(o.flags)},'
+            f'"attempts":{o.attempts:d},"duration_ms":{round(o.duration * 1000, 3)!r},'
+            f'"bytes_in":{o.bytes_in:d},"bytes_out":{o.bytes_out:d}}}'
+        )
 
     def _text_line(self, o: RequestOutcome) -> str:
         """``TIME ID METHOD HOST/PATH -> ROUTE BACKEND@ENDPOINT STATUS FLAGS ATTEMPTS DURATION

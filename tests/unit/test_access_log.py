@@ -11,6 +11,8 @@ import select
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pyproxy.access_log as access_log_module
 from pyproxy.access_log import AccessLog
@@ -67,6 +69,22 @@ def test_json_escapes_client_bytes_into_one_ascii_line():
     assert record["host"] == "sh\xf6p.example"
     assert record["path"] == "/a\x85b"
     assert record["request_id"] == 'x"\ny'
+
+
+@given(text=st.text(), number=st.integers(min_value=0, max_value=2**63),
+       duration=st.floats(min_value=0, max_value=1e7), start=st.floats(min_value=0, max_value=4e9))
+def test_json_line_is_byte_for_byte_what_json_dumps_writes(text, number, duration, start):
+    o = sample(start=start, request_id=text, client=text, host=text, path=text, route=text,
+               backend=text, endpoint=text, flags=text, method=text, status=number,
+               attempts=number, duration=duration, bytes_in=number, bytes_out=number)
+    log = AccessLog("off")
+    record = {"time": log._time(o.start), "request_id": o.request_id, "client": o.client,
+              "method": o.method, "host": o.host, "path": o.path, "route": o.route,
+              "backend": o.backend, "endpoint": o.endpoint, "status": o.status,
+              "flags": o.flags, "attempts": o.attempts,
+              "duration_ms": round(o.duration * 1000, 3), "bytes_in": o.bytes_in,
+              "bytes_out": o.bytes_out}
+    assert log._json_line(o) == json.dumps(record, separators=(",", ":"))
 
 
 def test_time_milliseconds_roll_over_seconds_correctly():
