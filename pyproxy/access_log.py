@@ -3,8 +3,9 @@
 Writing to stdout can block (a full pipe, a slow terminal, a paused ``docker logs``), and
 formatting costs microseconds the event loop should not pay, so a daemon thread formats and
 writes. Waking that thread costs system calls on both sides (a futex to signal it, more as
-it takes and releases the GIL), which per request cost more than the logging itself. So the
-event loop wakes it once per batch, never per request: ``log()`` appends the
+the two threads pass the GIL back and forth): woken per request, it made about eight futex
+calls per request under load. So the event loop wakes it once per batch, never per
+request: ``log()`` appends the
 ``RequestOutcome`` to a plain list; the first one of a batch arms a timer on the loop, and
 when the timer fires (``FLUSH_INTERVAL``) or the list reaches ``BATCH_LINES``, the whole list
 is handed to the writer, which formats it and writes it in one go. Lines accepted but not
@@ -186,7 +187,7 @@ class AccessLog:
 
     def _json_line(self, o: RequestOutcome) -> str:
         """What ``json.dumps(record, separators=(",", ":"))`` gives, byte for byte (a test
-        compares them), at a quarter of its cost: dumps() builds a new encoder per call when
+        compares them), at a third of its cost: dumps() builds a new encoder per call when
         given separators. Strings go through the function dumps uses for them, which escapes
         quotes, control characters and any non-ASCII a client put in host or path; numbers
         are written as dumps writes them (``repr`` of the rounded float)."""
