@@ -1,13 +1,18 @@
-"""AccessLog: real writer thread, real streams."""
+"""AccessLog: real writer thread, real streams; batching on a real event loop with short
+intervals (no test depends on how fast anything runs)."""
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import io
 import json
+import select
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pyproxy.access_log as access_log_module
 from pyproxy.access_log import AccessLog
@@ -64,6 +69,22 @@ def test_json_escapes_client_bytes_into_one_ascii_line():
     assert record["host"] == "sh\xf6p.example"
     assert record["path"] == "/a\x85b"
     assert record["request_id"] == 'x"\ny'
+
+
+@given(text=st.text(), number=st.integers(min_value=0, max_value=2**63),
+       duration=st.floats(min_value=0, max_value=1e7), start=st.floats(min_value=0, max_value=4e9))
+def test_json_line_is_byte_for_byte_what_json_dumps_writes(text, number, duration, start):
+    o = sample(start=start, request_id=text, client=text, host=text, path=text, route=text,
+               backend=text, endpoint=text, flags=text, method=text, status=number,
+               attempts=number, duration=duration, bytes_in=number, bytes_out=number)
+    log = AccessLog("off")
+    record = {"time": log._time(o.start), "request_id": o.request_id, "client": o.client,
+              "method": o.method, "host": o.host, "path": o.path, "route": o.route,
+              "backend": o.backend, "endpoint": o.endpoint, "status": o.status,
+              "flags": o.flags, "attempts": o.attempts,
+              "duration_ms": round(o.duration * 1000, 3), "bytes_in": o.bytes_in,
+              "bytes_out": o.bytes_out}
+    assert log._json_line(o) == json.dumps(record, separators=(",", ":"))
 
 
 def test_time_milliseconds_roll_over_seconds_correctly():
@@ -143,12 +164,13 @@ def test_a_full_queue_drops_and_counts_instead_of_growing(monkeypatch):
     assert stream.entered.wait(5)  # the writer holds "first" and is stuck in write()
     for i in range(10):
         log.log(sample(request_id=str(i)))
-    assert log.dropped == 7
+    # "first" is not written yet, so it still counts against the bound.
+    assert log.dropped == 8
 
     stream.release.set()
     log.close()
     ids = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
-    assert ids == ["first", "0", "1", "2"]
+    assert ids == ["first", "0", "1"]
 
 
 class BrokenStream(io.StringIO):
@@ -179,8 +201,6 @@ class _Writes(io.StringIO):
 def test_a_shared_stream_gets_whole_lines_at_most_pipe_buf_at_a_time():
     # --workers N: every worker writes to the same stdout, where a pipe keeps only writes of
     # up to PIPE_BUF bytes whole.
-    import select
-
     stream = _Writes()
     log = AccessLog("json", stream, shared=True)
     outcomes = [sample(request_id=f"r{i}") for i in range(300)]
@@ -193,3 +213,122 @@ def test_a_shared_stream_gets_whole_lines_at_most_pipe_buf_at_a_time():
         assert write.endswith("\n")
         assert len(write) <= select.PIPE_BUF or write.count("\n") == 1
     assert len(stream.writes) > 10
+
+
+# ---------------------------------------------------------------- batching on the event loop
+
+
+class CountingEvent(threading.Event):
+    """The writer's wake-up: counts how often the event loop signals it."""
+
+    def __init__(self):
+        super().__init__()
+        self.signals = 0
+
+    def set(self) -> None:
+        self.signals += 1
+        super().set()
+
+
+@pytest.fixture
+def wakeups(monkeypatch) -> list[CountingEvent]:
+    """The wake-up events of the AccessLogs a test creates."""
+    events: list[CountingEvent] = []
+
+    def make() -> CountingEvent:
+        events.append(CountingEvent())
+        return events[-1]
+
+    monkeypatch.setattr(access_log_module, "Event", make)
+    return events
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Yield to the loop (and the writer) until condition() holds; fail after timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+def ids_in(stream: io.StringIO) -> list[str]:
+    return [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+
+
+async def test_many_requests_wake_the_writer_once_and_make_one_write(wakeups):
+    stream = _Writes()
+    log = AccessLog("json", stream, flush_interval=0.01)
+    for i in range(500):
+        log.log(sample(request_id=str(i)))
+    assert wakeups[0].signals == 0  # nothing handed over while the loop is busy
+
+    await until(lambda: len(stream.writes) == 1)
+    assert wakeups[0].signals == 1
+    assert ids_in(stream) == [str(i) for i in range(500)]
+    log.close()
+    assert len(stream.writes) == 1
+
+
+async def test_a_line_appears_within_the_interval_without_more_traffic():
+    stream = io.StringIO()
+    log = AccessLog("json", stream, flush_interval=0.01)
+    log.log(sample(request_id="lonely"))
+    assert stream.getvalue() == ""  # batched, not written on the spot
+
+    await until(lambda: ids_in(stream) == ["lonely"])  # the timer handed it over: no close()
+    log.log(sample(request_id="next"))  # the next line starts a new batch and timer
+    await until(lambda: ids_in(stream) == ["lonely", "next"])
+    log.close()
+
+
+async def test_a_full_batch_goes_at_once_without_waiting_for_the_timer(monkeypatch, wakeups):
+    monkeypatch.setattr(access_log_module, "BATCH_LINES", 10)
+    stream = io.StringIO()
+    log = AccessLog("json", stream, flush_interval=3600)
+    for i in range(25):
+        log.log(sample(request_id=str(i)))
+    # Two full batches handed over (the second needs no signal if the writer is still
+    # awake); the five lines left wait for the timer, an hour away.
+    assert 1 <= wakeups[0].signals <= 2
+    await until(lambda: len(ids_in(stream)) == 20)
+    await asyncio.sleep(0.01)
+    assert len(ids_in(stream)) == 20
+    log.close()
+    assert ids_in(stream) == [str(i) for i in range(25)]
+
+
+async def test_close_writes_the_batch_still_waiting_for_its_timer():
+    stream = io.StringIO()
+    log = AccessLog("text", stream, flush_interval=3600)
+    for _ in range(3):
+        log.log(sample())
+    log.close()  # what the server does after draining, on SIGTERM or Ctrl-C
+    assert len(stream.getvalue().splitlines()) == 3
+    await asyncio.sleep(0.01)  # the cancelled timer does not fire later
+    assert log.dropped == 0
+
+
+async def test_lines_waiting_in_a_batch_count_against_the_bound(monkeypatch):
+    monkeypatch.setattr(access_log_module, "MAX_PENDING", 5)
+    stream = io.StringIO()
+    log = AccessLog("json", stream, flush_interval=3600)
+    for i in range(8):
+        log.log(sample(request_id=str(i)))
+    assert log.dropped == 3
+    log.close()
+    assert ids_in(stream) == ["0", "1", "2", "3", "4"]
+
+
+async def test_a_batch_on_a_shared_stream_is_written_in_whole_lines():
+    stream = _Writes()
+    log = AccessLog("json", stream, shared=True, flush_interval=0.01)
+    for i in range(300):
+        log.log(sample(request_id=f"r{i}"))
+    log.log(sample(path="/" + "x" * 5000))
+    await until(lambda: len(stream.getvalue().splitlines()) == 301)
+    log.close()
+    assert len(stream.writes) > 10
+    for write in stream.writes:
+        assert write.endswith("\n")
+        assert len(write) <= select.PIPE_BUF or write.count("\n") == 1
