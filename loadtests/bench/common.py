@@ -24,6 +24,8 @@ LOAD_CPU = int(os.environ.get("BENCH_LOAD_CPU", "0"))
 PROXY_CPU = int(os.environ.get("BENCH_PROXY_CPU", "1"))
 # Where apt puts nginx/haproxy/wrk, also when the caller's PATH lacks the sbin directories.
 SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# wrk's kinds of socket error, in the order it prints their counts.
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
 
 _log_file: Path | None = None
 
