@@ -79,7 +79,7 @@ SCENARIOS: dict[str, Scenario] = {
     "c1_3b": Scenario(1, "/", 3, "c=1, 3 B body"),
     "c4_1m": Scenario(4, "/1m", 1 << 20, "c=4, 1 MiB body"),
     # T7: 800 keep-alive connections at steady load; nginx and Envoy for comparison.
-    "c800_3b": Scenario(800, "/", 3, "c=800 keep-alive, 3 B body (T7)",
+    "c800_3b": Scenario(800, "/", 3, "c=800 keep-alive, 3 B body",
                         ("nginx", "envoy", "pyproxy_b"), scale=True),
 }
 # Measurements of their own, selected with --scenarios like the scenarios above.
