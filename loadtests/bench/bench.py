@@ -140,7 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         started.start_origin()
         log(f"origin up on 127.0.0.1:{started.L.origin_p1} and :{started.L.origin_p2} "
-            f"(core {LOAD_CPU}); targets {', '.join(targets)}; scenarios {', '.join(scens)}; "
+            f"(core {LOAD_CPU}); targets {', '.join(targets)}; "
+            f"scenarios {', '.join(params['scenarios'])}; "
             f"{args.rounds} round(s) of {args.warm:g}+{args.dur:g} s")
         if not run_rounds(args, bench, targets, scens, out, run, runs, skipped, deadline):
             skipped.append(f"time budget of {args.budget:g} min reached; "
