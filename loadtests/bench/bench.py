@@ -13,11 +13,13 @@ round. Ratios are computed inside a round and then the median is taken.
 
 The parts, next to this file: targets.py (the targets, their configs from configs/*.tmpl, the
 origin and the scenarios), install.py (finding and installing the tools), measure.py (a wrk run,
-its CPU/RSS accounting and the quiet-machine guard), report.py (medians, checks, the Markdown
-report), profiling.py (the profile command), processes.py and common.py (shared plumbing).
+its CPU/RSS accounting and the quiet-machine guard), metrics_scrape.py (/metrics under load
+with 1,000 routes, after the rounds), report.py (medians, checks, the Markdown report),
+profiling.py (the profile command), processes.py and common.py (shared plumbing).
 
-Only the standard library is used; every process started is killed by its process group id
-(each one gets its own session) on exit, on Ctrl-C, on SIGTERM and on the hard time limit.
+Only the standard library is used (and prometheus_client, from the project venv, to check a
+scraped /metrics); every process started is killed by its process group id (each one gets
+its own session) on exit, on Ctrl-C, on SIGTERM and on the hard time limit.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SystemExit(f"unknown scenario {s}; choose from {','.join(ALL_SCENARIOS)}")
     # metrics_scrape measures a pyproxy of its own: it runs unless the targets leave pyproxy out.
     scrape = METRICS_SCRAPE in scens and any(t.startswith("pyproxy") for t in targets)
+    if METRICS_SCRAPE in scens and not scrape:
+        log(f"{METRICS_SCRAPE} skipped: the targets leave every pyproxy out")
     scens = [s for s in scens if s in SCENARIOS]
     fd_soft, fd_hard = raise_fd_limit()
     most_conns = max((SCENARIOS[s].conns for s in scens), default=0)

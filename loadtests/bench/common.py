@@ -1,7 +1,8 @@
 """What every part of the bench shares: where things are, which core does what, the run log,
 and running a command with a time limit.
 
-Only the standard library is used anywhere in the bench.
+Only the standard library is used anywhere in the bench, but for metrics_scrape.py's check of
+the scraped text with prometheus_client (a dependency of pyproxy, in the venv run.sh uses).
 """
 
 from __future__ import annotations
