@@ -9,9 +9,9 @@ is taken inside a pair, then the median. During the scraped run a thread of the 
 pinned to the load core with wrk and the origin (never to the proxy's), fetches the admin
 `/metrics` every --scrape-interval seconds on a new connection and times it from connect to
 the last body byte (by default once a second: more often than Prometheus scrapes, every 15 s
-or so, so the requests/s lost is an upper bound). A few scrapes with no load give the idle latency
-for comparison, and the last body is parsed once with prometheus_client's parser to check it
-is valid text format.
+or so, so the requests/s lost is an upper bound). A few scrapes with no load give the idle
+latency for comparison, and the last body is parsed once with prometheus_client's parser to
+check it is valid text format.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from common import LOAD_CPU, log
 from measure import Bench, Run, parse_wrk, tree_hwm_kib, window
 from processes import pinned_to
-from targets import traffic_paths
+from targets import ROUTE_COUNT, traffic_paths
 
 TARGET = "pyproxy_1k"
 CONNS = 50
@@ -225,7 +225,7 @@ def summarize_scrapes(windows: list[Run], idle: list[float], body: bytes, rss_ki
         return statistics.median(vals) if vals else None
 
     return {
-        "conns": CONNS, "interval_s": interval, "routes": 1000,
+        "conns": CONNS, "interval_s": interval, "routes": ROUTE_COUNT,
         "routes_with_traffic": len(traffic_paths()),
         "scrape": latency_summary(latencies),
         "scrape_failures": sum(w.get("scrape_failure_count", 0) for w in scraped),

@@ -83,7 +83,7 @@ SCENARIOS: dict[str, Scenario] = {
                         ("nginx", "envoy", "pyproxy_b"), scale=True),
 }
 # Measurements of their own, selected with --scenarios like the scenarios above.
-METRICS_SCRAPE = "metrics_scrape"  # T19: /metrics under load with 1,000 routes (scrape.py)
+METRICS_SCRAPE = "metrics_scrape"  # T19: /metrics under load with 1,000 routes (metrics_scrape.py)
 ALL_SCENARIOS = [*SCENARIOS, METRICS_SCRAPE]
 
 # The 1,000-route config of metrics_scrape: route i matches the path prefix /rNNNN/, and every
