@@ -13,16 +13,19 @@ round. Ratios are computed inside a round and then the median is taken.
 
 The parts, next to this file: targets.py (the targets, their configs from configs/*.tmpl, the
 origin and the scenarios), install.py (finding and installing the tools), measure.py (a wrk run,
-its CPU/RSS accounting and the quiet-machine guard), report.py (medians, checks, the Markdown
-report), profiling.py (the profile command), processes.py and common.py (shared plumbing).
+its CPU/RSS accounting and the quiet-machine guard), metrics_scrape.py (/metrics under load
+with 1,000 routes, after the rounds), report.py (medians, checks, the Markdown report),
+profiling.py (the profile command), processes.py and common.py (shared plumbing).
 
-Only the standard library is used; every process started is killed by its process group id
-(each one gets its own session) on exit, on Ctrl-C, on SIGTERM and on the hard time limit.
+Only the standard library is used (and prometheus_client, from the project venv, to check a
+scraped /metrics); every process started is killed by its process group id (each one gets
+its own session) on exit, on Ctrl-C, on SIGTERM and on the hard time limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -38,9 +41,11 @@ from typing import Any
 from common import LOAD_CPU, RESULTS, Deadline, log, set_log_file
 from install import ensure_tools, machine_info, tool_versions
 from measure import Bench, Run
+from metrics_scrape import measure_metrics_scrape
+from processes import raise_fd_limit
 from profiling import cmd_profile
 from report import checks, render_md, summarize
-from targets import SCENARIOS, TARGETS, Targets
+from targets import ALL_SCENARIOS, METRICS_SCRAPE, ROUND_TARGETS, SCENARIOS, TARGETS, Targets
 
 # Defaults of a full run and of --quick; an explicit flag wins over either.
 FULL = {"rounds": 3, "warm": 2.0, "dur": 8.0, "quiet_wait": 60.0, "max_tries": 3,
@@ -92,14 +97,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             (out / "latest.md").write_text(f"# pyproxy benchmark\n\nNot run: {req} unavailable "
                                            f"({tools[req]['how']}).\n")
             return 3
-    targets = args.targets.split(",") if args.targets else list(TARGETS)
-    scens = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    targets = args.targets.split(",") if args.targets else list(ROUND_TARGETS)
+    scens = args.scenarios.split(",") if args.scenarios else list(ALL_SCENARIOS)
     for t in targets:
-        if t not in TARGETS:
-            raise SystemExit(f"unknown target {t}; choose from {','.join(TARGETS)}")
+        if t not in ROUND_TARGETS:
+            raise SystemExit(f"unknown target {t}; choose from {','.join(ROUND_TARGETS)}")
     for s in scens:
-        if s not in SCENARIOS:
-            raise SystemExit(f"unknown scenario {s}; choose from {','.join(SCENARIOS)}")
+        if s not in ALL_SCENARIOS:
+            raise SystemExit(f"unknown scenario {s}; choose from {','.join(ALL_SCENARIOS)}")
+    # metrics_scrape measures a pyproxy of its own: it runs unless the targets leave pyproxy out.
+    scrape = METRICS_SCRAPE in scens and any(t.startswith("pyproxy") for t in targets)
+    if METRICS_SCRAPE in scens and not scrape:
+        log(f"{METRICS_SCRAPE} skipped: the targets leave every pyproxy out")
+    scens = [s for s in scens if s in SCENARIOS]
+    fd_soft, fd_hard = raise_fd_limit()
+    most_conns = max((SCENARIOS[s].conns for s in scens), default=0)
+    if fd_soft < 2 * most_conns + 256:  # downstream + upstream sockets, and some to spare
+        log(f"warning: open files limited to {fd_soft} (hard limit {fd_hard}); "
+            f"c={most_conns} may fail for lack of file descriptors")
     skipped = []
     for t in ("nginx", "haproxy", "envoy"):
         tool = TARGETS[t].tool
@@ -110,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = {"rounds": args.rounds, "warm": args.warm, "dur": args.dur, "quick": args.quick,
               "quiet_max": args.quiet_max, "quiet_wait": args.quiet_wait,
               "max_tries": args.max_tries, "budget_min": args.budget, "targets": targets,
-              "scenarios": scens,
+              "scenarios": scens + ([METRICS_SCRAPE] if scrape else []),
+              "scrape_interval": args.scrape_interval, "fd_limit": [fd_soft, fd_hard],
               "command": "bash loadtests/bench/run.sh " + " ".join(sys.argv[2:])}
     meta: dict[str, Any] = {"machine": machine_info(), "versions": tool_versions(tools),
                             "tools": tools, "params": params}
@@ -121,18 +137,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in started.cfg.values():
         shutil.copy(path, out / "configs" / path.name)
     runs: list[Run] = []
+    scraped: dict[str, Any] | None = None
     deadline = t_start + args.budget * 60
     # hard limit: everything (incl. a stuck tool) ends by budget + 5 min
     signal.alarm(int(args.budget * 60 + 300))
     try:
         started.start_origin()
         log(f"origin up on 127.0.0.1:{started.L.origin_p1} and :{started.L.origin_p2} "
-            f"(core {LOAD_CPU}); targets {', '.join(targets)}; scenarios {', '.join(scens)}; "
+            f"(core {LOAD_CPU}); targets {', '.join(targets)}; "
+            f"scenarios {', '.join(params['scenarios'])}; "
             f"{args.rounds} round(s) of {args.warm:g}+{args.dur:g} s")
         if not run_rounds(args, bench, targets, scens, out, run, runs, skipped, deadline):
             skipped.append(f"time budget of {args.budget:g} min reached; "
                            "later runs not measured")
             log(skipped[-1])
+        elif scrape:
+            scraped = run_metrics_scrape(args, bench, out, run, skipped, deadline)
     except Deadline:
         skipped.append("hard time limit reached")
         log("hard time limit reached; stopping")
@@ -154,10 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta["wall_s"] = round(time.monotonic() - t_start, 1)
     summ = summarize(runs, targets, scens)
     chk = checks(summ)
-    md = render_md(meta, summ, chk, [t for t in TARGETS if t in targets], scens)
+    md = render_md(meta, summ, chk, [t for t in TARGETS if t in targets], scens, scraped)
     (out / "latest.md").write_text(md)
     (out / "latest.json").write_text(json.dumps(
-        {"meta": meta, "summary": summ, "checks": chk, "runs": runs}, indent=1, default=str))
+        {"meta": meta, "summary": summ, "checks": chk, "metrics_scrape": scraped, "runs": runs},
+        indent=1, default=str))
     print(md)
     log(f"wrote {out / 'latest.md'} and latest.json in {meta['wall_s'] / 60:.1f} min")
     return 0
@@ -169,10 +190,14 @@ def run_rounds(args: argparse.Namespace, bench: Bench, targets: list[str], scens
     """Every scenario × round × target into runs; False when the time budget cut it short.
     A target that fails to start is skipped for the rest of the bench."""
     broken: set[str] = set()
-    runs_left = len(scens) * args.rounds * len(targets)
+    runs_left = sum(len(scenario_targets(s, targets)) for s in scens) * args.rounds
     for scen in scens:
+        chosen = scenario_targets(scen, targets)
+        if not chosen:
+            log(f"{scen}: none of its targets ({', '.join(SCENARIOS[scen].targets or ())}) "
+                "selected; skipped")
         for rnd in range(1, args.rounds + 1):
-            for t in (targets if rnd % 2 else targets[::-1]):
+            for t in (chosen if rnd % 2 else chosen[::-1]):
                 if time.monotonic() > deadline:
                     return False
                 runs_left -= 1
@@ -190,6 +215,29 @@ def run_rounds(args: argparse.Namespace, bench: Bench, targets: list[str], scens
     return True
 
 
+def scenario_targets(scen: str, targets: list[str]) -> list[str]:
+    """The selected targets scen runs against, in report order."""
+    only = SCENARIOS[scen].targets
+    return [t for t in targets if only is None or t in only]
+
+
+def run_metrics_scrape(args: argparse.Namespace, bench: Bench, out: Path, run: Path,
+                       skipped: list[str], deadline: float) -> dict[str, Any] | None:
+    """The metrics_scrape measurement (metrics_scrape.py); None when it could not be made."""
+    if time.monotonic() > deadline:
+        skipped.append(f"{METRICS_SCRAPE}: time budget reached")
+        return None
+    log(f"{METRICS_SCRAPE}: pyproxy with 1,000 routes, {args.rounds} pair(s) of runs "
+        f"without and with a scrape every {args.scrape_interval:g} s")
+    try:
+        return measure_metrics_scrape(bench, out / "raw", args.rounds, args.scrape_interval,
+                                      deadline)
+    except (RuntimeError, OSError, http.client.HTTPException) as e:
+        log(f"{METRICS_SCRAPE} failed: {e}\n{_tail(run / 'logs' / 'pyproxy_1k.log')}")
+        skipped.append(f"{METRICS_SCRAPE}: failed ({e})")
+        return None
+
+
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -205,8 +253,11 @@ def main() -> int:
     r.add_argument("--rounds", type=int, default=0)
     r.add_argument("--warm", type=float, default=None, help="warm-up seconds per run")
     r.add_argument("--dur", type=float, default=None, help="measured seconds per run")
-    r.add_argument("--targets", default="", help=f"comma list from {','.join(TARGETS)}")
-    r.add_argument("--scenarios", default="", help=f"comma list from {','.join(SCENARIOS)}")
+    r.add_argument("--targets", default="", help=f"comma list from {','.join(ROUND_TARGETS)}")
+    r.add_argument("--scenarios", default="",
+                   help=f"comma list from {','.join(ALL_SCENARIOS)}")
+    r.add_argument("--scrape-interval", type=float, default=1.0,
+                   help="seconds between /metrics scrapes in metrics_scrape")
     r.add_argument("--quiet-max", type=float, default=10.0,
                    help="foreign load limit, %% of one core")
     r.add_argument("--quiet-wait", type=float, default=None,

@@ -1,7 +1,8 @@
 """What every part of the bench shares: where things are, which core does what, the run log,
 and running a command with a time limit.
 
-Only the standard library is used anywhere in the bench.
+Only the standard library is used anywhere in the bench, but for metrics_scrape.py's check of
+the scraped text with prometheus_client (a dependency of pyproxy, in the venv run.sh uses).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ LOAD_CPU = int(os.environ.get("BENCH_LOAD_CPU", "0"))
 PROXY_CPU = int(os.environ.get("BENCH_PROXY_CPU", "1"))
 # Where apt puts nginx/haproxy/wrk, also when the caller's PATH lacks the sbin directories.
 SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# wrk's kinds of socket error, in the order it prints their counts.
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
 
 _log_file: Path | None = None
 

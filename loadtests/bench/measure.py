@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import LOAD_CPU, log, require
+from common import LOAD_CPU, SOCKET_ERRORS, log, require
 from processes import pinned_to
 from report import fmt_us
 from targets import SCENARIOS, Targets
@@ -189,7 +189,9 @@ def parse_wrk(out: str) -> Run:
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     r["non2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    r["sock_errors"] = sum(map(int, m.groups())) if m else 0
+    counts = [int(n) for n in m.groups()] if m else [0, 0, 0, 0]
+    r["sock_errors_by"] = dict(zip(SOCKET_ERRORS, counts, strict=True))
+    r["sock_errors"] = sum(counts)
     return r
 
 
@@ -207,10 +209,13 @@ class Bench:
         self.wait_left = getattr(args, "wait_budget", 0) or 600.0
         self.quiet_failures = 0
 
-    def wrk(self, conns: int, secs: float, url: str, latency: bool) -> tuple[int, str]:
+    def wrk(self, conns: int, secs: float, url: str, latency: bool,
+            script: Path | None = None) -> tuple[int, str]:
         argv = [require("wrk"), "-t1", f"-c{conns}", f"-d{secs:g}s", "--timeout", "5s"]
         if latency:
             argv.append("--latency")
+        if script is not None:
+            argv += ["-s", str(script)]
         argv.append(url)
         procs = self.targets.procs
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -225,19 +230,25 @@ class Bench:
         procs.procs.pop("wrk", None)
         return p.returncode, out
 
+    def wait_for_quiet(self, pid: int | None) -> dict[str, Any]:
+        """The quiet guard before a run, within what is left of the waiting budget."""
+        a = self.args
+        wait = a.quiet_wait if not self.busy else min(a.quiet_wait, 5.0)
+        limit = max(1.0, min(wait, self.wait_left))
+        quiet = self.acct.wait_quiet(pid, self.targets.origin_pid, a.quiet_max, limit)
+        self.wait_left -= quiet["waited_s"]
+        self.busy = not quiet["quiet"]
+        self.quiet_failures += 0 if quiet["quiet"] else 1
+        return quiet
+
     def attempt(self, scen: str, t: str) -> Run:
-        conns, path, _, _ = SCENARIOS[scen]
+        conns, path = SCENARIOS[scen].conns, SCENARIOS[scen].path
         a = self.args
         tg = self.targets
         pid = tg.start_target(t)
         url = f"http://127.0.0.1:{tg.L.port(t)}{path}"
         try:
-            wait = a.quiet_wait if not self.busy else min(a.quiet_wait, 5.0)
-            limit = max(1.0, min(wait, self.wait_left))
-            quiet = self.acct.wait_quiet(pid, tg.origin_pid, a.quiet_max, limit)
-            self.wait_left -= quiet["waited_s"]
-            self.busy = not quiet["quiet"]
-            self.quiet_failures += 0 if quiet["quiet"] else 1
+            quiet = self.wait_for_quiet(pid)
             self.wrk(conns, a.warm, url, latency=False)
             s0 = self.acct.snapshot(pid, tg.origin_pid)
             rc, out = self.wrk(conns, a.dur, url, latency=True)
@@ -249,6 +260,9 @@ class Bench:
             tg.stop_target(t)
         w = window(s0, s1)
         r = parse_wrk(out)
+        access_log = tg.take_access_log(t)
+        if access_log is not None:
+            r["access_log"] = access_log  # bytes and lines, warm-up and checks included
         r.update(wrk_rc=rc, quiet_before=quiet, rss_kib=rss, alive=alive,
                  cpu={k: round(w[k], 3) for k in ("target", "origin", "children", "self",
                                                    "ksoftirqd", "foreign", "wall")},

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from common import SOCKET_ERRORS
 from targets import SCENARIOS, TARGETS
 
 Run = dict[str, Any]  # one run's figures, as written to latest.json
@@ -30,6 +31,11 @@ def fmt_us(x: float | None) -> str:
     return "–" if x is None else f"{x:,.0f} µs"
 
 
+def fmt_ms(us: float | None) -> str:
+    """Microseconds shown as milliseconds (the latencies at c=800 and of scrapes)."""
+    return "–" if us is None else f"{us / 1e3:,.1f} ms"
+
+
 def _ratio(x: Run, y: Run) -> float | None:
     return (x["rps"] / y["rps"]) if x.get("rps") and y.get("rps") else None
 
@@ -40,6 +46,12 @@ def _added(key: str) -> Callable[[Run, Run], float | None]:
             return None
         return float(x[key] - y[key])
     return diff
+
+
+def _log_line_bytes(r: Run) -> float | None:
+    """The mean access log line of a run, in bytes (the proof that the log was written)."""
+    log = r.get("access_log")
+    return log["bytes"] / log["lines"] if log and log["lines"] else None
 
 
 def summarize(runs: list[Run], targets: list[str], scens: list[str]) -> dict[str, Any]:
@@ -79,6 +91,9 @@ def summarize(runs: list[Run], targets: list[str], scens: list[str]) -> dict[str
                 "retried_rounds": sum(1 for r in rr if len(r.get("tries", [])) > 1),
                 "non2xx": sum(r.get("non2xx", 0) for r in rr),
                 "sock_errors": sum(r.get("sock_errors", 0) for r in rr),
+                "sock_errors_by": {kind: sum(r.get("sock_errors_by", {}).get(kind, 0)
+                                             for r in rr) for kind in SOCKET_ERRORS},
+                "access_log_line_bytes": med([_log_line_bytes(r) for r in rr]),
                 "errors": errs,
                 "x_nginx": med(per_round(scen, t, "nginx", _ratio)),
                 "x_envoy": med(per_round(scen, t, "envoy", _ratio)),
@@ -89,7 +104,8 @@ def summarize(runs: list[Run], targets: list[str], scens: list[str]) -> dict[str
     rss: dict[str, float | None] = {}
     for t in targets:
         vals = [r["rss_kib"] for r in runs
-                if r["target"] == t and "error" not in r and r.get("rss_kib")]
+                if r["target"] == t and "error" not in r and r.get("rss_kib")
+                and not SCENARIOS[r["scenario"]].scale]
         rss[t] = max(vals) / 1024 if vals else None
     return {"cells": S, "rss_mib": rss}
 
@@ -145,13 +161,41 @@ def checks(summ: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"(c) within 15% of (b), {lbl}", x, 0.85, lambda v: v >= 0.85,
             f"{fmt(x, 2)}× ({fmt(c.get('rps'))} vs {fmt(b.get('rps'))} rps)",
             noisy(f"{scen}/pyproxy_c", f"{scen}/pyproxy_b"))
+    logged, b = cell("c50_3b/pyproxy_b_log"), cell("c50_3b/pyproxy_b")
+    x = logged.get("x_b")
+    add("(b) with the access log on within 10% of log off, c=50, 3 B", x, 0.9,
+        lambda v: v >= 0.9,
+        f"{fmt(x, 2)}× ({fmt(logged.get('rps'))} vs {fmt(b.get('rps'))} rps; "
+        f"{fmt(logged.get('access_log_line_bytes'))} B per log line)",
+        noisy("c50_3b/pyproxy_b_log", "c50_3b/pyproxy_b"))
+    t7 = cell("c800_3b/pyproxy_b")
+    errors = t7_errors(t7)
+    add("T7: 800 connections, no errors", errors, 0, lambda v: v == 0,
+        f"{fmt(errors)} errors ({error_kinds(t7)}); {fmt(t7.get('rps'))} rps, "
+        f"p99 {fmt_ms(t7.get('p99'))}, peak RSS {fmt(t7.get('rss_mib'), 1)} MiB"
+        if t7 else "not measured", noisy("c800_3b/pyproxy_b"))
     return out
 
 
+def t7_errors(c: Cell) -> int | None:
+    """wrk's errors over a cell's runs (socket errors and non-2xx), plus its failed runs;
+    None when it was not measured."""
+    if not c:
+        return None
+    return int(c["sock_errors"] + c["non2xx"] + len(c["errors"]))
+
+
+def error_kinds(c: Cell) -> str:
+    kinds = [f"{kind} {n}" for kind, n in c.get("sock_errors_by", {}).items()]
+    failed = f", {len(c['errors'])} failed run(s)" if c.get("errors") else ""
+    return ", ".join([*kinds, f"non-2xx {c.get('non2xx', 0)}"]) + failed
+
+
 def render_md(meta: dict[str, Any], summ: dict[str, Any], chk: list[dict[str, Any]],
-              targets: list[str], scens: list[str]) -> str:
+              targets: list[str], scens: list[str],
+              scrape: dict[str, Any] | None = None) -> str:
     """results/latest.md: the header (machine, tools, noise), the summary table, the checks,
-    one table per scenario, notes."""
+    one table per scenario, the scale section (T7, T19), notes."""
     C, rss = summ["cells"], summ["rss_mib"]
     m, v, p = meta["machine"], meta["versions"], meta["params"]
     L = []
@@ -167,8 +211,9 @@ def render_md(meta: dict[str, Any], summ: dict[str, Any], chk: list[dict[str, An
              f"(wait ≤ {p['quiet_wait']:g} s, ≤ {p['max_tries']} tries)"
              + (" — **quick mode**" if p["quick"] else ""))
     L.append(f"- **command** `{p['command']}` · wall time {meta.get('wall_s', 0) / 60:.1f} min")
-    L.append("- pyproxy runs with `access_log: {format: \"off\"}` (no access log); "
-             "metrics are always on.")
+    L.append("- pyproxy runs with `access_log: {format: \"off\"}` (no access log), except "
+             "(b) + access log: no `access_log` key, the default JSON lines on stdout, which "
+             "the bench sends to a file; metrics are always on.")
     n = meta.get("noise", {})
     if n.get("runs"):
         verdict = ("quiet machine" if not n["noisy_runs"] else
@@ -225,7 +270,9 @@ def render_md(meta: dict[str, Any], summ: dict[str, Any], chk: list[dict[str, An
 
     L.append("## Per scenario\n")
     for s in scens:
-        L.append(f"### {SCENARIOS[s][3]} (`{SCENARIOS[s][1]}`)\n")
+        if SCENARIOS[s].scale:
+            continue  # in the scale section
+        L.append(f"### {SCENARIOS[s].title} (`{SCENARIOS[s].path}`)\n")
         L.append("| target | rps (min–max) | ×nginx | ×Envoy | p50 µs | p99 µs "
                  "| added p50 / p99 µs | MiB/s | target CPU % | CPU µs/req | foreign % max "
                  "| noisy / retried | errors |")
@@ -234,6 +281,8 @@ def render_md(meta: dict[str, Any], summ: dict[str, Any], chk: list[dict[str, An
             if f"{s}/{t}" in C:
                 L.append(_scenario_row(t, C[f"{s}/{t}"]))
         L.append("")
+
+    L += _scale_md(C, [s for s in scens if SCENARIOS[s].scale], targets, scrape)
 
     L.append("## Notes\n")
     L.append("- Origin: nginx, one process on the load core with wrk; it answers `ok\\n` at `/` "
@@ -271,3 +320,82 @@ def _scenario_row(t: str, c: Cell) -> str:
             f"| {fmt(c['mib_per_s'])} | {fmt(c['cpu_pct'])}{' (origin)' if t == 'direct' else ''} "
             f"| {cpu} | {fmt(c['foreign_pct_max'])} | {c['noisy_rounds']} / {c['retried_rounds']} "
             f"| {'; '.join(errs)[:200] or ''} |")
+
+
+def _scale_md(C: dict[str, Cell], scale_scens: list[str], targets: list[str],
+              scrape: dict[str, Any] | None) -> list[str]:
+    """The scale section: T7 (800 connections) per target, and T19 (metrics_scrape)."""
+    if not scale_scens and scrape is None:
+        return []
+    L = ["## Scale: 800 connections and /metrics with 1,000 routes\n"]
+    for s in scale_scens:
+        L.append(f"### T7: {SCENARIOS[s].title} (`{SCENARIOS[s].path}`)\n")
+        L.append("| target | rps (min–max) | p50 | p99 | errors: connect / read / write / timeout "
+                 "/ non-2xx | peak RSS MiB | target CPU % | noisy / retried |")
+        L.append("|---|---:|---:|---:|---|---:|---:|---:|")
+        for t in targets:
+            c = C.get(f"{s}/{t}")
+            if c is None:
+                continue
+            by = c["sock_errors_by"]
+            errs = " / ".join(str(by[k]) for k in SOCKET_ERRORS) + f" / {c['non2xx']}"
+            if c["errors"]:
+                errs += f"; {'; '.join(c['errors'])[:200]}"
+            spread = (f"{fmt(c['rps'])} ({fmt(c['rps_min'])}–{fmt(c['rps_max'])})"
+                      if c["rps"] else "–")
+            L.append(f"| {TARGETS[t].label} | {spread} | {fmt_ms(c['p50'])} | {fmt_ms(c['p99'])} "
+                     f"| {errs} | {fmt(c['rss_mib'], 1)} | {fmt(c['cpu_pct'])} "
+                     f"| {c['noisy_rounds']} / {c['retried_rounds']} |")
+        L.append("")
+        L.append("wrk `-t1 -c800`, keep-alive, each target alone on its core as in the other "
+                 "scenarios. Errors are wrk's (socket errors by kind, non-2xx responses) summed "
+                 "over the rounds; peak RSS is VmHWM of these runs only (they are left out of "
+                 "the per-target peak RSS above).\n")
+    if scrape is not None:
+        L += _scrape_md(scrape)
+    return L
+
+
+def _scrape_md(m: dict[str, Any]) -> list[str]:
+    sc, idle, parse = m["scrape"], m["idle_scrape"], m["parse"]
+
+    def ms(x: float | None) -> str:
+        return "–" if x is None else f"{x:,.1f} ms"
+
+    parsed = (f"valid ({parse['families']} families, {parse['samples']:,} samples)"
+              if parse.get("ok") else f"**not parsed**: {parse.get('error')}")
+    L = ["### T19: `/metrics` with 1,000 routes under load\n",
+         f"pyproxy with {m['routes']:,} path-prefix routes (each a 90/10 split over the "
+         f"origin's two ports), wrk c={m['conns']} rotating over {m['routes_with_traffic']} of "
+         f"them; a scraper on the load core fetches `/metrics` every {m['interval_s']:g} s on a "
+         "new connection during the scraped runs.\n",
+         "| | result |", "|---|---|",
+         f"| scrape latency under load, p50 / p99 / max | {ms(sc['p50_ms'])} / "
+         f"{ms(sc['p99_ms'])} / {ms(sc['max_ms'])} ({sc['count']} scrapes, "
+         f"{m['scrape_failures']} failed) |",
+         f"| scrape latency idle, p50 / max | {ms(idle['p50_ms'])} / {ms(idle['max_ms'])} "
+         f"({idle['count']} scrapes) |",
+         f"| body | {m['body_bytes'] / 1024:,.0f} KiB, {m['series']:,} series lines; "
+         f"prometheus_client's parser: {parsed} |",
+         f"| rps without → with scrapes | {fmt(m['rps_quiet'])} → {fmt(m['rps_scraped'])} "
+         f"({fmt(m['rps_ratio'], 2)}×, median of the per-round ratios) |",
+         f"| proxied p99 without → with scrapes | {fmt_ms(m['p99_quiet'])} → "
+         f"{fmt_ms(m['p99_scraped'])} |",
+         f"| target CPU % without / with scrapes | {fmt(m['cpu_pct_quiet'])} / "
+         f"{fmt(m['cpu_pct_scraped'])} |",
+         f"| proxied errors (wrk) | {m['errors']} |",
+         f"| peak RSS | {fmt(m['rss_mib'], 1)} MiB"
+         + ("" if m["alive"] else " (**the proxy died during the runs**)") + " |",
+         ""]
+    L.append("| round | scrapes | rps | p50 | p99 | target CPU % | scrapes done | "
+             "scrape p50 / p99 / max | foreign % |")
+    L.append("|---:|---|---:|---:|---:|---:|---:|---|---:|")
+    for w in m["windows"]:
+        s = w.get("scrapes")
+        lat = (f"{ms(s['p50_ms'])} / {ms(s['p99_ms'])} / {ms(s['max_ms'])}" if s else "–")
+        L.append(f"| {w['round']} | {'with' if w['scraping'] else 'without'} "
+                 f"| {fmt(w.get('rps'))} | {fmt_ms(w.get('p50'))} | {fmt_ms(w.get('p99'))} "
+                 f"| {fmt(w.get('cpu_pct'))} | {s['count'] if s else '–'} | {lat} "
+                 f"| {fmt(w.get('foreign_pct'))}{' (noisy)' if w.get('noisy') else ''} |")
+    L.append("")
+    return L

