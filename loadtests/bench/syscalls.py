@@ -58,10 +58,14 @@ end
 _ACCESS_LOG_OFF = 'access_log: {format: "off"}'
 _ACCESS_LOG_ON = "access_log: {format: json}"
 
+# Any bench target with something to attach to, and (b) with the access log on.
 TARGET_LABELS = {
     "nginx": "nginx",
+    "pyproxy_a": "pyproxy (a)",
     "pyproxy_b": "pyproxy (b)",
     "pyproxy_b_log": "pyproxy (b) + access log",
+    "pyproxy_c": "pyproxy (c)",
+    "haproxy": "HAProxy",
 }
 
 # One row of `strace -c`'s table: % time, seconds, usecs/call, calls, [errors], syscall.
@@ -121,6 +125,8 @@ class Counter:
         """wrk's report of a run of secs seconds, or, with a budget, of a run stopped once
         that many responses have come back (secs is then the time limit)."""
         argv = [require("wrk"), "-t1", f"-c{self.args.conns}", f"-d{secs:g}s", "--timeout", "5s"]
+        if self.args.close:
+            argv += ["-H", "Connection: close"]  # a new client connection per request
         flag = self.run / "budget-reached"
         flag.unlink(missing_ok=True)
         env = None
@@ -256,6 +262,9 @@ def main() -> int:
                     help="strace -f -c (ptrace: stops the target at every syscall, so it runs "
                          "~10x slower and batches more per loop turn), or perf trace -s "
                          "(tracepoints: close to full speed; needs perf and root)")
+    ap.add_argument("--close", action="store_true",
+                    help="send Connection: close: one client connection per request, to count "
+                         "what a connection costs")
     ap.add_argument("--warm", type=float, default=1.0, help="unstraced warm-up seconds")
     ap.add_argument("--max-secs", type=float, default=60.0,
                     help="time limit of each counted run (wrk -d)")
@@ -297,7 +306,8 @@ def main() -> int:
         targets.procs.stop_all()
         shutil.rmtree(run, ignore_errors=True)
     how = "strace -f -c" if args.tracer == "strace" else "perf trace -s"
-    print(f"Syscalls per request, wrk -t1 -c{args.conns} GET / (3 B body), "
+    close = ", Connection: close" if args.close else ""
+    print(f"Syscalls per request, wrk -t1 -c{args.conns} GET / (3 B body{close}), "
           f"~{args.requests} requests per target under `{how}`:\n")
     print(table(results))
     return 0
