@@ -28,6 +28,11 @@ from pyproxy.outcome import RequestOutcome
 FORMATS = ("json", "text", "off")
 MAX_PENDING = 100_000  # lines waiting for the writer; beyond this they are dropped
 BATCH_LINES = 1000  # lines per write() call: few syscalls, bounded memory per batch
+# After writing a batch the writer rests this long before waiting for more. Woken per line,
+# it took the GIL back from the event loop for every request or two: ~3 futex calls and
+# 0.4 write() per request at c=50 (docs/performance.md, "Syscalls per request"). Resting
+# lets lines gather into one wake-up and one write(); a line waits at most this much longer.
+BATCH_PAUSE = 0.05
 
 
 class _Timestamps:
@@ -110,6 +115,7 @@ class AccessLog:
             if self._closing:
                 self._drain()  # anything appended between the drain and the flag check
                 return
+            time.sleep(BATCH_PAUSE)
 
     def _drain(self) -> None:
         pending = self._pending
