@@ -72,6 +72,17 @@ class Proxy:
         self.access_log = access_log
         self.rng = rng or random.Random()
         self.mirroring = mirror.Mirroring(stats, self.rng)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once: ``asyncio.get_running_loop()`` (and
+        ``current_task()`` without a loop) make a getpid() syscall on Python 3.11, to notice
+        a fork, which a request in a Task paid four times (docs/performance.md, "Syscalls per
+        request")."""
+        loop = self._loop
+        if loop is None or not loop.is_running():  # first request, or a new loop since
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # ------------------------------------------------------------------ entry
 
@@ -353,7 +364,7 @@ class Proxy:
         admission = backend.runtime.admission
         admission.admit_request(self.stats)
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._running_loop()
             deadline = loop.time() + route.timeout if route.timeout else None
             websocket = exchange.is_websocket and route.route.websocket
             request_head = self._request_head(head, route, backend, websocket,
@@ -368,7 +379,7 @@ class Proxy:
                                 debug: bool, outcome: RequestOutcome, deadline: float | None,
                                 request_head: bytes, underway: Underway | None) -> None:
         """Attempts until one's response stands (or the retries run out), then relay it."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         service = backend.runtime
         admission = service.admission
         retrying = False  # a retry slot is held for the current attempt
@@ -424,7 +435,7 @@ class Proxy:
                     try:
                         conn, response, pump = await upstream.attempt(
                             exchange, endpoint, admission, self.stats, request_head, body,
-                            attempt_deadline, is_head, sent, replay_stale=replay_stale)
+                            attempt_deadline, is_head, loop, sent, replay_stale=replay_stale)
                     except UpstreamConnectFailure as exc:
                         error, failure = exc, "connect-failure"
                     except UpstreamReset as exc:
