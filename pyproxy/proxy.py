@@ -394,6 +394,13 @@ class Proxy:
         # A policy that retries resets counts every try, a keep-alive race included: the
         # backend sees exactly the tries the policy allows (Gateway API retry conformance).
         replay_stale = policy is None or max_attempts == 1 or "reset" not in policy.retry_on
+        if body is STREAMED and _arrived_whole(exchange):
+            # A small body that came in with its head is sent in the same write, not by a
+            # pump task one loop turn later (one write() per request fewer). Everything else
+            # treats it as streamed: no retry or mirror copy gets it (``replayable`` stays
+            # False), nor a keep-alive-race replay (``replay_stale``).
+            body = await self._prepare_body(exchange, _WHOLE_BODY_MAX)
+            replay_stale = False
         per_try = policy.per_try_timeout if policy is not None else None
         attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
             else None
@@ -626,6 +633,18 @@ class Proxy:
         finally:
             conn.abort()
             tunnel.close()
+
+
+# Largest body taken whole when it has all arrived (``_arrived_whole``); a larger one is
+# streamed, to not copy it into one bytes object.
+_WHOLE_BODY_MAX = 64 * 1024
+
+
+def _arrived_whole(exchange: Exchange) -> bool:
+    """The request's body has all been received (it came in the reads that brought its head)
+    and is small: reading it now does not wait."""
+    length = exchange.content_length
+    return length is not None and length <= _WHOLE_BODY_MAX and exchange.bytes_in == length
 
 
 def _new_outcome(head: RequestHead) -> RequestOutcome:
