@@ -46,6 +46,11 @@ from targets import Targets
 _BUDGET_LUA = """
 local budget = tonumber(os.getenv("SYSCALLS_BUDGET"))
 local flag = os.getenv("SYSCALLS_FLAG")
+local post = tonumber(os.getenv("SYSCALLS_POST") or "")
+if post then
+  wrk.method = "POST"
+  wrk.body = string.rep("x", post)
+end
 local seen = 0
 function response(status, headers, body)
   seen = seen + 1
@@ -133,6 +138,8 @@ class Counter:
         if budget is not None:
             argv += ["-s", str(self.lua)]
             env = dict(os.environ, SYSCALLS_BUDGET=str(budget), SYSCALLS_FLAG=str(flag))
+            if self.args.post is not None:
+                env["SYSCALLS_POST"] = str(self.args.post)
         procs = self.targets.procs
         (self.run / "logs" / "wrk.log").unlink(missing_ok=True)  # Procs appends to logs
         p = procs.start("wrk", [*argv, url], LOAD_CPU, env=env)
@@ -265,6 +272,9 @@ def main() -> int:
     ap.add_argument("--close", action="store_true",
                     help="send Connection: close: one client connection per request, to count "
                          "what a connection costs")
+    ap.add_argument("--post", type=int, metavar="BYTES",
+                    help="POST a body of BYTES instead of GET (a request with a body takes "
+                         "pyproxy's Task path, not the fast path)")
     ap.add_argument("--warm", type=float, default=1.0, help="unstraced warm-up seconds")
     ap.add_argument("--max-secs", type=float, default=60.0,
                     help="time limit of each counted run (wrk -d)")
@@ -307,7 +317,8 @@ def main() -> int:
         shutil.rmtree(run, ignore_errors=True)
     how = "strace -f -c" if args.tracer == "strace" else "perf trace -s"
     close = ", Connection: close" if args.close else ""
-    print(f"Syscalls per request, wrk -t1 -c{args.conns} GET / (3 B body{close}), "
+    request = "GET /" if args.post is None else f"POST / ({args.post} B body)"
+    print(f"Syscalls per request, wrk -t1 -c{args.conns} {request}, 3 B response{close}, "
           f"~{args.requests} requests per target under `{how}`:\n")
     print(table(results))
     return 0
