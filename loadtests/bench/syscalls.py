@@ -38,7 +38,7 @@ from pathlib import Path
 
 from common import LOAD_CPU, PROXY_CPU, SYS_PATH, VENV_PY, Deadline, log, require, run_cmd, which
 from measure import descendants, parse_wrk
-from targets import Targets
+from targets import BODIES, Targets
 
 # wrk -t1: once the budget of responses has come back, drop a file; the counter then stops
 # wrk with SIGINT, on which wrk prints its report, with the exact number of responses it read
@@ -178,7 +178,7 @@ class Counter:
     def count(self, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
         """(requests wrk completed, {syscall: (calls, errors)}) for one target."""
         pid, port = self.start(name)
-        url = f"http://127.0.0.1:{port}/"
+        url = f"http://127.0.0.1:{port}{self.args.path}"
         try:
             self.wrk(url, self.args.warm, None)
             summary = self.run / f"{self.args.tracer}-{name}.txt"
@@ -272,6 +272,8 @@ def main() -> int:
     ap.add_argument("--close", action="store_true",
                     help="send Connection: close: one client connection per request, to count "
                          "what a connection costs")
+    ap.add_argument("--path", default="/", choices=sorted(BODIES),
+                    help="what to GET from the origin: / (3 B), /4k, /1m (default /)")
     ap.add_argument("--post", type=int, metavar="BYTES",
                     help="POST a body of BYTES instead of GET (a request with a body takes "
                          "pyproxy's Task path, not the fast path)")
@@ -317,8 +319,9 @@ def main() -> int:
         shutil.rmtree(run, ignore_errors=True)
     how = "strace -f -c" if args.tracer == "strace" else "perf trace -s"
     close = ", Connection: close" if args.close else ""
-    request = "GET /" if args.post is None else f"POST / ({args.post} B body)"
-    print(f"Syscalls per request, wrk -t1 -c{args.conns} {request}, 3 B response{close}, "
+    request = f"GET {args.path}" if args.post is None else f"POST {args.path} ({args.post} B body)"
+    print(f"Syscalls per request, wrk -t1 -c{args.conns} {request}, {BODIES[args.path]} B "
+          f"response{close}, "
           f"~{args.requests} requests per target under `{how}`:\n")
     print(table(results))
     return 0
