@@ -72,6 +72,17 @@ class Proxy:
         self.access_log = access_log
         self.rng = rng or random.Random()
         self.mirroring = mirror.Mirroring(stats, self.rng)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once: ``asyncio.get_running_loop()`` (and
+        ``current_task()`` without a loop) make a getpid() syscall on Python 3.11, to notice
+        a fork, which a request in a Task paid four times (docs/performance.md, "Syscalls per
+        request")."""
+        loop = self._loop
+        if loop is None or not loop.is_running():  # first request, or a new loop since
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # ------------------------------------------------------------------ entry
 
@@ -353,7 +364,7 @@ class Proxy:
         admission = backend.runtime.admission
         admission.admit_request(self.stats)
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._running_loop()
             deadline = loop.time() + route.timeout if route.timeout else None
             websocket = exchange.is_websocket and route.route.websocket
             request_head = self._request_head(head, route, backend, websocket,
@@ -368,7 +379,7 @@ class Proxy:
                                 debug: bool, outcome: RequestOutcome, deadline: float | None,
                                 request_head: bytes, underway: Underway | None) -> None:
         """Attempts until one's response stands (or the retries run out), then relay it."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         service = backend.runtime
         admission = service.admission
         retrying = False  # a retry slot is held for the current attempt
@@ -383,6 +394,13 @@ class Proxy:
         # A policy that retries resets counts every try, a keep-alive race included: the
         # backend sees exactly the tries the policy allows (Gateway API retry conformance).
         replay_stale = policy is None or max_attempts == 1 or "reset" not in policy.retry_on
+        if body is STREAMED and _arrived_whole(exchange):
+            # A small body that came in with its head is sent in the same write, not by a
+            # pump task one loop turn later (one write() per request fewer). Everything else
+            # treats it as streamed: no retry or mirror copy gets it (``replayable`` stays
+            # False), nor a keep-alive-race replay (``replay_stale``).
+            body = await self._prepare_body(exchange, _WHOLE_BODY_MAX)
+            replay_stale = False
         per_try = policy.per_try_timeout if policy is not None else None
         attempt_fault = route.fault if route.fault is not None and route.fault.scope == "attempt" \
             else None
@@ -424,7 +442,7 @@ class Proxy:
                     try:
                         conn, response, pump = await upstream.attempt(
                             exchange, endpoint, admission, self.stats, request_head, body,
-                            attempt_deadline, is_head, sent, replay_stale=replay_stale)
+                            attempt_deadline, is_head, loop, sent, replay_stale=replay_stale)
                     except UpstreamConnectFailure as exc:
                         error, failure = exc, "connect-failure"
                     except UpstreamReset as exc:
@@ -615,6 +633,18 @@ class Proxy:
         finally:
             conn.abort()
             tunnel.close()
+
+
+# Largest body taken whole when it has all arrived (``_arrived_whole``); a larger one is
+# streamed, to not copy it into one bytes object.
+_WHOLE_BODY_MAX = 64 * 1024
+
+
+def _arrived_whole(exchange: Exchange) -> bool:
+    """The request's body has all been received (it came in the reads that brought its head)
+    and is small: reading it now does not wait."""
+    length = exchange.content_length
+    return length is not None and length <= _WHOLE_BODY_MAX and exchange.bytes_in == length
 
 
 def _new_outcome(head: RequestHead) -> RequestOutcome:

@@ -69,9 +69,9 @@ class UpstreamConnection(asyncio.Protocol):
         "upgraded",
     )
 
-    def __init__(self, pool: EndpointPool):
+    def __init__(self, pool: EndpointPool, loop: asyncio.AbstractEventLoop):
         self.pool = pool
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         # Bare LF line ends from an upstream are accepted (RFC 9112 §2.2 MAY; nginx and
@@ -446,7 +446,8 @@ class EndpointPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port, ssl=context,
+                    # The loop is passed in: asyncio.get_running_loop() costs a getpid().
+                    lambda: UpstreamConnection(self, loop), self.host, self.port, ssl=context,
                     server_hostname=server_hostname)
         except BaseException as exc:
             self.open -= 1

@@ -87,13 +87,20 @@ class Listener:
         # (malformed, too large, too slow, over the connection cap): refusals are never
         # logged line by line, so a flood stays visible only as a count.
         self.on_reject: Callable[[int], None] | None = None
+        # The loop, looked up once rather than per connection: asyncio.get_running_loop()
+        # makes a getpid() syscall on Python 3.11 (its fork check), one per accepted
+        # connection otherwise (docs/performance.md, "Syscalls per request").
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def rejected(self, status: int) -> None:
         if self.on_reject is not None:
             self.on_reject(status)
 
     def protocol_factory(self) -> DownstreamProtocol:
-        return DownstreamProtocol(self)
+        loop = self._loop
+        if loop is None or not loop.is_running():  # first connection, or a new loop since
+            loop = self._loop = asyncio.get_running_loop()
+        return DownstreamProtocol(self, loop)
 
     def in_flight(self) -> int:
         return sum(1 for conn in self.connections if conn.busy)
@@ -133,9 +140,9 @@ class DownstreamProtocol(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, listener: Listener):
+    def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop):
         self.listener = listener
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""

@@ -175,7 +175,7 @@ class Admission:
 
 async def attempt(exchange: Exchange, endpoint: Target, admission: Admission,
                   stats: Accounting, request_head: bytes, body: bytes | None,
-                  deadline: float | None, is_head: bool,
+                  deadline: float | None, is_head: bool, loop: asyncio.AbstractEventLoop,
                   sent: UpstreamExchange | None = None, *, replay_stale: bool = True
                   ) -> tuple[UpstreamExchange, ResponseHead, asyncio.Task[None] | None]:
     """Send the request to one endpoint and wait for its response head.
@@ -184,6 +184,7 @@ async def attempt(exchange: Exchange, endpoint: Target, admission: Admission,
     ``replay_stale``: a pooled connection closed with no answer is tried once more on a
     fresh one, uncounted (keep-alive race). False when the route's retry policy retries
     resets itself: each try must then count against its attempts (GEP-1731).
+    ``loop``: the running loop, passed in because looking it up costs a getpid() syscall.
     Returns the connection, the response head and the body pump (for a streamed body,
     still running while the response is relayed)."""
     endpoint.active += 1
@@ -193,10 +194,10 @@ async def attempt(exchange: Exchange, endpoint: Target, admission: Admission,
     # hot path than asyncio.timeout's context manager (which reschedules on every use).
     timer = None
     expired: list[bool] = []
-    task = asyncio.current_task()
+    task = asyncio.current_task(loop)
     assert task is not None  # an attempt is always awaited inside a Task
     if deadline is not None:
-        timer = asyncio.get_running_loop().call_at(deadline, _expire, task, expired)
+        timer = loop.call_at(deadline, _expire, task, expired)
     try:
         if sent is None:
             conn, reused = await admission.acquire(endpoint.pool, stats)
