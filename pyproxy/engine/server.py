@@ -19,7 +19,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -475,7 +475,7 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             # absolute-form: route on its authority and replace Host with it (RFC 9112 §3.2.2)
             try:
-                url = httptools.parse_url(self._url)
+                url = cast(_ParsedTarget, httptools.parse_url(self._url))
             except httptools.HttpParserInvalidURLError:
                 raise DownstreamError("invalid request target") from None
             if url.schema is None or url.host is None:
@@ -643,6 +643,18 @@ def _status_for(exc: Exception, method: bytes = b"") -> int:
     if str(exc) == "Invalid HTTP version":
         return 505
     return 400
+
+
+class _ParsedTarget(Protocol):
+    """What httptools.parse_url returns. Its stubs declare every part as present, but an
+    absent part is None: typed as it is, since the compiled build checks these types."""
+
+    schema: bytes | None
+    host: bytes | None
+    port: int | None
+    path: bytes | None
+    query: bytes | None
+    userinfo: bytes | None
 
 
 def _normalise_host(host: str) -> str:
