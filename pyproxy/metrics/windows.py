@@ -13,7 +13,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from pyproxy.outcome import RequestOutcome
 
@@ -150,6 +150,22 @@ class Window:
                 latency = [a + b for a, b in zip(latency, self.latency[i], strict=False)]
         span = max(1, min(self.size, now - self.first + 1))
         return summarize(requests, successes, span, latency)
+
+
+def route_window_export(value: Any) -> RouteWindowExport:
+    """An entry of another worker's ``GET /api/v1/windows``, parsed from its JSON: the arrays
+    become the tuples the types promise (the compiled build checks them), and anything of
+    another shape raises ``TypeError``, ``KeyError`` or ``ValueError``."""
+
+    def sparse_of(buckets: Any) -> Sparse:
+        return [[int(bucket), int(count)] for bucket, count in buckets]
+
+    requests, successes, latency = value["totals"]
+    return RouteWindowExport(
+        route=str(value["route"]), backend=str(value["backend"]), first=int(value["first"]),
+        seconds=[(int(second), int(n), int(ok), sparse_of(buckets))
+                 for second, n, ok, buckets in value["seconds"]],
+        totals=(int(requests), int(successes), sparse_of(latency)))
 
 
 def sparse(counts: list[int]) -> Sparse:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from pyproxy.metrics.exposition import parse_exposition, render_families, workers_family
 from pyproxy.metrics.merge import FamilyLike, cumulative_only, merge_expositions, window_totals
-from pyproxy.metrics.windows import RouteWindowExport, WindowExport
+from pyproxy.metrics.windows import RouteWindowExport, WindowExport, route_window_export
 
 if TYPE_CHECKING:
     import aiohttp
@@ -130,7 +130,8 @@ class Peers:
                 continue
             try:
                 answer = json.loads(body)
-                self._seen_windows(peer.index, int(answer["pid"]), list(answer["windows"]))
+                self._seen_windows(peer.index, int(answer["pid"]),
+                                   [route_window_export(w) for w in answer["windows"]])
             except (ValueError, KeyError, TypeError) as exc:
                 logger.warning("worker %d sent windows that do not parse: %r", peer.index, exc)
         by_key: dict[tuple[str, str], list[WindowExport]] = {}
