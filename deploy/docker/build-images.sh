@@ -67,6 +67,6 @@ if [ -n "${PYPROXY_BUILD_NETWORK:-}" ]; then
 fi
 started=$(date +%s)
 DOCKER_BUILDKIT=1 "$docker" build --progress=plain "${args[@]}" . >&2
-echo "pyproxy:local built on $base (build stage: ${build_image:-the Dockerfile's default})" \
+echo "pyproxy:local built on $base (build stage on ${build_image:-python:3.11})" \
     "in $(( $(date +%s) - started )) s;" \
     "$("$docker" image inspect --format '{{.Size}}' pyproxy:local) bytes"
