@@ -25,6 +25,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -79,6 +80,17 @@ def _extension(module: str, root: Path) -> Path | None:
     return None
 
 
+def _is_checkout(root: Path) -> bool:
+    """Whether ``root`` is pyproxy's source tree. Its pyproject.toml must name pyproxy: a
+    site-packages may hold another distribution's (kubernetes_asyncio 36.1 installs one)."""
+    try:
+        with (root / "pyproject.toml").open("rb") as file:
+            project = tomllib.load(file).get("project")
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return isinstance(project, dict) and project.get("name") == "pyproxy"
+
+
 def why_pure(environ: Mapping[str, str], root: Path = _ROOT) -> str | None:
     """None when the compiled modules under ``root`` are to be used, else why not."""
     if environ.get(PURE_ENV, "") not in ("", "0"):
@@ -91,7 +103,7 @@ def why_pure(environ: Mapping[str, str], root: Path = _ROOT) -> str | None:
         return f"partly compiled ({', '.join(missing)} missing): reinstall to compile"
     # Only a source checkout (an editable install) is edited in place; an installed wheel's
     # file times say when pip unpacked it, in no useful order.
-    if (root / "pyproject.toml").exists():
+    if _is_checkout(root):
         for module in MODULES:
             source, ext = _source(module, root), built[module]
             if ext is not None and source.stat().st_mtime > ext.stat().st_mtime:

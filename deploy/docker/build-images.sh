@@ -8,6 +8,11 @@
 # can pull it, else the stand-in made from Debian packages (pyproxy-base:bookworm, built
 # here when missing). Set it to skip the guess (CI sets pyproxy-base:bookworm).
 #
+# The build stage, which compiles the hot path, runs on $PYPROXY_BUILD_IMAGE: unset, the
+# Dockerfile's default (python:3.11) on the official base, and on the Debian stand-in its
+# twin with gcc and the Python headers (pyproxy-build-base:bookworm, built here when missing):
+# both stages must have the same Python at the same path.
+#
 # This machine's settings reach only the build stage, never the image: a CA bundle for pip
 # ($PIP_CERT) as the BuildKit secret `pip_cert`, $PIP_INDEX_URL / $PIP_TRUSTED_HOST as build
 # arguments. $PYPROXY_BUILD_NETWORK (default: the engine's default) is passed as `docker
@@ -35,12 +40,20 @@ if [ -z "$base" ]; then
         base=pyproxy-base:bookworm
     fi
 fi
+build_image=${PYPROXY_BUILD_IMAGE:-}
 if [ "$base" = pyproxy-base:bookworm ]; then
     "$here/base/build-base.sh" python
+    build_image=${build_image:-pyproxy-build-base:bookworm}
+fi
+if [ "$build_image" = pyproxy-build-base:bookworm ]; then
+    "$here/base/build-base.sh" python-build
 fi
 "$here/base/build-base.sh" prometheus
 
 args=(--build-arg "BASE_IMAGE=$base" --tag pyproxy:local)
+if [ -n "$build_image" ]; then
+    args+=(--build-arg "BUILD_IMAGE=$build_image")
+fi
 for setting in PIP_INDEX_URL PIP_TRUSTED_HOST; do
     if [ -n "${!setting:-}" ]; then
         args+=(--build-arg "$setting")
@@ -54,5 +67,6 @@ if [ -n "${PYPROXY_BUILD_NETWORK:-}" ]; then
 fi
 started=$(date +%s)
 DOCKER_BUILDKIT=1 "$docker" build --progress=plain "${args[@]}" . >&2
-echo "pyproxy:local built on $base in $(( $(date +%s) - started )) s;" \
+echo "pyproxy:local built on $base (build stage on ${build_image:-python:3.11})" \
+    "in $(( $(date +%s) - started )) s;" \
     "$("$docker" image inspect --format '{{.Size}}' pyproxy:local) bytes"

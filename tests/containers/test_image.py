@@ -65,6 +65,16 @@ def test_image_size_is_reported(images: None, capsys: pytest.CaptureFixture[str]
     assert size < 400e6, f"{IMAGE} is {size / 1e6:.0f} MB"
 
 
+def test_the_image_runs_the_compiled_hot_path(images: None) -> None:
+    # The Dockerfile's build stage refuses a pure-Python result; this is the image as shipped.
+    result = docker("run", "--rm", "--read-only", IMAGE, "pyproxy", "--version")
+    assert "compiled hot path (mypyc," in result.stdout, result.stdout + result.stderr
+    # Nor does the runtime stage carry the compiler that built it.
+    probe = docker("run", "--rm", "--read-only", IMAGE, "python", "-c",
+                   "import shutil; print([c for c in ('gcc', 'cc') if shutil.which(c)])")
+    assert probe.stdout.strip() == "[]", probe.stdout
+
+
 def test_nothing_of_the_build_machine_is_in_the_image(images: None) -> None:
     config = inspect(IMAGE)["Config"]
     env = dict(pair.partition("=")[::2] for pair in config["Env"])
@@ -79,18 +89,28 @@ def test_nothing_of_the_build_machine_is_in_the_image(images: None) -> None:
                    "'/src') if os.path.exists(p)]))")
     assert json.loads(probe.stdout) == []
     # The CA bundle pip used is nowhere in what the image adds to its base (the base's own
-    # bundle lives in /etc/ssl and /usr/share/ca-certificates).
+    # bundle lives in /etc/ssl and /usr/share/ca-certificates), nor are the packages' own
+    # (certifi's bundle, a Kubernetes model that mentions one) taken for it.
     scan = docker("run", "--rm", "--read-only", IMAGE, "python", "-c", SCAN_FOR_CERTIFICATES)
     assert json.loads(scan.stdout) == [], scan.stdout
 
 
 SCAN_FOR_CERTIFICATES = """
-import json, os
+import csv, glob, json, os
+# Every file an installed distribution lists in its RECORD is that package's own.
+shipped = set()
+for record in glob.glob("/opt/pyproxy/lib/python3*/site-packages/*.dist-info/RECORD"):
+    site = os.path.dirname(os.path.dirname(record))
+    with open(record, newline="") as handle:
+        shipped.update(os.path.normpath(os.path.join(site, row[0]))
+                       for row in csv.reader(handle) if row)
 found = []
 for top in ("/opt/pyproxy", "/etc/pyproxy", "/root", "/tmp", "/run", "/var/tmp"):
     for directory, _, files in os.walk(top):
         for name in files:
             path = os.path.join(directory, name)
+            if path in shipped:
+                continue
             try:
                 with open(path, "rb") as handle:
                     if b"-----BEGIN CERTIFICATE-----" in handle.read():
@@ -118,6 +138,18 @@ def test_runs_as_uid_10001_on_a_read_only_root(proxy: Proxy) -> None:
 def test_readyz_answers_200(proxy: Proxy) -> None:
     wait_for(lambda: http(f"http://127.0.0.1:{proxy.admin}/readyz", timeout=2)[0] == 200,
              "/readyz 200", timeout=30)
+
+
+def test_start_up_log_says_the_hot_path_is_compiled(proxy: Proxy) -> None:
+    def started() -> str | None:
+        # Once listening, pyproxy logs which build it runs: compiled at INFO, else a WARNING.
+        result = docker("logs", proxy.name)
+        log = result.stdout + result.stderr
+        return log if "hot path: " in log or "runs uncompiled" in log else None
+
+    log = wait_for(started, "the start-up log", timeout=30)
+    assert "hot path: compiled hot path (mypyc," in log, log
+    assert "uncompiled" not in log, log
 
 
 def test_it_proxies(proxy: Proxy) -> None:

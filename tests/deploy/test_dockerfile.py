@@ -123,12 +123,16 @@ def test_hadolint_reports_nothing():
 
 def test_dockerfile_follows_the_image_conventions():
     steps = instructions(DOCKERFILE.read_text())
-    # The base is a build argument whose default is python:3.11-slim; every stage uses it.
+    # The runtime base is a build argument whose default is python:3.11-slim; the build
+    # stage's, with the compiler, another whose default is python:3.11. ARG before FROM.
     args = dict(a.partition("=")[::2] for keyword, a in steps if keyword == "ARG")
     assert args["BASE_IMAGE"] == "python:3.11-slim"
-    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim"), "ARG before FROM to reach it"
-    froms = [args for keyword, args in steps if keyword == "FROM"]
-    assert froms and all(args.split()[0] == "${BASE_IMAGE}" for args in froms), froms
+    assert args["BUILD_IMAGE"] == "python:3.11"
+    first_from = next(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    assert {step[1].partition("=")[0] for step in steps[:first_from]} >= {"BASE_IMAGE",
+                                                                         "BUILD_IMAGE"}
+    froms = [args.split() for keyword, args in steps if keyword == "FROM"]
+    assert froms == [["${BUILD_IMAGE}", "AS", "build"], ["${BASE_IMAGE}"]], froms
     final = steps[max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM"):]
     by_keyword: dict[str, list[str]] = {}
     for keyword, args in final:
@@ -150,6 +154,10 @@ def test_dockerfile_follows_the_image_conventions():
     build = [args for keyword, args in steps[:len(steps) - len(final)] if keyword == "RUN"]
     installs = [args for args in build if "pip install" in args]
     assert installs and all("--no-cache-dir" in args for args in installs)
+    # The build compiles the hot path (setup.py) and fails unless it did.
+    assert any("setup.py" in args.split()
+               for keyword, args in steps[:len(steps) - len(final)] if keyword == "COPY")
+    assert any('"compiled hot path"' in args and "exit 1" in args for args in installs)
     # This machine's CA bundle reaches pip as a BuildKit secret, never as a COPY or ENV.
     assert all("--mount=type=secret,id=pip_cert" in args for args in installs)
     assert not [args for keyword, args in steps if keyword in ("COPY", "ADD", "ENV")
@@ -158,9 +166,12 @@ def test_dockerfile_follows_the_image_conventions():
 
 def test_build_context_holds_only_what_the_image_needs():
     files = context_files()
-    assert "pyproject.toml" in files and "pyproxy/cli.py" in files
+    assert {"pyproject.toml", "setup.py", "pyproxy/cli.py", "pyproxy/compiled.py"} <= set(files)
     assert "deploy/docker/pyproxy.yaml" in files
-    strays = [f for f in files if not (f == "pyproject.toml" or f.startswith("README")
+    strays = [f for f in files if not (f in ("pyproject.toml", "setup.py")
+                                       or f.startswith("README")
                                        or f.startswith(("pyproxy/", "deploy/docker/")))]
     assert strays == [], strays
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    # An editable install's extensions, built for this machine: the build stage compiles its own.
+    assert not [f for f in files if f.endswith(".so")]

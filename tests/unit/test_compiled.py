@@ -20,7 +20,7 @@ SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 def _tree(root: Path, *, extensions: bool = True, checkout: bool = True) -> Path:
     """A package tree with every hot-path source and, if asked, an extension beside each."""
     if checkout:
-        (root / "pyproject.toml").write_text("")
+        (root / "pyproject.toml").write_text('[project]\nname = "pyproxy"\n')
     for module in compiled.MODULES:
         source = root.joinpath(*module.split(".")).with_suffix(".py")
         source.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,14 @@ def test_an_edited_source_in_a_checkout_wins_over_its_stale_extension(tmp_path):
 
 def test_an_installed_wheel_ignores_file_times(tmp_path):
     root = _tree(tmp_path, checkout=False)
+    os.utime(root / "pyproxy" / "proxy.py", None)
+    assert compiled.why_pure({}, root) is None
+
+
+def test_another_distributions_pyproject_does_not_make_site_packages_a_checkout(tmp_path):
+    # kubernetes_asyncio 36.1's wheel installs its pyproject.toml into site-packages.
+    root = _tree(tmp_path, checkout=False)
+    (root / "pyproject.toml").write_text('[project]\nname = "kubernetes_asyncio"\n')
     os.utime(root / "pyproxy" / "proxy.py", None)
     assert compiled.why_pure({}, root) is None
 
