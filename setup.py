@@ -27,8 +27,16 @@ def _warn(message: str) -> None:
     print(f"\n*** pyproxy: {message}; installing the pure-Python build ***\n", file=sys.stderr)
 
 
+# pip runs this file for metadata first (egg_info, dist_info) and then to build: translating
+# the modules costs ~10 s each time, and only a build needs them.
+_METADATA_ONLY = {"egg_info", "dist_info", "sdist"}
+
+
 def _extensions() -> list[Any]:
     if os.environ.get("PYPROXY_COMPILE", "1") == "0":
+        return []
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    if command in _METADATA_ONLY:
         return []
     try:
         from mypyc.build import mypycify
