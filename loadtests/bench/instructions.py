@@ -409,6 +409,8 @@ def main() -> int:
                     f"({small.build_line})")
         if args.top > 0 and ("pyproxy_b", "compiled") in pairs:
             top = top_table(*pairs["pyproxy_b", "compiled"], args.top)
+        elif args.top > 0:
+            log("no top functions: they are listed for pyproxy_b on the compiled build only")
     except Deadline:
         log("time limit reached")
         return 1
