@@ -182,34 +182,34 @@ def callgrind_totals(path: Path) -> int:
     return found.get("totals", found.get("summary", 0))
 
 
-def clean_name(raw: str) -> str:
-    """callgrind_annotate's "path/to/file.c:function'2 [/path/to/lib.so]" as "file.c:function":
-    the build and install paths differ between machines, and a function's recursion levels
-    ('2, '3) are one function. An unknown file keeps its object's name, the only clue."""
+def clean_name(raw: str) -> tuple[str, str]:
+    """callgrind_annotate's "path/to/file.c:function'2 [/path/to/lib.so]" as ("file.c",
+    "function"): the build and install paths differ between machines, and a function's
+    recursion levels ('2, '3) are one function. An unknown file ("???") is named by its object,
+    the only clue."""
     obj = ""
     m = re.match(r"^(.*?)\s*\[([^\]]*)\]$", raw)
     if m:
         raw, obj = m.group(1), m.group(2)
-    file, sep, function = raw.partition(":")
-    function = re.sub(r"'\d+$", "", function)
-    name = f"{file.rsplit('/', 1)[-1]}{sep}{function}"
+    file, _, function = raw.partition(":")
+    file = file.rsplit("/", 1)[-1]
     if file == "???" and obj:
-        name += f" ({obj.rsplit('/', 1)[-1]})"
-    return name
+        file = obj.rsplit("/", 1)[-1]
+    return file, re.sub(r"'\d+$", "", function)
 
 
-def annotate(path: Path) -> dict[str, int]:
-    """Instructions per function (cleaned names, see clean_name) of one callgrind file."""
+def annotate(path: Path) -> dict[tuple[str, str], int]:
+    """Instructions per (file, function) of one callgrind file (names as clean_name gives)."""
     rc, out = run_cmd([require("callgrind_annotate"), "--threshold=100", "--auto=no",
                        str(path)], 600)
     if rc != 0:
         raise RuntimeError(f"callgrind_annotate {path} failed ({rc}): {out[-400:]}")
-    per_function: dict[str, int] = {}
+    per_function: dict[tuple[str, str], int] = {}
     for line in out.splitlines():
         m = _ANNOTATE_ROW.match(line)
         if m and "PROGRAM TOTALS" not in line:
-            name = clean_name(m.group(2))
-            per_function[name] = per_function.get(name, 0) + int(m.group(1).replace(",", ""))
+            key = clean_name(m.group(2))
+            per_function[key] = per_function.get(key, 0) + int(m.group(1).replace(",", ""))
     return per_function
 
 
@@ -325,15 +325,24 @@ def runs_table(pairs: dict[tuple[str, str], tuple[Run, Run]]) -> str:
 
 
 def top_table(small: Run, large: Run, top: int) -> str:
-    """Markdown: the top functions by instructions per request (large − small run)."""
+    """Markdown: the top functions by instructions per request (large − small run). A
+    function's code inlined from a header is counted under that header's name by callgrind
+    (CPyStr_Build in str_ops.c and in unicodeobject.h): one row per function, its files listed
+    by their share."""
     a, b = annotate(small.callgrind_file), annotate(large.callgrind_file)
     extra = large.requests - small.requests
-    diff = {k: (b.get(k, 0) - a.get(k, 0)) / extra for k in a.keys() | b.keys()}
-    total = sum(diff.values())
+    by_function: dict[str, dict[str, float]] = {}
+    for file, function in a.keys() | b.keys():
+        value = (b.get((file, function), 0) - a.get((file, function), 0)) / extra
+        by_function.setdefault(function, {})[file] = value
+    total = sum(sum(files.values()) for files in by_function.values())
     lines = [f"Sum over all functions: {total:,.0f} instructions per request.", "",
-             "| instr./request | share | function |", "|---:|---:|---|"]
-    for name, value in sorted(diff.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"| {value:,.0f} | {100 * value / total:.1f}% | `{name}` |")
+             "| instr./request | share | function | in |", "|---:|---:|---|---|"]
+    ranked = sorted(by_function.items(), key=lambda kv: -sum(kv[1].values()))
+    for function, files in ranked[:top]:
+        value = sum(files.values())
+        where = ", ".join(f for f, v in sorted(files.items(), key=lambda kv: -kv[1]) if v > 0)
+        lines.append(f"| {value:,.0f} | {100 * value / total:.1f}% | `{function}` | {where} |")
     return "\n".join(lines)
 
 
