@@ -423,6 +423,9 @@ def main() -> int:
     except Deadline:
         log("time limit reached")
         return 1
+    except RuntimeError as e:  # a failed run: its reason, then nothing left running
+        log(f"failed: {e}")
+        return 1
     except (KeyboardInterrupt, Stopped):
         log("interrupted")
         return 130
