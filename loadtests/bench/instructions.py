@@ -413,6 +413,9 @@ def main() -> int:
                 small, large = (
                     measurer.callgrind_run(name, build, n)
                     for n in (args.baseline, args.baseline + args.requests))
+                if small.build_line != large.build_line:  # reinstalled in between
+                    raise RuntimeError(f"{name} {build}: the build changed between its two "
+                                       f"runs: {small.build_line!r}, then {large.build_line!r}")
                 pairs[name, build] = (small, large)
                 log(f"{name} {build}: {per_request(small, large):,.0f} instructions per request "
                     f"({small.build_line})")
