@@ -346,6 +346,14 @@ def top_table(small: Run, large: Run, top: int) -> str:
     return "\n".join(lines)
 
 
+def _shown(path: object) -> str:
+    """A path as the report shows it: relative to the repository when inside it (the report
+    is committed, and must not name one machine's directories)."""
+    text = str(path)
+    repo = str(Path(__file__).resolve().parents[2]) + "/"
+    return text[len(repo):] if text.startswith(repo) else text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", default=",".join(TARGET_NAMES),
@@ -441,8 +449,10 @@ def main() -> int:
     _, valgrind = run_cmd([require("valgrind"), "--version"], 30)
     parts = [
         "# pyproxy: instructions per request (callgrind)", "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `{' '.join(sys.argv)}`; "
-        f"{valgrind.strip()}, python `{args.python}`. Each figure is (instructions of a run "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"`loadtests/bench/instructions.py {' '.join(sys.argv[1:])}`; "
+        f"{valgrind.strip()}, python `{_shown(args.python)}`. Each figure is "
+        f"(instructions of a run "
         f"serving {args.baseline + args.requests:,} requests − those of a run serving "
         f"{args.baseline:,}) / {args.requests:,}: keep-alive `GET /` (3 B response) over "
         f"{args.conns} connections.", "",
