@@ -34,6 +34,31 @@ def envoy_binary() -> str | None:
     return None
 
 
+def apt_install(packages: list[str]) -> tuple[int, str]:
+    """``apt-get update`` then ``install`` of ``packages``: (exit code, output)."""
+    log(f"installing with apt-get: {' '.join(packages)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=SYS_PATH)
+    lock = ["-o", "DPkg::Lock::Timeout=180"]
+    rc, out = run_cmd(["apt-get", *lock, "update", "-q"], 400, env)
+    if rc == 0:
+        rc, out = run_cmd(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends",
+                           *packages], 900, env)
+    return rc, out
+
+
+def ensure_debian_tools(wanted: dict[str, str], install: bool) -> bool:
+    """Each tool of ``wanted`` (binary → Debian package) on PATH, installed when missing and
+    allowed; False, with the apt-get line to run, when one is still missing."""
+    packages = sorted({pkg for tool, pkg in wanted.items() if which(tool) is None})
+    if packages and install:
+        apt_install(packages)
+    gone = [tool for tool in wanted if which(tool) is None]
+    if gone:
+        log(f"needed and not installed: {', '.join(gone)} (Debian: apt-get install -y "
+            f"{' '.join(sorted({wanted[t] for t in gone}))})")
+    return not gone
+
+
 def ensure_tools(install: bool) -> dict[str, ToolStatus]:
     """Install what is missing (when allowed); the status of each tool by binary name."""
     status: dict[str, ToolStatus] = {}
@@ -42,14 +67,7 @@ def ensure_tools(install: bool) -> dict[str, ToolStatus]:
         if b not in missing:
             status[b] = {"ok": True, "how": "present", "path": which(b)}
     if missing and install:
-        pkgs = [APT_PACKAGES[b] for b in missing]
-        log(f"installing with apt-get: {' '.join(pkgs)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=SYS_PATH)
-        lock = ["-o", "DPkg::Lock::Timeout=180"]
-        rc, out = run_cmd(["apt-get", *lock, "update", "-q"], 400, env)
-        if rc == 0:
-            rc, out = run_cmd(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends",
-                               *pkgs], 900, env)
+        rc, out = apt_install([APT_PACKAGES[b] for b in missing])
         if rc != 0:
             log(f"apt-get failed (rc {rc}): {out.strip().splitlines()[-1:] if out.strip() else ''}")
         for b in missing:

@@ -47,7 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import RESULTS, SYS_PATH, VENV_PY, Deadline, log, require, run_cmd, which
+from common import RESULTS, VENV_PY, Deadline, log, require, run_cmd
+from install import ensure_debian_tools
 from targets import TARGETS, Targets
 
 # The bench targets that are pyproxy configs measured here (labels from targets.py).
@@ -152,21 +153,9 @@ def send_requests(port: int, requests: int, conns: int, timeout: float) -> None:
 
 def ensure_tools(install: bool) -> bool:
     """valgrind (with callgrind_annotate) and nginx, with apt-get when missing and allowed."""
-    wanted = {"valgrind": "valgrind", "callgrind_annotate": "valgrind", "nginx": "nginx-light"}
-    pkgs = sorted({pkg for tool, pkg in wanted.items() if which(tool) is None})
-    if pkgs and install:
-        log(f"installing with apt-get: {' '.join(pkgs)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=SYS_PATH)
-        lock = ["-o", "DPkg::Lock::Timeout=180"]
-        rc, _ = run_cmd(["apt-get", *lock, "update", "-q"], 400, env)
-        if rc == 0:
-            run_cmd(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *pkgs],
-                    900, env)
-    gone = [tool for tool in wanted if which(tool) is None]
-    if gone:
-        log(f"needed and not installed: {', '.join(gone)} (Debian: apt-get install -y "
-            f"{' '.join(sorted({wanted[t] for t in gone}))})")
-    return not gone
+    return ensure_debian_tools(
+        {"valgrind": "valgrind", "callgrind_annotate": "valgrind", "nginx": "nginx-light"},
+        install)
 
 
 def callgrind_totals(path: Path) -> int:

@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import LOAD_CPU, PROXY_CPU, SYS_PATH, VENV_PY, Deadline, log, require, run_cmd, which
+from common import LOAD_CPU, PROXY_CPU, VENV_PY, Deadline, log, require, which
+from install import ensure_debian_tools
 from measure import descendants, parse_wrk
 from targets import BODIES, Targets
 
@@ -81,20 +82,7 @@ _PERF_ROW = re.compile(r"^\s+(\w+)\s+(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+[\d.]+")
 
 def ensure_tools(install: bool) -> bool:
     """wrk, nginx and strace, installed with apt-get when missing and allowed."""
-    missing = {"wrk": "wrk", "nginx": "nginx-light", "strace": "strace"}
-    pkgs = [pkg for tool, pkg in missing.items() if which(tool) is None]
-    if pkgs and install:
-        log(f"installing with apt-get: {' '.join(pkgs)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=SYS_PATH)
-        lock = ["-o", "DPkg::Lock::Timeout=180"]
-        rc, _ = run_cmd(["apt-get", *lock, "update", "-q"], 400, env)
-        if rc == 0:
-            run_cmd(["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *pkgs],
-                    900, env)
-    gone = [tool for tool in missing if which(tool) is None]
-    if gone:
-        log(f"needed and not installed: {', '.join(gone)}")
-    return not gone
+    return ensure_debian_tools({"wrk": "wrk", "nginx": "nginx-light", "strace": "strace"}, install)
 
 
 def parse_perf_summary(text: str) -> dict[str, tuple[int, int]]:
