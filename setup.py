@@ -49,7 +49,7 @@ def _extensions() -> list[Any]:
         # editable install finds it where it finds the package.
         group = _COMPILED["SHARED_LIBRARY"].removesuffix("__mypyc")
         return list(mypycify(paths, opt_level="3", group_name=group))
-    except Exception as exc:  # mypyc rejects code it cannot compile: still install
+    except (Exception, SystemExit) as exc:  # mypyc exits on code it cannot type: still install
         _warn(f"mypyc could not translate the hot path ({exc})")
         return []
 
