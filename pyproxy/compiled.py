@@ -14,7 +14,7 @@ of compiled and source modules would run old code without saying so):
 - no extensions at all, when compiling was skipped or failed at install time.
 
 ``describe()`` says which of these holds; ``pyproxy run`` and ``pyproxy demo`` log it at
-start-up, and ``pyproxy version`` prints it. See docs/performance.md.
+start-up, and ``pyproxy --version`` prints it. See docs/performance.md.
 
 This module must import nothing from pyproxy: setup.py loads it before pyproxy is built.
 """
@@ -134,7 +134,7 @@ def is_compiled() -> bool:
 
 
 def describe() -> str:
-    """One line for start-up and ``pyproxy version``."""
+    """One line for start-up and ``pyproxy --version``."""
     if _REASON is None:
         return f"compiled hot path (mypyc, {len(MODULES)} modules)"
     return f"uncompiled, pure Python ({_REASON})"
